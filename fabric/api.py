@@ -1,0 +1,366 @@
+"""netfabric's public plugin API.
+
+Three seams, each loaded from an entry-point group (see ``fabric.plugins``):
+
+``fabric.backends`` -> :class:`Backend`
+    Programs the data path of one network on one node: node devices, routes to
+    peers, the host side of each workload's interface.
+``fabric.ipam`` -> :class:`IPAM`
+    Cluster level: which chunks of the network (a flannel lease, Calico blocks,
+    weave ring ranges) this node owns, and who the peers are. Node level:
+    one address per workload handle, idempotent and persisted.
+``fabric.policy`` -> :class:`PolicyEngine`
+    Applies NetworkPolicy-like rules to workload endpoints, independent of the backend.
+
+Every plugin class is instantiated **once per network per agent** with a
+:class:`NetworkContext`. The agent drives them in this order::
+
+    backend = Backend(ctx); ipam = IPAM(ctx); policy = PolicyEngine(ctx)
+    data = backend.prepare()               # create node devices whose identity is published
+    chunks = ipam.start(data)              # acquire / reuse this node's chunks (blocks)
+    backend.start(chunks)                  # program local routes for the chunks
+    policy.start()
+    ipam.subscribe(backend.peers_changed, backend.chunks_changed)
+    ... attach / detach / check as workloads come and go ...
+    policy.stop(); ipam.stop(); backend.stop()          # graceful: pods keep working
+    # or, on `fabric down`, teardown() in reverse order: everything removed
+
+Methods may block on the kernel or the datastore but must not block forever;
+errors are raised as :mod:`fabric.errors` types, never as third-party exceptions.
+Value types crossing the seams are frozen attrs classes defined here.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import re
+from collections.abc import Callable, Mapping, Sequence
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import attrs
+
+from fabric.errors import ConfigError
+
+__all__ = [
+    "Node",
+    "Peer",
+    "PeerEvent",
+    "Handle",
+    "Allocation",
+    "Workload",
+    "Route",
+    "Endpoint",
+    "Capabilities",
+    "NetworkSpec",
+    "NetworkContext",
+    "Backend",
+    "IPAM",
+    "PolicyEngine",
+    "PeersCallback",
+    "ChunksCallback",
+]
+
+_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,9}$")
+
+
+@attrs.frozen
+class Node:
+    """This host as the fabric sees it."""
+
+    name: str
+    public_ip: IPv4Address  # underlay address published to peers (flannel's PublicIP)
+    iface: str  # underlay interface
+    mtu: int  # underlay MTU
+
+
+@attrs.frozen
+class Peer:
+    """Another node of the same network, as announced by the IPAM or control plane."""
+
+    name: str
+    public_ip: IPv4Address
+    subnets: tuple[IPv4Network, ...]
+    backend_type: str = ""
+    data: Mapping[str, Any] = attrs.field(factory=dict, hash=False)  # BackendData / VtepMAC...
+
+
+@attrs.frozen
+class PeerEvent:
+    kind: Literal["added", "removed"]
+    peer: Peer
+
+
+@attrs.frozen
+class Handle:
+    """The identity of one workload interface: what CNI calls (container id, ifname)."""
+
+    container_id: str
+    ifname: str
+
+    def key(self) -> str:
+        return f"{self.container_id}/{self.ifname}"
+
+    @classmethod
+    def from_key(cls, key: str) -> Handle:
+        cid, _, ifname = key.rpartition("/")
+        return cls(cid, ifname)
+
+
+@attrs.frozen
+class Allocation:
+    """One address handed to one handle, inside one of this node's chunks."""
+
+    handle: Handle
+    ip: IPv4Address
+    chunk: IPv4Network
+
+
+@attrs.frozen
+class Workload:
+    """A pod / container interface to attach, as the runtime described it."""
+
+    container_id: str
+    ifname: str
+    netns: str  # path of the network namespace (CNI_NETNS)
+    name: str = ""  # pod name, if known (K8S_POD_NAME)
+    namespace: str = "default"  # Kubernetes-style namespace, for policy
+    labels: Mapping[str, str] = attrs.field(factory=dict, hash=False)
+
+    @property
+    def handle(self) -> Handle:
+        return Handle(self.container_id, self.ifname)
+
+
+@attrs.frozen
+class Route:
+    dst: IPv4Network
+    gateway: IPv4Address | None = None
+
+
+@attrs.frozen
+class Endpoint:
+    """What a backend built for a workload; becomes the CNI result."""
+
+    workload: Workload
+    host_ifname: str  # host-side veth (or equivalent)
+    mac: str  # MAC of the interface inside the workload
+    addresses: tuple[IPv4Interface, ...]
+    gateway: IPv4Address | None
+    routes: tuple[Route, ...]
+    mtu: int
+
+
+@attrs.frozen
+class Capabilities:
+    encryption: bool = False  # can encrypt traffic between nodes
+    needs_l2: bool = False  # all peers must share one L2 segment (host-gw)
+    multicast: bool = False
+    userspace: bool = False  # packets pass through a user-space process
+
+
+@attrs.frozen
+class NetworkSpec:
+    """One network an agent serves, as configured (validated by the agent)."""
+
+    name: str  # short, [a-z][a-z0-9-]{0,9}; devices are named after it
+    cidr: IPv4Network
+    backend: str
+    subnet_len: int = 24
+    subnet_min: IPv4Network | None = None
+    subnet_max: IPv4Network | None = None
+    backend_config: Mapping[str, Any] = attrs.field(factory=dict, hash=False)
+    ipam: str = ""  # empty: the backend's default
+    ipam_config: Mapping[str, Any] = attrs.field(factory=dict, hash=False)
+    policy: str = "none"
+    etcd_prefix: str = ""  # empty: /netfabric/<name>
+    ipmasq: bool = False
+    mtu: int | None = None  # force a pod MTU; default underlay MTU - overhead
+
+    def __attrs_post_init__(self) -> None:
+        if not _NAME_RE.match(self.name):
+            raise ConfigError(
+                f"network name {self.name!r} is invalid",
+                fix="use 1-10 characters: a lowercase letter, then lowercase letters, digits or '-'",
+            )
+        if not 8 <= self.subnet_len <= 30 or self.subnet_len < self.cidr.prefixlen:
+            raise ConfigError(
+                f"SubnetLen {self.subnet_len} does not fit Network {self.cidr}",
+                fix="SubnetLen must be between the network's prefix length and 30",
+            )
+
+    @property
+    def prefix(self) -> str:
+        return (self.etcd_prefix or f"/netfabric/{self.name}").rstrip("/")
+
+
+@attrs.define
+class NetworkContext:
+    """Everything a plugin instance gets from the agent for one network."""
+
+    spec: NetworkSpec
+    node: Node
+    state_dir: Path  # private, persistent directory of this network on this node
+    store: Any = None  # fabric.store.Store, or None when no etcd is configured
+    shared: dict[str, Any] = attrs.field(factory=dict)  # backend -> IPAM hand-over (e.g. mesh)
+    log: logging.Logger = attrs.field(factory=lambda: logging.getLogger("fabric"))
+
+    def device_name(self, kind: str) -> str:
+        """A kernel device name unique to this network: ``<network>.<kind>`` (<= 15 chars)."""
+        name = f"{self.spec.name}.{kind}"
+        if len(name) > 15:
+            raise ConfigError(f"device name {name!r} is longer than 15 characters")
+        return name
+
+
+PeersCallback = Callable[[Sequence[PeerEvent]], None]
+ChunksCallback = Callable[[tuple[IPv4Network, ...]], None]
+
+
+class Backend(abc.ABC):
+    """Programs one network's data path on one node.
+
+    Contract: ``__init__`` validates ``ctx.spec.backend_config`` and raises
+    :class:`~fabric.errors.ConfigError` naming the bad field; it touches nothing.
+    All other methods are called from the agent, serialised per network except
+    :meth:`peers_changed` / :meth:`chunks_changed`, which may arrive from a
+    control-plane thread while attach/detach run: implementations lock.
+    Kernel state created by :meth:`prepare`/:meth:`start` must survive :meth:`stop`
+    (pods keep working while the agent restarts) and is adopted on the next start.
+    """
+
+    name: ClassVar[str] = ""
+    default_ipam: ClassVar[str] = "subnet"
+    capabilities: ClassVar[Capabilities] = Capabilities()
+
+    def __init__(self, ctx: NetworkContext) -> None:
+        self.ctx = ctx
+
+    @property
+    @abc.abstractmethod
+    def mtu(self) -> int:
+        """MTU of workload interfaces (underlay MTU minus encapsulation overhead)."""
+
+    def prepare(self) -> dict[str, Any]:
+        """Create node devices whose identity peers need; return the BackendData to publish."""
+        return {}
+
+    @abc.abstractmethod
+    def start(self, chunks: tuple[IPv4Network, ...]) -> None:
+        """Program the node for its chunks (bridge address, blackholes...). Idempotent."""
+
+    @abc.abstractmethod
+    def peers_changed(self, events: Sequence[PeerEvent]) -> None:
+        """Add / remove what is needed to reach peers. Must be quick and idempotent."""
+
+    def chunks_changed(self, chunks: tuple[IPv4Network, ...]) -> None:
+        """This node's own chunks changed (block claimed or released). Default: ignore."""
+
+    @abc.abstractmethod
+    def attach(self, workload: Workload, allocation: Allocation) -> Endpoint:
+        """Create the workload's interface in its netns with the allocated address.
+
+        Idempotent: attaching an attached workload returns the same endpoint."""
+
+    @abc.abstractmethod
+    def detach(self, workload: Workload) -> None:
+        """Remove the workload's interface. Idempotent; a missing netns is not an error."""
+
+    def check(self, workload: Workload, allocation: Allocation) -> None:
+        """Raise :class:`~fabric.errors.BackendError` if the workload's plumbing is wrong."""
+
+    def status(self) -> dict[str, Any]:
+        return {}
+
+    def stop(self) -> None:
+        """Stop threads and processes; leave kernel state so pods keep working."""
+
+    @abc.abstractmethod
+    def teardown(self) -> None:
+        """Remove every device, route and rule this backend created on the node."""
+
+
+class IPAM(abc.ABC):
+    """Address management for one network on one node.
+
+    Cluster level: :meth:`start` acquires (or, after a restart, re-uses) this
+    node's chunks and keeps them alive; :meth:`subscribe` reports peers.
+    Node level: :meth:`allocate` is idempotent per handle and persisted before it
+    returns, so a restarted agent never hands out an address twice.
+    """
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, ctx: NetworkContext) -> None:
+        self.ctx = ctx
+
+    @abc.abstractmethod
+    def start(self, backend_data: Mapping[str, Any]) -> tuple[IPv4Network, ...]:
+        """Acquire this node's chunks, publishing ``backend_data`` with them."""
+
+    def subscribe(self, on_peers: PeersCallback, on_chunks: ChunksCallback | None = None) -> None:
+        """Deliver current peers as ``added`` events, then changes, from a background thread."""
+
+    @abc.abstractmethod
+    def chunks(self) -> tuple[IPv4Network, ...]:
+        """This node's chunks now."""
+
+    @abc.abstractmethod
+    def allocate(self, handle: Handle) -> Allocation:
+        """Return the handle's address, allocating one if it has none. Raises PoolExhausted."""
+
+    @abc.abstractmethod
+    def release(self, handle: Handle) -> Allocation | None:
+        """Free the handle's address; None if it had none."""
+
+    @abc.abstractmethod
+    def allocations(self) -> dict[Handle, Allocation]:
+        """Every live allocation on this node."""
+
+    def status(self) -> dict[str, Any]:
+        return {}
+
+    def stop(self) -> None:
+        """Stop renewing/watching; keep chunks and allocations for the next start."""
+
+    @abc.abstractmethod
+    def teardown(self) -> None:
+        """Give this node's chunks back to the cluster and forget allocations."""
+
+
+class PolicyEngine(abc.ABC):
+    """Enforces network policy on this node's workload endpoints.
+
+    :meth:`set_policies` replaces the whole policy set atomically: either every
+    rule is in force afterwards or, on error, the previous rules still are.
+    Endpoint changes are applied incrementally.
+    """
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, ctx: NetworkContext) -> None:
+        self.ctx = ctx
+
+    def start(self) -> None:
+        """Create base state (tables, chains)."""
+
+    @abc.abstractmethod
+    def endpoint_added(self, endpoint: Endpoint) -> None: ...
+
+    @abc.abstractmethod
+    def endpoint_removed(self, endpoint: Endpoint) -> None: ...
+
+    @abc.abstractmethod
+    def set_policies(self, policies: Sequence[Any]) -> None:
+        """Replace all policies (``fabric.policy.model`` objects) in one transaction."""
+
+    def status(self) -> dict[str, Any]:
+        return {}
+
+    def stop(self) -> None:
+        """Leave rules in force."""
+
+    def teardown(self) -> None:
+        """Remove every rule this engine created."""
