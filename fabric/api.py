@@ -183,7 +183,7 @@ class NetworkSpec:
         if not _NAME_RE.match(self.name):
             raise ConfigError(
                 f"network name {self.name!r} is invalid",
-                fix="use 1-10 characters: a lowercase letter, then lowercase letters, digits or '-'",
+                fix="use 1-10 characters: a lowercase letter, then lowercase letters, digits, '-'",
             )
         if not 8 <= self.subnet_len <= 30 or self.subnet_len < self.cidr.prefixlen:
             raise ConfigError(

@@ -84,7 +84,8 @@ class KernelFeatureMissing(BackendError):
         msg = f"the running kernel lacks {feature}"
         if detail:
             msg += f": {detail}"
-        super().__init__(msg, fix=f"load or build kernel support for {feature}, or pick another mode")
+        fix = f"load or build kernel support for {feature}, or pick another mode"
+        super().__init__(msg, fix=fix)
         self.feature = feature
 
 

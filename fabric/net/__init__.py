@@ -1,1 +1,65 @@
-"""netfabric."""
+"""Kernel helpers for backends (public API): links, routes, neighbours, FDB, workload veths."""
+
+from fabric.net.kernel import kernel_supports, require_kind, sysctl_set
+from fabric.net.links import (
+    delete_link,
+    ensure_bridge,
+    ensure_vxlan,
+    link_addresses,
+    link_index,
+    link_info,
+    set_address,
+    set_up,
+    underlay_of,
+)
+from fabric.net.routes import (
+    RTPROT_FABRIC,
+    delete_fdb,
+    delete_neigh,
+    delete_route,
+    fabric_routes,
+    replace_blackhole,
+    replace_fdb,
+    replace_neigh,
+    replace_route,
+)
+from fabric.net.workload import (
+    LINK_LOCAL_GATEWAY,
+    PodInterface,
+    attach_bridged,
+    attach_routed,
+    detach_veth,
+    host_ifname,
+    pod_interface,
+)
+
+__all__ = [
+    "kernel_supports",
+    "require_kind",
+    "sysctl_set",
+    "delete_link",
+    "ensure_bridge",
+    "ensure_vxlan",
+    "link_addresses",
+    "link_index",
+    "link_info",
+    "set_address",
+    "set_up",
+    "underlay_of",
+    "RTPROT_FABRIC",
+    "delete_fdb",
+    "delete_neigh",
+    "delete_route",
+    "fabric_routes",
+    "replace_blackhole",
+    "replace_fdb",
+    "replace_neigh",
+    "replace_route",
+    "LINK_LOCAL_GATEWAY",
+    "PodInterface",
+    "attach_bridged",
+    "attach_routed",
+    "detach_veth",
+    "host_ifname",
+    "pod_interface",
+]

@@ -1,0 +1,189 @@
+"""Links and addresses: bridges, VXLAN devices, veths (idempotent helpers)."""
+
+from __future__ import annotations
+
+import errno
+from ipaddress import IPv4Address, IPv4Interface
+
+from fabric.errors import BackendError
+from fabric.net.kernel import ipr, netlink_call
+
+__all__ = [
+    "link_index",
+    "link_info",
+    "ensure_bridge",
+    "ensure_vxlan",
+    "delete_link",
+    "set_address",
+    "link_addresses",
+    "set_up",
+    "underlay_of",
+]
+
+
+def link_index(name: str) -> int | None:
+    with ipr() as sock:
+        found = sock.link_lookup(ifname=name)
+    return found[0] if found else None
+
+
+def link_info(name: str) -> dict | None:
+    """Kind, MTU, MAC, state and VXLAN attributes of ``name``, or None if absent."""
+    with ipr() as sock:
+        found = sock.link_lookup(ifname=name)
+        if not found:
+            return None
+        msg = sock.get_links(found[0])[0]
+    info = msg.get_attr("IFLA_LINKINFO")
+    kind = info.get_attr("IFLA_INFO_KIND") if info else None
+    data = info.get_attr("IFLA_INFO_DATA") if info else None
+    out = {
+        "index": msg["index"],
+        "kind": kind,
+        "mtu": msg.get_attr("IFLA_MTU"),
+        "mac": msg.get_attr("IFLA_ADDRESS"),
+        "up": bool(msg["flags"] & 1),
+        "master": msg.get_attr("IFLA_MASTER"),
+    }
+    if kind == "vxlan" and data is not None:
+        out["vni"] = data.get_attr("IFLA_VXLAN_ID")
+        out["port"] = data.get_attr("IFLA_VXLAN_PORT")
+        out["local"] = data.get_attr("IFLA_VXLAN_LOCAL")
+        out["learning"] = bool(data.get_attr("IFLA_VXLAN_LEARNING"))
+    return out
+
+
+def set_up(name: str, mtu: int | None = None) -> None:
+    with ipr() as sock:
+        idx = sock.link_lookup(ifname=name)
+        if not idx:
+            raise BackendError(f"device {name} does not exist")
+        kw = {"state": "up"}
+        if mtu:
+            kw["mtu"] = mtu
+        netlink_call(f"setting {name} up", sock.link, "set", index=idx[0], **kw)
+
+
+def ensure_bridge(name: str, mtu: int) -> int:
+    """Create (or adopt) bridge ``name`` with ``mtu``, up; returns its index."""
+    with ipr() as sock:
+        if not sock.link_lookup(ifname=name):
+            netlink_call(
+                f"creating bridge {name}", sock.link, "add", ifname=name, kind="bridge",
+                ignore=(errno.EEXIST,),
+            )
+        idx = sock.link_lookup(ifname=name)[0]
+        netlink_call(f"setting {name} up", sock.link, "set", index=idx, mtu=mtu, state="up")
+        return idx
+
+
+def ensure_vxlan(
+    name: str,
+    *,
+    vni: int,
+    port: int,
+    local: IPv4Address,
+    underlay_index: int,
+    mtu: int,
+    learning: bool = False,
+    mac: str | None = None,
+) -> int:
+    """Create a VXLAN device, or adopt an existing one whose attributes match.
+
+    A device with different VNI/port/local address is deleted and recreated,
+    as flannel does, so a changed config never leaves a half-right device.
+    """
+    current = link_info(name)
+    if current is not None and (
+        current["kind"] != "vxlan"
+        or current["vni"] != vni
+        or current["port"] != port
+        or current["local"] != str(local)
+        or current["learning"] != learning
+    ):
+        delete_link(name)
+        current = None
+    with ipr() as sock:
+        if current is None:
+            kw = dict(
+                ifname=name,
+                kind="vxlan",
+                vxlan_id=vni,
+                vxlan_port=port,
+                vxlan_local=str(local),
+                vxlan_link=underlay_index,
+                vxlan_learning=1 if learning else 0,
+            )
+            if mac:
+                kw["address"] = mac
+            netlink_call(f"creating VXLAN device {name}", sock.link, "add", **kw)
+        idx = sock.link_lookup(ifname=name)[0]
+        netlink_call(f"setting {name} up", sock.link, "set", index=idx, mtu=mtu, state="up")
+        return idx
+
+
+def delete_link(name: str) -> bool:
+    """Delete ``name`` if present; True if it existed."""
+    with ipr() as sock:
+        idx = sock.link_lookup(ifname=name)
+        if not idx:
+            return False
+        netlink_call(f"deleting {name}", sock.link, "del", index=idx[0], ignore=(errno.ENODEV,))
+        return True
+
+
+def link_addresses(name: str) -> list[IPv4Interface]:
+    with ipr() as sock:
+        idx = sock.link_lookup(ifname=name)
+        if not idx:
+            return []
+        msgs = sock.get_addr(index=idx[0], family=2)
+    return [
+        IPv4Interface(f"{m.get_attr('IFA_ADDRESS')}/{m['prefixlen']}") for m in msgs
+    ]
+
+
+def set_address(name: str, address: IPv4Interface, *, exclusive: bool = True) -> None:
+    """Give ``name`` the IPv4 ``address``; with ``exclusive``, remove its other IPv4 addresses."""
+    with ipr() as sock:
+        idx = sock.link_lookup(ifname=name)
+        if not idx:
+            raise BackendError(f"device {name} does not exist")
+        for m in sock.get_addr(index=idx[0], family=2):
+            have = IPv4Interface(f"{m.get_attr('IFA_ADDRESS')}/{m['prefixlen']}")
+            if have == address:
+                return
+            if exclusive:
+                netlink_call(
+                    f"removing {have} from {name}", sock.addr, "del", index=idx[0],
+                    address=str(have.ip), prefixlen=have.network.prefixlen,
+                    ignore=(errno.EADDRNOTAVAIL,),
+                )
+        netlink_call(
+            f"adding {address} to {name}", sock.addr, "add", index=idx[0],
+            address=str(address.ip), prefixlen=address.network.prefixlen,
+            ignore=(errno.EEXIST,),
+        )
+
+
+def underlay_of(iface: str | None) -> tuple[str, IPv4Interface, int]:
+    """(name, first IPv4 address, MTU) of the underlay interface.
+
+    With no name, the interface of the default route is used.
+    """
+    with ipr() as sock:
+        if not iface:
+            routes = sock.get_default_routes(family=2)
+            if not routes:
+                raise BackendError(
+                    "no default route to find the underlay interface", fix="pass --iface"
+                )
+            idx = routes[0].get_attr("RTA_OIF")
+            iface = sock.get_links(idx)[0].get_attr("IFLA_IFNAME")
+    info = link_info(iface)
+    if info is None:
+        raise BackendError(f"underlay interface {iface} does not exist", fix="check --iface")
+    addrs = link_addresses(iface)
+    if not addrs:
+        raise BackendError(f"underlay interface {iface} has no IPv4 address")
+    return iface, addrs[0], info["mtu"]
