@@ -1,0 +1,183 @@
+"""vxlan backend: flannel's kernel VXLAN design.
+
+One VXLAN device per network (VNI 1, UDP 8472, learning off) holding the
+subnet's network address /32. For each peer lease, three static entries:
+an on-link route ``subnet via <subnet network address> dev vx``, a permanent
+neighbour entry mapping that address to the peer's VtepMAC, and an FDB entry
+sending that MAC to the peer's PublicIP. ``DirectRouting`` routes peers on the
+same L2 segment like host-gw instead. The device is re-created if deleted.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from typing import Any
+
+from fabric.api import Capabilities, NetworkContext, Peer
+from fabric.errors import BackendError, ConfigError
+from fabric.net import (
+    delete_fdb,
+    delete_link,
+    delete_neigh,
+    delete_route,
+    ensure_vxlan,
+    link_index,
+    link_info,
+    replace_fdb,
+    replace_neigh,
+    replace_route,
+    require_kind,
+    set_address,
+)
+from fabric.net.bridge_backend import BridgeBackend, route_is_direct
+
+__all__ = ["VxlanBackend", "VXLAN_OVERHEAD"]
+
+VXLAN_OVERHEAD = 50  # outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14
+_OPTIONS = {"Type", "VNI", "Port", "DirectRouting", "GBP", "Learning"}
+
+
+def _int_option(cfg: dict, key: str, default: int, low: int, high: int) -> int:
+    value = cfg.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigError(f"vxlan backend: {key} must be an integer in [{low}, {high}], "
+                          f"got {value!r}")
+    return value
+
+
+def _valid_mac(mac: Any) -> bool:
+    parts = mac.split(":") if isinstance(mac, str) else []
+    return len(parts) == 6 and all(len(p) == 2 and all(c in "0123456789abcdefABCDEF" for c in p)
+                                   for p in parts)
+
+
+class VxlanBackend(BridgeBackend):
+    name = "vxlan"
+    default_ipam = "subnet"
+    capabilities = Capabilities()
+
+    def __init__(self, ctx: NetworkContext) -> None:
+        super().__init__(ctx)
+        cfg = dict(ctx.spec.backend_config)
+        unknown = set(cfg) - _OPTIONS
+        if unknown:
+            raise ConfigError(f"vxlan backend: unknown option(s) {', '.join(sorted(unknown))}",
+                              fix=f"valid: {', '.join(sorted(_OPTIONS - {'Type'}))}")
+        self.vni = _int_option(cfg, "VNI", 1, 0, 2**24 - 1)
+        self.port = _int_option(cfg, "Port", 8472, 1, 65535)
+        self.direct_routing = cfg.get("DirectRouting", False)
+        if not isinstance(self.direct_routing, bool):
+            raise ConfigError("vxlan backend: DirectRouting must be true or false")
+        if cfg.get("GBP") or cfg.get("Learning"):
+            raise ConfigError("vxlan backend: GBP and Learning are not supported",
+                              fix="remove them; static FDB entries are programmed per peer")
+        self.device = ctx.device_name("vx")
+        self.mac = ""
+        self._watchdog: threading.Thread | None = None
+        self._stop = threading.Event()
+        self.recreated = 0
+
+    @property
+    def mtu(self) -> int:
+        return self.ctx.node.mtu - VXLAN_OVERHEAD
+
+    def _mac_file(self):
+        return self.ctx.state_dir / "vtep-mac"
+
+    def _wanted_mac(self) -> str:
+        info = link_info(self.device)
+        if info and info.get("kind") == "vxlan":
+            return info["mac"]
+        try:
+            mac = self._mac_file().read_text().strip()
+            if _valid_mac(mac):
+                return mac
+        except FileNotFoundError:
+            pass
+        octets = [0x0A] + [random.randrange(256) for _ in range(5)]  # locally administered
+        return ":".join(f"{o:02x}" for o in octets)
+
+    def _ensure_device(self) -> None:
+        underlay = link_index(self.ctx.node.iface)
+        if underlay is None:
+            raise BackendError(f"underlay interface {self.ctx.node.iface} does not exist")
+        self.mac = self._wanted_mac()
+        ensure_vxlan(self.device, vni=self.vni, port=self.port, local=self.ctx.node.public_ip,
+                     underlay_index=underlay, mtu=self.mtu, mac=self.mac)
+        self.mac = link_info(self.device)["mac"]
+        tmp = self._mac_file().with_suffix(".tmp")
+        tmp.write_text(self.mac + "\n")
+        os.replace(tmp, self._mac_file())
+
+    def prepare(self) -> dict[str, Any]:
+        require_kind("vxlan")
+        self._ensure_device()
+        return {"VNI": self.vni, "VtepMAC": self.mac}
+
+    def start(self, chunks: tuple[IPv4Network, ...]) -> None:
+        super().start(chunks)
+        self._address_device()
+        self._stop.clear()
+        self._watchdog = threading.Thread(target=self._watch_device, daemon=True,
+                                          name=f"{self.device}-watchdog")
+        self._watchdog.start()
+
+    def _address_device(self) -> None:
+        set_address(self.device, IPv4Interface(f"{self.chunks[0].network_address}/32"))
+
+    def _watch_device(self) -> None:
+        """Re-create the device (same MAC, same entries) if someone deletes it."""
+        while not self._stop.wait(0.3):
+            if link_index(self.device) is not None:
+                continue
+            try:
+                self.ctx.log.warning("VXLAN device %s vanished; re-creating it", self.device)
+                self._ensure_device()
+                self._address_device()
+                self.reprogram_all()
+                self.recreated += 1
+            except BackendError as exc:
+                self.ctx.log.error("re-creating %s failed: %s", self.device, exc)
+
+    def program_peer(self, peer: Peer, subnet: IPv4Network) -> None:
+        if self.direct_routing and route_is_direct(peer.public_ip):
+            replace_route(subnet, gateway=peer.public_ip, dev=self.ctx.node.iface)
+            return
+        mac = peer.data.get("VtepMAC") if isinstance(peer.data, dict) else None
+        if not _valid_mac(mac):
+            raise BackendError(f"lease of {peer.public_ip} has no valid BackendData.VtepMAC "
+                               f"({mac!r}); is that node running the vxlan backend?")
+        vni = peer.data.get("VNI", self.vni)
+        if vni != self.vni:
+            raise BackendError(f"peer {peer.public_ip} uses VNI {vni}, this node {self.vni}")
+        vtep = IPv4Address(subnet.network_address)
+        replace_neigh(self.device, vtep, mac)
+        replace_fdb(self.device, mac, peer.public_ip)
+        self.onlink_route(subnet, vtep, self.device)
+
+    def unprogram_peer(self, peer: Peer, subnet: IPv4Network) -> None:
+        delete_route(subnet)
+        mac = peer.data.get("VtepMAC") if isinstance(peer.data, dict) else None
+        delete_neigh(self.device, IPv4Address(subnet.network_address))
+        if _valid_mac(mac):
+            delete_fdb(self.device, mac, peer.public_ip)
+
+    def status(self) -> dict[str, Any]:
+        out = super().status()
+        out.update(device=self.device, vni=self.vni, port=self.port, vtep_mac=self.mac,
+                   direct_routing=self.direct_routing, recreated=self.recreated)
+        return out
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._watchdog is not None:
+            self._watchdog.join(timeout=2)
+
+    def teardown(self) -> None:
+        self.stop()
+        super().teardown()
+        delete_link(self.device)
+        self._mac_file().unlink(missing_ok=True)

@@ -1,0 +1,235 @@
+"""The node agent (`fabric up`): networks, control socket, signals, teardown."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from fabric import __version__
+from fabric.agent.config import AgentConfig
+from fabric.agent.network import Network, atomic_write_json, network_context
+from fabric.agent.server import ControlServer
+from fabric.api import Handle, Node, Workload
+from fabric.errors import (
+    AgentUnavailable,
+    ConfigError,
+    FabricError,
+    KernelFeatureMissing,
+    NotFound,
+    PluginError,
+)
+from fabric.net.links import underlay_of
+
+__all__ = ["Agent", "offline_teardown"]
+
+log = logging.getLogger("fabric.agent")
+_FATAL = (ConfigError, PluginError, KernelFeatureMissing)
+
+
+def _node(config: AgentConfig) -> Node:
+    iface, addr, mtu = underlay_of(config.iface)
+    return Node(config.node_name, config.public_ip or addr.ip, iface, mtu)
+
+
+def _store(config: AgentConfig):
+    if not config.etcd:
+        return None
+    from fabric.store import connect
+
+    return connect(config.etcd)
+
+
+class Agent:
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.node = _node(config)
+        self.store = _store(config)
+        self.networks: dict[str, Network] = {}
+        for spec in config.networks:
+            ctx = network_context(spec, self.node, config.state_dir, self.store)
+            self.networks[spec.name] = Network(ctx)
+        self.server = ControlServer(config.state_dir / "agent.sock", self.dispatch)
+        self.started = time.time()
+        self._stop = threading.Event()
+        self._teardown = False
+        self._fatal: FabricError | None = None
+
+    # -- running --
+    def run(self) -> int:
+        """Serve until SIGTERM/SIGINT (graceful) or a `stop` request; returns an exit code."""
+        self.config.state_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.config.state_dir / "agent.json", self.config.to_json())
+        self.server.start()
+        (self.config.state_dir / "agent.pid").write_text(f"{os.getpid()}\n")
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self._stop.set())
+        threads = [
+            threading.Thread(target=self._start_network, args=(n,), daemon=True,
+                             name=f"start-{n.spec.name}")
+            for n in self.networks.values()
+        ]
+        for t in threads:
+            t.start()
+        log.info("agent %s serving %s on %s (%s)", __version__,
+                 ", ".join(self.networks), self.server.path, self.node.public_ip)
+        while not self._stop.wait(0.5):
+            pass
+        self.server.close()
+        for net in reversed(list(self.networks.values())):
+            if self._teardown:
+                net.teardown()
+            else:
+                net.stop()
+        if self.store is not None:
+            try:
+                self.store.close()
+            except Exception:  # closing a broken store must not hide the exit reason
+                log.debug("closing store", exc_info=True)
+        if self._teardown:
+            for f in ("agent.json", "agent.pid"):
+                (self.config.state_dir / f).unlink(missing_ok=True)
+        else:
+            (self.config.state_dir / "agent.pid").unlink(missing_ok=True)
+        if self._fatal is not None:
+            log.error("%s", self._fatal)
+            return 1
+        log.info("agent stopped%s", " and removed its state" if self._teardown else "")
+        return 0
+
+    def _start_network(self, net: Network) -> None:
+        delay = 0.5
+        while not self._stop.is_set():
+            try:
+                net.start()
+                log.info("network %s ready: %s chunks %s", net.spec.name, net.spec.backend,
+                         ", ".join(str(c) for c in net.ipam.chunks()))
+                return
+            except _FATAL as exc:
+                self._fatal = type(exc)(f"network {net.spec.name}: {exc.message}", fix=exc.fix) \
+                    if not isinstance(exc, KernelFeatureMissing) else exc
+                self._stop.set()
+                return
+            except Exception as exc:  # transient: etcd down, races; retry with backoff
+                log.warning("network %s not started yet (%s); retrying in %.1fs",
+                            net.spec.name, exc, delay)
+                self._stop.wait(delay)
+                delay = min(delay * 2, 10)
+
+    # -- control requests --
+    def _network(self, req: dict[str, Any]) -> Network:
+        name = req.get("network") or ""
+        if not name:
+            if len(self.networks) == 1:
+                return next(iter(self.networks.values()))
+            raise ConfigError(
+                "this agent serves several networks; say which",
+                fix=f"set \"network\" in the CNI config to one of {', '.join(self.networks)}",
+            )
+        if name not in self.networks:
+            raise NotFound(f"network {name!r} is not served by this agent",
+                           fix=f"served: {', '.join(self.networks)}")
+        return self.networks[name]
+
+    @staticmethod
+    def _workload(req: dict[str, Any]) -> Workload:
+        cid, ifname = req.get("container_id"), req.get("ifname")
+        if not isinstance(cid, str) or not cid or not isinstance(ifname, str) or not ifname:
+            raise ConfigError("container_id and ifname are required strings")
+        labels = req.get("labels") or {}
+        if not isinstance(labels, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
+        ):
+            raise ConfigError("labels must be a mapping of strings to strings")
+        return Workload(
+            container_id=cid,
+            ifname=ifname,
+            netns=str(req.get("netns") or ""),
+            name=str(req.get("pod_name") or ""),
+            namespace=str(req.get("pod_namespace") or "default"),
+            labels=labels,
+        )
+
+    def dispatch(self, req: dict[str, Any]) -> Any:
+        op = req["op"]
+        if op == "status":
+            return self.status()
+        if op == "stop":
+            self._teardown = bool(req.get("teardown"))
+            self._stop.set()
+            return None
+        if self._stop.is_set():
+            raise AgentUnavailable("the agent is stopping", fix="retry when it is back")
+        if op == "cni.add":
+            wl = self._workload(req)
+            if not wl.netns:
+                raise ConfigError("netns is required for ADD")
+            return self._network(req).add(wl)
+        if op == "cni.del":
+            self._network(req).delete(self._workload(req))
+            return None
+        if op == "cni.check":
+            self._network(req).check(self._workload(req))
+            return None
+        if op == "cni.status":
+            net = self._network(req)
+            if not net.ready:
+                raise AgentUnavailable(f"network {net.spec.name} is not ready")
+            return None
+        if op == "cni.gc":
+            valid = req.get("valid") or []
+            if not isinstance(valid, list):
+                raise ConfigError("valid must be a list of {container_id, ifname}")
+            handles = {
+                Handle(str(v.get("container_id")), str(v.get("ifname")))
+                for v in valid if isinstance(v, dict)
+            }
+            return {"released": self._network(req).gc(handles)}
+        if op.startswith("policy."):
+            from fabric.policy.ops import handle_policy_op
+
+            return handle_policy_op(self._network(req), op, req)
+        raise ConfigError(f"unknown op {op!r}")
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "uptime": round(time.time() - self.started, 1),
+            "node": {"name": self.node.name, "public_ip": str(self.node.public_ip),
+                     "iface": self.node.iface, "mtu": self.node.mtu},
+            "etcd": self.config.etcd,
+            "networks": [n.status() for n in self.networks.values()],
+        }
+
+
+def offline_teardown(state_dir: Path) -> list[str]:
+    """`fabric down` when no agent answers: rebuild networks from agent.json and remove them."""
+    import json
+
+    path = state_dir / "agent.json"
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise NotFound(f"no agent state in {state_dir}", fix="nothing to take down") from exc
+    except ValueError as exc:
+        raise ConfigError(f"{path} is corrupt: {exc}") from exc
+    config = AgentConfig.from_json(data)
+    node = _node(config)
+    try:
+        store = _store(config)
+    except FabricError as exc:
+        log.warning("etcd unavailable, leases will expire by themselves: %s", exc)
+        store = None
+    done = []
+    for spec in reversed(config.networks):
+        net = Network(network_context(spec, node, config.state_dir, store))
+        net.teardown()
+        done.append(spec.name)
+    path.unlink(missing_ok=True)
+    (state_dir / "agent.pid").unlink(missing_ok=True)
+    return done

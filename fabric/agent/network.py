@@ -1,0 +1,328 @@
+"""One network inside the agent: its Backend, IPAM and PolicyEngine, and its workloads."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Sequence
+from ipaddress import IPv4Network
+from pathlib import Path
+from typing import Any
+
+from fabric.api import (
+    IPAM,
+    Allocation,
+    Backend,
+    Endpoint,
+    Handle,
+    NetworkContext,
+    Node,
+    PeerEvent,
+    PolicyEngine,
+    Workload,
+)
+from fabric.errors import AgentUnavailable, BackendError, FabricError, NotFound
+from fabric.plugins import load_plugin
+
+__all__ = ["Network", "endpoint_to_result"]
+
+log = logging.getLogger("fabric.agent")
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w") as fh:
+        json.dump(data, fh, indent=1, sort_keys=True)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def endpoint_to_result(ep: Endpoint) -> dict[str, Any]:
+    """CNI 1.x-shaped result (the plugin converts to the runtime's version)."""
+    return {
+        "interfaces": [
+            {"name": ep.host_ifname},
+            {"name": ep.workload.ifname, "mac": ep.mac, "sandbox": ep.workload.netns,
+             "mtu": ep.mtu},
+        ],
+        "ips": [
+            {
+                "address": str(a),
+                **({"gateway": str(ep.gateway)} if ep.gateway else {}),
+                "interface": 1,
+            }
+            for a in ep.addresses
+        ],
+        "routes": [
+            {"dst": str(r.dst), **({"gw": str(r.gateway)} if r.gateway else {})}
+            for r in ep.routes
+        ],
+        "dns": {},
+    }
+
+
+class Network:
+    """Lifecycle: ``start()`` -> add/delete/check/gc ... -> ``stop()`` or ``teardown()``."""
+
+    def __init__(self, ctx: NetworkContext) -> None:
+        self.ctx = ctx
+        self.spec = ctx.spec
+        backend_cls = load_plugin("backend", ctx.spec.backend)
+        ipam_name = ctx.spec.ipam or backend_cls.default_ipam
+        ipam_cls = load_plugin("ipam", ipam_name)
+        policy_cls = load_plugin("policy", ctx.spec.policy)
+        ctx.state_dir.mkdir(parents=True, exist_ok=True)
+        self.backend: Backend = backend_cls(ctx)
+        self.ipam: IPAM = ipam_cls(ctx)
+        self.policy: PolicyEngine = policy_cls(ctx)
+        self.ipam_name = ipam_name
+        self.ready = False
+        self.started_at: float | None = None
+        self.last_peer_error: str | None = None
+        self.peer_events = 0
+        self._lock = threading.RLock()
+        self._workloads_path = ctx.state_dir / "workloads.json"
+        self._workloads: dict[str, dict[str, Any]] = self._load_workloads()
+
+    # -- persistence of attached workloads (for CHECK, GC, policy, restarts) --
+    def _load_workloads(self) -> dict[str, dict[str, Any]]:
+        try:
+            data = json.loads(self._workloads_path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            log.error("network %s: ignoring unreadable %s: %s", self.spec.name,
+                      self._workloads_path, exc)
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def _save_workloads(self) -> None:
+        atomic_write_json(self._workloads_path, self._workloads)
+
+    # -- lifecycle --
+    def start(self) -> None:
+        data = self.backend.prepare()
+        chunks = self.ipam.start(data)
+        self.backend.start(chunks)
+        self.policy.start()
+        for rec in self._workloads.values():
+            ep = _endpoint_from_record(rec)
+            if ep is not None:
+                self._guard("policy endpoint_added", self.policy.endpoint_added, ep)
+        self.ipam.subscribe(self._on_peers, self._on_chunks)
+        self.ready = True
+        self.started_at = time.time()
+        self._write_subnet_env(chunks)
+
+    def _write_subnet_env(self, chunks: tuple[IPv4Network, ...]) -> None:
+        if not chunks:
+            return
+        try:
+            from fabric.ipam.subnet_env import write_subnet_env
+        except ImportError:  # pragma: no cover - part of the core distribution
+            return
+        write_subnet_env(
+            self.ctx.state_dir / "subnet.env",
+            network=self.spec.cidr,
+            subnet=chunks[0],
+            mtu=self.mtu,
+            ipmasq=self.spec.ipmasq,
+        )
+
+    @property
+    def mtu(self) -> int:
+        return self.spec.mtu or self.backend.mtu
+
+    def _guard(self, what: str, fn, *args) -> None:
+        try:
+            fn(*args)
+        except FabricError as exc:
+            log.error("network %s: %s failed: %s", self.spec.name, what, exc)
+        except Exception:
+            log.exception("network %s: %s failed", self.spec.name, what)
+
+    def _on_peers(self, events: Sequence[PeerEvent]) -> None:
+        self.peer_events += len(events)
+        try:
+            self.backend.peers_changed(events)
+            self.last_peer_error = None
+        except Exception as exc:  # a bad peer must not kill the watch thread
+            self.last_peer_error = str(exc)
+            log.error("network %s: applying peer events failed: %s", self.spec.name, exc)
+
+    def _on_chunks(self, chunks: tuple[IPv4Network, ...]) -> None:
+        self._guard("chunks_changed", self.backend.chunks_changed, chunks)
+
+    def stop(self) -> None:
+        """Graceful: threads stop, kernel state and leases stay."""
+        self.ready = False
+        for what, fn in (("policy", self.policy.stop), ("ipam", self.ipam.stop),
+                         ("backend", self.backend.stop)):
+            self._guard(f"{what} stop", fn)
+
+    def teardown(self) -> None:
+        """Remove workloads, rules, devices and give the chunks back."""
+        self.ready = False
+        for rec in list(self._workloads.values()):
+            wl = _workload_from_record(rec)
+            self._guard("detach", self.backend.detach, wl)
+        self._workloads.clear()
+        self._save_workloads()
+        for what, fn in (("policy", self.policy.teardown), ("ipam", self.ipam.teardown),
+                         ("backend", self.backend.teardown)):
+            self._guard(f"{what} teardown", fn)
+        for f in ("subnet.env",):
+            (self.ctx.state_dir / f).unlink(missing_ok=True)
+
+    # -- CNI operations --
+    def _require_ready(self) -> None:
+        if not self.ready:
+            raise AgentUnavailable(f"network {self.spec.name} is not ready yet", fix="retry")
+
+    def add(self, workload: Workload) -> dict[str, Any]:
+        self._require_ready()
+        with self._lock:
+            alloc = self.ipam.allocate(workload.handle)
+            try:
+                ep = self.backend.attach(workload, alloc)
+            except BaseException:
+                if workload.handle.key() not in self._workloads:
+                    self.ipam.release(workload.handle)
+                raise
+            self._workloads[workload.handle.key()] = _record(ep, alloc)
+            self._save_workloads()
+        self._guard("policy endpoint_added", self.policy.endpoint_added, ep)
+        return endpoint_to_result(ep)
+
+    def delete(self, workload: Workload) -> None:
+        self._require_ready()
+        with self._lock:
+            rec = self._workloads.get(workload.handle.key())
+            if rec is not None and not workload.netns:
+                workload = _workload_from_record(rec)
+            self.backend.detach(workload)
+            self.ipam.release(workload.handle)
+            if rec is not None:
+                del self._workloads[workload.handle.key()]
+                self._save_workloads()
+        if rec is not None:
+            ep = _endpoint_from_record(rec)
+            if ep is not None:
+                self._guard("policy endpoint_removed", self.policy.endpoint_removed, ep)
+
+    def check(self, workload: Workload) -> None:
+        self._require_ready()
+        rec = self._workloads.get(workload.handle.key())
+        alloc = self.ipam.allocations().get(workload.handle)
+        if rec is None or alloc is None:
+            raise NotFound(f"container {workload.container_id} ({workload.ifname}) is not attached")
+        self.backend.check(workload, alloc)
+
+    def gc(self, valid: set[Handle]) -> list[str]:
+        """Release every attachment not in ``valid`` (CNI GC)."""
+        self._require_ready()
+        released = []
+        with self._lock:
+            known = {Handle.from_key(k) for k in self._workloads} | set(self.ipam.allocations())
+            for handle in sorted(known - valid, key=lambda h: h.key()):
+                rec = self._workloads.get(handle.key())
+                wl = _workload_from_record(rec) if rec else Workload(
+                    handle.container_id, handle.ifname, ""
+                )
+                try:
+                    self.backend.detach(wl)
+                except BackendError as exc:
+                    log.warning("gc: detaching %s: %s", handle.key(), exc)
+                self.ipam.release(handle)
+                self._workloads.pop(handle.key(), None)
+                released.append(handle.key())
+            self._save_workloads()
+        return released
+
+    def endpoints(self) -> list[Endpoint]:
+        return [ep for r in self._workloads.values() if (ep := _endpoint_from_record(r))]
+
+    def status(self) -> dict[str, Any]:
+        def safe(fn):
+            try:
+                return fn()
+            except Exception as exc:  # status must always answer
+                return {"error": str(exc)}
+
+        return {
+            "name": self.spec.name,
+            "backend": self.spec.backend,
+            "ipam": self.ipam_name,
+            "policy": self.spec.policy,
+            "network": str(self.spec.cidr),
+            "ready": self.ready,
+            "mtu": safe(lambda: self.mtu),
+            "chunks": [str(c) for c in safe(self.ipam.chunks) or ()] if self.ready else [],
+            "workloads": len(self._workloads),
+            "peer_events": self.peer_events,
+            "last_peer_error": self.last_peer_error,
+            "backend_status": safe(self.backend.status),
+            "ipam_status": safe(self.ipam.status),
+            "policy_status": safe(self.policy.status),
+        }
+
+
+def _record(ep: Endpoint, alloc: Allocation) -> dict[str, Any]:
+    wl = ep.workload
+    return {
+        "container_id": wl.container_id,
+        "ifname": wl.ifname,
+        "netns": wl.netns,
+        "name": wl.name,
+        "namespace": wl.namespace,
+        "labels": dict(wl.labels),
+        "host_ifname": ep.host_ifname,
+        "mac": ep.mac,
+        "addresses": [str(a) for a in ep.addresses],
+        "gateway": str(ep.gateway) if ep.gateway else None,
+        "mtu": ep.mtu,
+        "ip": str(alloc.ip),
+    }
+
+
+def _workload_from_record(rec: dict[str, Any]) -> Workload:
+    return Workload(
+        container_id=rec["container_id"],
+        ifname=rec["ifname"],
+        netns=rec.get("netns", ""),
+        name=rec.get("name", ""),
+        namespace=rec.get("namespace", "default"),
+        labels=rec.get("labels", {}),
+    )
+
+
+def _endpoint_from_record(rec: dict[str, Any]) -> Endpoint | None:
+    from ipaddress import IPv4Address, IPv4Interface
+
+    try:
+        return Endpoint(
+            workload=_workload_from_record(rec),
+            host_ifname=rec["host_ifname"],
+            mac=rec.get("mac", ""),
+            addresses=tuple(IPv4Interface(a) for a in rec["addresses"]),
+            gateway=IPv4Address(rec["gateway"]) if rec.get("gateway") else None,
+            routes=(),
+            mtu=int(rec.get("mtu", 1500)),
+        )
+    except (KeyError, ValueError) as exc:
+        log.error("ignoring a malformed workload record %r: %s", rec, exc)
+        return None
+
+
+def network_context(spec, node: Node, state_dir: Path, store) -> NetworkContext:
+    return NetworkContext(
+        spec=spec,
+        node=node,
+        state_dir=state_dir / "networks" / spec.name,
+        store=store,
+        log=logging.getLogger(f"fabric.net.{spec.name}"),
+    )

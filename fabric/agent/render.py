@@ -1,0 +1,60 @@
+"""Human-readable rendering of the agent's status (like `weave status`, `calicoctl node status`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["render_status"]
+
+
+def _kv(rows: list[tuple[str, Any]], indent: int = 2) -> list[str]:
+    width = max((len(k) for k, _ in rows), default=0)
+    return [f"{' ' * indent}{k.rjust(width)}: {v}" for k, v in rows]
+
+
+def _peers_table(peers: list[dict[str, Any]]) -> list[str]:
+    if not peers:
+        return ["    (no peers)"]
+    cols = ["name", "public_ip", "subnets", "state"]
+    rows = [[str(p.get(c, "")) if not isinstance(p.get(c), list) else ",".join(p[c])
+             for c in cols] for p in peers]
+    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
+    out = ["    " + "  ".join(c.upper().ljust(w) for c, w in zip(cols, widths, strict=True))]
+    out += ["    " + "  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in rows]
+    return out
+
+
+def render_status(status: dict[str, Any]) -> str:
+    node = status.get("node", {})
+    lines = ["Node:"]
+    lines += _kv([("name", node.get("name")), ("public ip", node.get("public_ip")),
+                  ("interface", f"{node.get('iface')} (mtu {node.get('mtu')})"),
+                  ("etcd", status.get("etcd") or "-"),
+                  ("agent", f"{status.get('version')} pid {status.get('pid')} "
+                            f"up {status.get('uptime')}s")])
+    for net in status.get("networks", []):
+        lines.append("")
+        lines.append(f"Network {net.get('name')}:")
+        lines += _kv([("backend", net.get("backend")), ("ipam", net.get("ipam")),
+                      ("policy", net.get("policy")), ("network", net.get("network")),
+                      ("state", "ready" if net.get("ready") else "starting"),
+                      ("chunks", ", ".join(net.get("chunks") or []) or "-"),
+                      ("mtu", net.get("mtu")), ("workloads", net.get("workloads"))])
+        ipam = net.get("ipam_status") or {}
+        if ipam.get("lease"):
+            lines += _kv([("lease", ipam.get("lease")), ("expires", ipam.get("expiry", "-"))])
+        peers = ipam.get("peers")
+        backend = net.get("backend_status") or {}
+        if isinstance(backend.get("peers"), list) and backend["peers"] and isinstance(
+            backend["peers"][0], dict
+        ):
+            peers = backend["peers"]
+        if isinstance(peers, list):
+            lines.append("  peers:")
+            lines += _peers_table([p if isinstance(p, dict) else {"name": p} for p in peers])
+        for key, value in backend.items():
+            if key != "peers":
+                lines.append(f"  {key}: {value}")
+        if net.get("last_peer_error"):
+            lines.append(f"  last peer error: {net['last_peer_error']}")
+    return "\n".join(lines)

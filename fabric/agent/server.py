@@ -1,0 +1,127 @@
+"""The agent's control socket: one JSON request line in, one JSON answer line out.
+
+The socket is created with mode 0600 under a 0700 directory: only root talks to
+the agent. Each connection is served on its own thread; a bad request gets an
+error answer and never disturbs the agent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from fabric.errors import ConfigError, FabricError
+
+__all__ = ["ControlServer", "MAX_REQUEST"]
+
+log = logging.getLogger("fabric.agent")
+MAX_REQUEST = 4 * 1024 * 1024
+
+Handler = Callable[[dict[str, Any]], Any]
+
+
+def error_answer(exc: BaseException) -> dict[str, Any]:
+    if isinstance(exc, FabricError):
+        return {"ok": False, "error": {"kind": type(exc).__name__, "message": exc.message,
+                                       "fix": exc.fix}}
+    return {"ok": False, "error": {"kind": "InternalError",
+                                   "message": f"{type(exc).__name__}: {exc}", "fix": None}}
+
+
+class ControlServer:
+    def __init__(self, path: Path, dispatch: Handler) -> None:
+        self.path = path
+        self.dispatch = dispatch
+        self._sock: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+        self._closing = threading.Event()
+
+    def start(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.path.parent, 0o700)
+        if self.path.exists():
+            if _answers(self.path):
+                raise ConfigError(
+                    f"another agent is already serving {self.path}",
+                    fix="stop it first (fabric down) or use another --state-dir",
+                )
+            self.path.unlink()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)
+        try:
+            sock.bind(str(self.path))
+        finally:
+            os.umask(old)
+        sock.listen(64)
+        self._sock = sock
+        self._thread = threading.Thread(target=self._accept_loop, name="control", daemon=True)
+        self._thread.start()
+
+    def _accept_loop(self) -> None:
+        assert self._sock is not None
+        while not self._closing.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(30)
+            try:
+                request = _read_request(conn)
+                result = self.dispatch(request)
+                answer = {"ok": True, "result": result}
+            except Exception as exc:
+                if not isinstance(exc, FabricError):
+                    log.exception("control request failed")
+                answer = error_answer(exc)
+            with contextlib.suppress(OSError):  # client went away: nothing else to do
+                conn.sendall(json.dumps(answer).encode() + b"\n")
+
+    def close(self) -> None:
+        self._closing.set()
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+
+def _read_request(conn: socket.socket) -> dict[str, Any]:
+    buf = bytearray()
+    while b"\n" not in buf:
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        buf += chunk
+        if len(buf) > MAX_REQUEST:
+            raise ConfigError(f"request larger than {MAX_REQUEST} bytes")
+    line = bytes(buf).split(b"\n", 1)[0]
+    try:
+        req = json.loads(line)
+    except ValueError as exc:
+        raise ConfigError(f"request is not valid JSON: {exc}") from exc
+    if not isinstance(req, dict) or not isinstance(req.get("op"), str):
+        raise ConfigError("request must be a JSON object with a string 'op'")
+    return req
+
+
+def _answers(path: Path) -> bool:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(1)
+    try:
+        s.connect(str(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()

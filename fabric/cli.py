@@ -1,0 +1,226 @@
+"""The `fabric` command: agent (up/down/status), plugins, lab, bench, policy."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+from fabric.errors import ConfigError, FabricError
+
+__all__ = ["main", "build_parser"]
+
+_DEFAULT_STATE = "/run/netfabric"
+# Optional command groups: (module, function) adding subcommands; missing ones are skipped.
+_EXTENSIONS = [
+    ("fabric.lab.cli", "register"),
+    ("fabric.policy.cli", "register"),
+]
+_BENCH_EXTENSIONS = ["fabric.bench.throughput", "fabric.bench.mesh", "fabric.bench.dataplane",
+                     "fabric.bench.policy"]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, the usage, exit 2 — no traceback
+        self.print_usage(sys.stderr)
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="fabric", description="netfabric: multi-backend container network fabric")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    up = sub.add_parser("up", help="run the node agent in the foreground")
+    up.add_argument("--backend", help="backend of the network (e.g. vxlan, hostgw)")
+    up.add_argument("--network", help="network CIDR, e.g. 10.244.0.0/16")
+    up.add_argument("--name", help="network name (default: the backend's name)")
+    up.add_argument("--subnet-len", type=int, default=24)
+    up.add_argument("--backend-opt", action="append", default=[], metavar="KEY=VALUE",
+                    help="backend config entry (repeatable), JSON values allowed")
+    up.add_argument("--ipam", default="", help="IPAM plugin (default: the backend's)")
+    up.add_argument("--policy", default="none", help="policy engine (none, nftables)")
+    up.add_argument("--etcd-prefix", default="", help="etcd key prefix (default /netfabric/NAME)")
+    up.add_argument("--ipmasq", action="store_true", help="masquerade traffic leaving the network")
+    up.add_argument("--etcd", help="etcd endpoint URL, e.g. http://127.0.0.1:2379")
+    up.add_argument("--iface", help="underlay interface (default: that of the default route)")
+    up.add_argument("--public-ip", help="address published to peers (default: --iface's)")
+    up.add_argument("--node-name", help="node name (default: hostname)")
+    up.add_argument("--config", type=Path, help="YAML/JSON agent config file (several networks)")
+    up.add_argument("--state-dir", type=Path, default=Path(_DEFAULT_STATE))
+    up.set_defaults(func=cmd_up)
+
+    down = sub.add_parser("down", help="stop the agent and remove everything it created")
+    down.add_argument("--state-dir", type=Path, default=Path(_DEFAULT_STATE))
+    down.set_defaults(func=cmd_down)
+
+    st = sub.add_parser("status", help="show node, networks, leases and peers")
+    st.add_argument("--state-dir", type=Path, default=Path(_DEFAULT_STATE))
+    st.add_argument("--json", action="store_true", help="print the raw JSON status")
+    st.set_defaults(func=cmd_status)
+
+    pl = sub.add_parser("plugins", help="list installed backends, IPAMs and policy engines")
+    pl.add_argument("--json", action="store_true")
+    pl.set_defaults(func=cmd_plugins)
+
+    bench = sub.add_parser("bench", help="benchmarks (JSON on stdout)")
+    bench_sub = bench.add_subparsers(dest="bench", metavar="BENCH", parser_class=_Parser)
+    bench_sub.required = True
+    for mod in _BENCH_EXTENSIONS:
+        _extend(mod, "register", bench_sub)
+    for mod, fn in _EXTENSIONS:
+        _extend(mod, fn, sub)
+    return p
+
+
+def _extend(module: str, fn: str, sub: Any) -> None:
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name and module.startswith(exc.name):
+            return  # that part of the project is not installed
+        raise
+    getattr(mod, fn)(sub)
+
+
+def _backend_opts(items: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--backend-opt {item!r} is not KEY=VALUE")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
+def agent_config_from_args(args: argparse.Namespace):
+    from fabric.agent.config import AgentConfig, load_config_file
+
+    data: dict[str, Any] = load_config_file(args.config) if args.config else {}
+    data.setdefault("networks", [])
+    if args.backend or args.network:
+        if not (args.backend and args.network):
+            raise ConfigError("--backend and --network go together",
+                              fix="e.g. fabric up --backend vxlan --network 10.244.0.0/16")
+        net: dict[str, Any] = {"backend": args.backend, "network": args.network,
+                               "subnetLen": args.subnet_len,
+                               "backendConfig": _backend_opts(args.backend_opt),
+                               "ipam": args.ipam, "policy": args.policy,
+                               "etcdPrefix": args.etcd_prefix, "ipMasq": args.ipmasq}
+        if args.name:
+            net["name"] = args.name
+        data["networks"] = [*data["networks"], net]
+    node = dict(data.get("node") or {})
+    for key, value in (("name", args.node_name), ("iface", args.iface),
+                       ("publicIP", args.public_ip)):
+        if value:
+            node[key] = value
+    data["node"] = node
+    if args.etcd:
+        data["etcd"] = args.etcd
+    if args.state_dir != Path(_DEFAULT_STATE) or "stateDir" not in data:
+        data["stateDir"] = str(args.state_dir)
+    return AgentConfig.from_json(data)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from fabric.agent.daemon import Agent
+
+    config = agent_config_from_args(args)
+    return Agent(config).run()
+
+
+def agent_request(state_dir: Path, request: dict[str, Any], timeout: float = 30) -> Any:
+    from fabric.agent.client import call
+
+    return call(state_dir / "agent.sock", request, timeout=timeout)
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from fabric.errors import AgentUnavailable
+
+    try:
+        agent_request(args.state_dir, {"op": "stop", "teardown": True})
+    except AgentUnavailable:
+        from fabric.agent.daemon import offline_teardown
+
+        done = offline_teardown(args.state_dir)
+        print(f"agent not running; removed network(s): {', '.join(done) or 'none'}")
+        return 0
+    _wait_gone(args.state_dir / "agent.sock")
+    print("agent stopped and its networks removed")
+    return 0
+
+
+def _wait_gone(path: Path, timeout: float = 30) -> None:
+    import time
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        s = socket.socket(socket.AF_UNIX)
+        try:
+            s.connect(str(path))
+        except OSError:
+            return
+        finally:
+            s.close()
+        time.sleep(0.1)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    status = agent_request(args.state_dir, {"op": "status"})
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    from fabric.agent.render import render_status
+
+    print(render_status(status))
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from fabric.plugins import list_plugins
+
+    plugins = list_plugins()
+    if args.json:
+        import attrs
+
+        print(json.dumps([attrs.asdict(p) for p in plugins], indent=2))
+        return 0
+    rows = [("KIND", "NAME", "DISTRIBUTION", "VERSION", "TARGET")]
+    rows += [(p.kind, p.name, p.distribution, p.version, p.target) for p in plugins]
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(args.func(args) or 0)
+    except FabricError as exc:
+        print(f"fabric: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,169 @@
+"""Shared base for flannel-style backends: a node bridge, a veth per pod, routes per peer.
+
+A subclass says how to reach one peer (:meth:`BridgeBackend.program_peer` /
+:meth:`unprogram_peer`); this class keeps the peer table, the bridge, the pod
+veths, status and teardown. (flannel's ``route_network.go`` idea: route-only
+backends share one helper.)
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from typing import Any
+
+from fabric.api import (
+    Allocation,
+    Backend,
+    Endpoint,
+    NetworkContext,
+    Peer,
+    PeerEvent,
+    Route,
+    Workload,
+)
+from fabric.errors import BackendError
+from fabric.net.kernel import ipr, netlink_call, sysctl_set
+from fabric.net.links import delete_link, ensure_bridge, set_address
+from fabric.net.routes import RTPROT_FABRIC, delete_route, fabric_routes
+from fabric.net.workload import attach_bridged, detach_veth, host_ifname, pod_interface
+
+__all__ = ["BridgeBackend", "route_is_direct"]
+
+
+def route_is_direct(dst: IPv4Address) -> bool:
+    """True if ``dst`` is reachable on-link (same L2 segment), not through a router."""
+    with ipr() as sock:
+        try:
+            routes = sock.route("get", dst=str(dst))
+        except Exception as exc:  # unreachable: certainly not on-link
+            raise BackendError(f"no route to {dst}: {exc}") from exc
+    return not any(r.get_attr("RTA_GATEWAY") for r in routes)
+
+
+class BridgeBackend(Backend):
+    """Bridge ``<network>.br`` holding the first address of the node's subnet."""
+
+    veth_prefix = "nfv"
+
+    def __init__(self, ctx: NetworkContext) -> None:
+        super().__init__(ctx)
+        self.bridge = ctx.device_name("br")
+        self.chunks: tuple[IPv4Network, ...] = ()
+        self.peers: dict[IPv4Network, Peer] = {}
+        self.peer_state: dict[IPv4Network, str] = {}
+        self._lock = threading.RLock()
+
+    # -- subclass hooks --
+    def program_peer(self, peer: Peer, subnet: IPv4Network) -> None:
+        raise NotImplementedError
+
+    def unprogram_peer(self, peer: Peer, subnet: IPv4Network) -> None:
+        delete_route(subnet)
+
+    # -- node --
+    def start(self, chunks: tuple[IPv4Network, ...]) -> None:
+        if not chunks:
+            raise BackendError("no subnet was assigned to this node")
+        self.chunks = chunks
+        sysctl_set("net/ipv4/ip_forward", 1)
+        ensure_bridge(self.bridge, self.mtu)
+        chunk = chunks[0]
+        set_address(self.bridge, IPv4Interface(f"{next(chunk.hosts())}/{chunk.prefixlen}"))
+
+    def peers_changed(self, events: Sequence[PeerEvent]) -> None:
+        with self._lock:
+            for ev in events:
+                for subnet in ev.peer.subnets:
+                    if subnet in self.chunks:
+                        continue  # our own lease, seen through the watch
+                    if ev.kind == "removed":
+                        old = self.peers.pop(subnet, None)
+                        self.peer_state.pop(subnet, None)
+                        if old is not None:
+                            self.unprogram_peer(old, subnet)
+                        continue
+                    old = self.peers.get(subnet)
+                    if old is not None and old != ev.peer:
+                        self.unprogram_peer(old, subnet)
+                    self.peers[subnet] = ev.peer
+                    try:
+                        self.program_peer(ev.peer, subnet)
+                        self.peer_state[subnet] = "ok"
+                    except BackendError as exc:
+                        self.peer_state[subnet] = f"refused: {exc}"
+                        self.ctx.log.error("peer %s (%s): %s", ev.peer.public_ip, subnet, exc)
+
+    def reprogram_all(self) -> None:
+        with self._lock:
+            for subnet, peer in self.peers.items():
+                try:
+                    self.program_peer(peer, subnet)
+                    self.peer_state[subnet] = "ok"
+                except BackendError as exc:
+                    self.peer_state[subnet] = f"refused: {exc}"
+
+    # -- workloads --
+    def attach(self, workload: Workload, allocation: Allocation) -> Endpoint:
+        chunk = allocation.chunk
+        gateway = next(chunk.hosts())
+        address = IPv4Interface(f"{allocation.ip}/{chunk.prefixlen}")
+        host = host_ifname(self.veth_prefix, workload)
+        pod = attach_bridged(workload, bridge=self.bridge, host=host, address=address,
+                             gateway=gateway, mtu=self.mtu)
+        return Endpoint(
+            workload=workload, host_ifname=host, mac=pod.mac, addresses=(address,),
+            gateway=gateway, routes=(Route(IPv4Network("0.0.0.0/0"), gateway),), mtu=self.mtu,
+        )
+
+    def detach(self, workload: Workload) -> None:
+        detach_veth(host_ifname(self.veth_prefix, workload), workload)
+
+    def check(self, workload: Workload, allocation: Allocation) -> None:
+        pod = pod_interface(workload)
+        want = IPv4Interface(f"{allocation.ip}/{allocation.chunk.prefixlen}")
+        if pod is None:
+            raise BackendError(f"{workload.ifname} is missing in {workload.netns}")
+        if want not in pod.addresses:
+            raise BackendError(f"{workload.ifname} lacks address {want} (has "
+                               f"{', '.join(map(str, pod.addresses)) or 'none'})")
+        if pod.default_gateway != next(allocation.chunk.hosts()):
+            raise BackendError(f"{workload.ifname} default route is not via the bridge")
+        with ipr() as sock:
+            host = sock.link_lookup(ifname=host_ifname(self.veth_prefix, workload))
+            bridge = sock.link_lookup(ifname=self.bridge)
+            if not host or not bridge:
+                raise BackendError("host-side veth or bridge is missing")
+            if sock.get_links(host[0])[0].get_attr("IFLA_MASTER") != bridge[0]:
+                raise BackendError(f"host veth is not on bridge {self.bridge}")
+
+    # -- status and teardown --
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            peers = [
+                {"name": p.name, "public_ip": str(p.public_ip), "subnets": [str(s)],
+                 "state": self.peer_state.get(s, "?")}
+                for s, p in sorted(self.peers.items())
+            ]
+        return {"bridge": self.bridge, "peers": peers}
+
+    def remove_routes(self) -> None:
+        """Delete every route we installed into this network's CIDR (also after a crash)."""
+        for r in fabric_routes():
+            if r["dst"].subnet_of(self.ctx.spec.cidr) and r["type"] != 6:
+                delete_route(r["dst"])
+
+    def teardown(self) -> None:
+        self.remove_routes()
+        delete_link(self.bridge)
+
+    @staticmethod
+    def onlink_route(dst: IPv4Network, gateway: IPv4Address, dev: str) -> None:
+        with ipr() as sock:
+            idx = sock.link_lookup(ifname=dev)
+            if not idx:
+                raise BackendError(f"device {dev} does not exist")
+            netlink_call(f"route {dst} via {gateway} dev {dev} onlink", sock.route, "replace",
+                         dst=str(dst), gateway=str(gateway), oif=idx[0], flags=4,
+                         proto=RTPROT_FABRIC)
