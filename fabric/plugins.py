@@ -12,7 +12,7 @@ import logging
 from typing import Any
 
 import attrs
-from stevedore import DriverManager
+from stevedore import DriverManager, ExtensionManager
 from stevedore.exception import MultipleMatches, NoMatches
 
 from fabric.errors import PluginError
@@ -84,6 +84,9 @@ def load_plugin(kind: str, name: str) -> type[Any]:
             fix="pip uninstall one of those distributions",
         )
 
+    # stevedore keeps a per-process entry-point list; re-read so that what we load
+    # always matches what list_plugins() shows (plugins installed since start).
+    ExtensionManager.ENTRY_POINT_CACHE.pop(GROUPS[kind], None)
     try:
         mgr = DriverManager(
             GROUPS[kind],

@@ -59,6 +59,10 @@ class Agent:
         self._teardown = False
         self._fatal: FabricError | None = None
 
+    def request_stop(self, teardown: bool = False) -> None:
+        self._teardown = teardown
+        self._stop.set()
+
     # -- running --
     def run(self) -> int:
         """Serve until SIGTERM/SIGINT (graceful) or a `stop` request; returns an exit code."""
@@ -66,8 +70,9 @@ class Agent:
         atomic_write_json(self.config.state_dir / "agent.json", self.config.to_json())
         self.server.start()
         (self.config.state_dir / "agent.pid").write_text(f"{os.getpid()}\n")
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: self._stop.set())
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda *_: self._stop.set())
         threads = [
             threading.Thread(target=self._start_network, args=(n,), daemon=True,
                              name=f"start-{n.spec.name}")

@@ -1,0 +1,50 @@
+# netfabric — set-up, demo and tests on a Debian machine, as root.
+#   make demo   installs everything, runs a 3-host vxlan lab, pings pod to pod, tears it down
+#   make test   installs everything and runs the unit, functional and lab test tiers
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+DEBS = etcd-server bird2 iperf3 nftables iproute2 iputils-ping netcat-openbsd tcpdump \
+       containernetworking-plugins procps
+BACKENDS = $(wildcard backends/*/pyproject.toml)
+
+.PHONY: deps debs venv demo test test-unit test-functional test-lab lint bench clean
+
+debs:
+	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+$(BIN)/fabric: pyproject.toml $(BACKENDS)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test,bgp]' $(foreach b,$(BACKENDS),-e $(dir $(b)))
+	@touch $@
+
+venv: $(BIN)/fabric
+
+deps: debs venv
+
+demo: deps
+	$(BIN)/python examples/demo.py
+
+test: deps
+	bash scripts/run-tests.sh
+
+test-unit: venv
+	$(BIN)/pytest -q tests/unit
+
+lint: venv
+	$(BIN)/ruff check fabric backends tests examples
+
+bench: deps
+	$(BIN)/fabric bench throughput --backend vxlan
+	$(BIN)/fabric bench throughput --backend hostgw
+
+clean:
+	-$(BIN)/fabric lab down --all
+	rm -rf $(VENV) build *.egg-info

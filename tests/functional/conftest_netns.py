@@ -1,0 +1,46 @@
+"""Small namespace helpers for functional tests (each test owns its namespaces by prefix)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
+
+
+def sh(*args: str, check: bool = True, ns: str | None = None) -> subprocess.CompletedProcess:
+    cmd = (["ip", "netns", "exec", ns] if ns else []) + list(args)
+    return subprocess.run(cmd, check=check, capture_output=True, text=True, timeout=60)
+
+
+@contextmanager
+def namespaces(prefix: str) -> Iterator[str]:
+    """Yield a unique prefix; delete every namespace starting with it afterwards."""
+    tag = f"{prefix}{secrets.token_hex(2)}"
+    try:
+        yield tag
+    finally:
+        out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            name = line.split()[0] if line.strip() else ""
+            if name.startswith(tag):
+                subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+def add_ns(name: str) -> None:
+    sh("ip", "netns", "add", name)
+    sh("ip", "link", "set", "lo", "up", ns=name)
+
+
+def wire(switch: str, bridge: str, host: str, address: str, peer_name: str) -> None:
+    """veth from host's eth0 to the switch namespace's bridge."""
+    sh("ip", "link", "add", "eth0", "type", "veth", "peer", "name", peer_name, ns=host)
+    sh("ip", "link", "set", peer_name, "netns", switch, ns=host)
+    sh("ip", "link", "set", peer_name, "master", bridge, "up", ns=switch)
+    sh("ip", "addr", "add", address, "dev", "eth0", ns=host)
+    sh("ip", "link", "set", "eth0", "up", ns=host)
