@@ -83,13 +83,14 @@ def test_add_is_idempotent_and_del_twice_succeeds(tmp_path: Path) -> None:
         t.join(5)
 
 
-def test_restart_keeps_allocations_and_gc_releases(tmp_path: Path) -> None:
+def test_workloads_are_persisted_and_gc_releases(tmp_path: Path) -> None:
     agent = make_agent(tmp_path)
     t = start(agent)
     ip1 = agent.dispatch(add_req("c1"))["ips"][0]["address"]
     agent.dispatch(add_req("c2"))
     rec = json.loads((tmp_path / "n1/networks/fk/workloads.json").read_text())
     assert rec["c1/eth0"]["labels"] == {"app": "web"} and rec["c1/eth0"]["namespace"] == "prod"
+    assert rec["c1/eth0"]["ip"] == ip1.split("/")[0]
     res = agent.dispatch({"op": "cni.gc", "valid": [{"container_id": "c1", "ifname": "eth0"}]})
     assert res == {"released": ["c2/eth0"]}
     agent.request_stop()
