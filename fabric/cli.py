@@ -205,9 +205,20 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def _normalise_argv(argv: list[str]) -> list[str]:
+    """`fabric bench --backend X` is short for `fabric bench throughput --backend X`."""
+    if "bench" in argv:
+        i = argv.index("bench")
+        if i + 1 < len(argv) and argv[i + 1].startswith("--") and argv[i + 1] not in (
+            "--help",
+        ):
+            return [*argv[: i + 1], "throughput", *argv[i + 1 :]]
+    return argv
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_normalise_argv(list(sys.argv[1:] if argv is None else argv)))
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

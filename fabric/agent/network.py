@@ -113,6 +113,10 @@ class Network:
             ep = _endpoint_from_record(rec)
             if ep is not None:
                 self._guard("policy endpoint_added", self.policy.endpoint_added, ep)
+        if self.spec.ipmasq:
+            from fabric.agent.masq import apply_masquerade
+
+            apply_masquerade(self.spec.name, self.spec.cidr)
         self.ipam.subscribe(self._on_peers, self._on_chunks)
         self.ready = True
         self.started_at = time.time()
@@ -175,8 +179,11 @@ class Network:
         for what, fn in (("policy", self.policy.teardown), ("ipam", self.ipam.teardown),
                          ("backend", self.backend.teardown)):
             self._guard(f"{what} teardown", fn)
-        for f in ("subnet.env",):
-            (self.ctx.state_dir / f).unlink(missing_ok=True)
+        if self.spec.ipmasq:
+            from fabric.agent.masq import remove_masquerade
+
+            self._guard("masquerade removal", remove_masquerade, self.spec.name)
+        (self.ctx.state_dir / "subnet.env").unlink(missing_ok=True)
 
     # -- CNI operations --
     def _require_ready(self) -> None:
