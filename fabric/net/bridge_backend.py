@@ -71,6 +71,28 @@ class BridgeBackend(Backend):
         ensure_bridge(self.bridge, self.mtu)
         chunk = chunks[0]
         set_address(self.bridge, IPv4Interface(f"{next(chunk.hosts())}/{chunk.prefixlen}"))
+        # After a restart, peers that left meanwhile still have routes: once the IPAM has
+        # delivered the current peers, remove what no longer belongs to one.
+        timer = threading.Timer(self.reconcile_delay, self.reconcile)
+        timer.daemon = True
+        timer.start()
+
+    reconcile_delay = 3.0
+
+    def reconcile(self) -> None:
+        """Delete our routes into the network that match no current peer."""
+        with self._lock:
+            wanted = set(self.peers)
+            try:
+                for r in fabric_routes():
+                    dst = r["dst"]
+                    if dst.subnet_of(self.ctx.spec.cidr) and dst not in wanted and (
+                        dst not in self.chunks and r["type"] != 6
+                    ):
+                        self.ctx.log.info("removing stale route %s", dst)
+                        delete_route(dst)
+            except BackendError as exc:
+                self.ctx.log.warning("reconcile failed: %s", exc)
 
     def peers_changed(self, events: Sequence[PeerEvent]) -> None:
         with self._lock:
