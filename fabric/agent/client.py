@@ -1,0 +1,160 @@
+"""Client of the agent's control socket (stdlib only: used by `fabric-cni` and `fabric`).
+
+One request per connection: send one JSON object and ``\\n``, read one JSON answer
+line (see docs/architecture.md, "Agent control protocol"). The whole exchange —
+connect, send, answer — is bounded by one deadline.
+
+Failures are :mod:`fabric.errors` types:
+
+* :class:`AgentUnreachable` (an :class:`~fabric.errors.AgentUnavailable`): no agent
+  answered — socket missing, connection refused, timeout, or the connection closed
+  without a well-formed answer. ``reason`` says which; ``maybe_done`` is true when the
+  request was sent, so the agent may have acted on it.
+* an error answer ``{"ok": false, "error": {"kind": K, ...}}`` is raised as the
+  ``fabric.errors`` class named ``K`` (:class:`AgentError` for kinds this version
+  does not know, e.g. ``InternalError``); ``exc.kind`` always holds ``K``.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import socket
+import time
+from typing import Any
+
+from fabric import errors as _errors
+from fabric.errors import AgentUnavailable, FabricError
+
+__all__ = [
+    "DEFAULT_SOCKET",
+    "MAX_ANSWER",
+    "AgentUnreachable",
+    "AgentError",
+    "call",
+    "error_from_answer",
+]
+
+DEFAULT_SOCKET = "/run/netfabric/agent.sock"
+MAX_ANSWER = 16 * 1024 * 1024
+
+
+class AgentUnreachable(AgentUnavailable):
+    """No usable answer from the agent's socket (nothing came back from the agent itself)."""
+
+    kind = "AgentUnavailable"
+
+    def __init__(self, message: str, *, reason: str, path: str, maybe_done: bool = False,
+                 fix: str | None = None) -> None:
+        super().__init__(message, fix=fix)
+        self.reason = reason  # "missing", "refused", "timeout", "protocol", "os"
+        self.path = path
+        self.maybe_done = maybe_done
+
+
+class AgentError(FabricError):
+    """The agent answered with an error of a kind this client has no class for."""
+
+    def __init__(self, message: str, *, kind: str, fix: str | None = None) -> None:
+        super().__init__(message, fix=fix)
+        self.kind = kind
+
+
+def error_from_answer(error: Any) -> FabricError:
+    """The exception for an answer's ``error`` object, as the ``fabric.errors`` class it names."""
+    if not isinstance(error, dict):
+        return AgentError(f"the agent answered a malformed error: {error!r}", kind="Protocol")
+    kind = str(error.get("kind") or "InternalError")
+    message = str(error.get("message") or kind)
+    fix = error.get("fix")
+    fix = str(fix) if fix else None
+    cls = getattr(_errors, kind, None) if kind in _errors.__all__ else None
+    if not (isinstance(cls, type) and issubclass(cls, FabricError)):
+        return AgentError(message, kind=kind, fix=fix)
+    exc = cls.__new__(cls)  # some classes take other constructor arguments
+    FabricError.__init__(exc, message, fix=fix)
+    exc.kind = kind  # type: ignore[attr-defined]
+    return exc
+
+
+class _BadAnswer(Exception):
+    """The connection ended without a well-formed answer line."""
+
+
+def _unreachable(path: str, reason: str, detail: str, sent: bool) -> AgentUnreachable:
+    fixes = {
+        "missing": "start the agent (fabric up) or point agentSocket / FABRIC_AGENT_SOCKET at it",
+        "refused": "the agent is not running; start it (fabric up)",
+        "timeout": "the agent is busy or hung; retry, and see its log",
+    }
+    return AgentUnreachable(
+        f"agent at {path}: {detail}", reason=reason, path=path, maybe_done=sent,
+        fix=fixes.get(reason, "retry; see the agent's log"),
+    )
+
+
+def call(path: str | os.PathLike[str], request: dict[str, Any], timeout: float = 30.0) -> Any:
+    """Send ``request`` (with an ``op``) to the agent at ``path``; return the answer's result.
+
+    Raises :class:`AgentUnreachable` or the error the agent answered (see module doc).
+    """
+    spath = os.fspath(path)
+    deadline = time.monotonic() + timeout
+    try:
+        payload = json.dumps(request).encode() + b"\n"
+    except (TypeError, ValueError) as exc:
+        raise _errors.ConfigError(f"request cannot be sent as JSON: {exc}") from exc
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sent = False
+    try:
+        try:
+            sock.settimeout(max(timeout, 0.001))
+            sock.connect(spath)
+            sock.settimeout(max(deadline - time.monotonic(), 0.001))
+            sock.sendall(payload)
+            sent = True
+            line = _read_line(sock, deadline)
+        except TimeoutError as exc:
+            raise _unreachable(spath, "timeout", f"no answer within {timeout:g} s", sent) from exc
+        except _BadAnswer as exc:
+            raise _unreachable(spath, "protocol", str(exc), sent) from exc
+        except FileNotFoundError as exc:
+            raise _unreachable(spath, "missing", "no such socket", sent) from exc
+        except ConnectionRefusedError as exc:
+            raise _unreachable(spath, "refused", "connection refused", sent) from exc
+        except OSError as exc:
+            reason = "missing" if exc.errno in (errno.ENOTDIR, errno.ENOENT) else "os"
+            detail = exc.strerror or str(exc)
+            raise _unreachable(spath, reason, detail, sent) from exc
+    finally:
+        sock.close()
+    try:
+        answer = json.loads(line)
+    except ValueError as exc:
+        raise _unreachable(spath, "protocol", f"answer is not JSON: {exc}", True) from exc
+    if not isinstance(answer, dict) or not isinstance(answer.get("ok"), bool):
+        raise _unreachable(spath, "protocol", "answer lacks a boolean 'ok'", True)
+    if answer["ok"]:
+        return answer.get("result")
+    raise error_from_answer(answer.get("error"))
+
+
+def _read_line(sock: socket.socket, deadline: float) -> bytes:
+    buf = bytearray()
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("deadline passed")
+        sock.settimeout(remaining)
+        chunk = sock.recv(65536)
+        if not chunk:
+            if not buf:
+                raise _BadAnswer("the agent closed the connection without answering")
+            return bytes(buf)  # an answer without the final newline is still an answer
+        buf += chunk
+        end = buf.find(b"\n")
+        if end >= 0:
+            return bytes(buf[:end])
+        if len(buf) > MAX_ANSWER:
+            raise _BadAnswer(f"answer larger than {MAX_ANSWER} bytes")

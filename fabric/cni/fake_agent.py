@@ -1,0 +1,110 @@
+"""A scripted stand-in for the agent's control socket, for tests of agent clients.
+
+It is a real unix-socket server speaking the control protocol (one JSON line in, one
+out); ``reply(request)`` decides each answer. It lets tests of `fabric-cni` and of
+``fabric.agent.client`` reach paths a healthy agent never takes (hangs, resets,
+garbage). End-to-end behaviour is tested against the real agent.
+
+    with FakeAgent(path, lambda req: ok({"ips": []})) as agent:
+        ...
+        assert agent.requests[0]["op"] == "cni.add"
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import threading
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["FakeAgent", "ok", "fail", "HANG", "CLOSE", "Raw"]
+
+HANG = "hang"  # read the request, never answer (until the agent is closed)
+CLOSE = "close"  # read the request, close without answering
+
+
+class Raw(bytes):
+    """Bytes sent verbatim as the answer."""
+
+
+def ok(result: Any = None) -> dict[str, Any]:
+    return {"ok": True, "result": result}
+
+
+def fail(kind: str, message: str, fix: str | None = None) -> dict[str, Any]:
+    return {"ok": False, "error": {"kind": kind, "message": message, "fix": fix}}
+
+
+Reply = Callable[[dict[str, Any]], Any]
+
+
+class FakeAgent:
+    def __init__(self, path: str | os.PathLike[str], reply: Reply) -> None:
+        self.path = os.fspath(path)
+        self.reply = reply
+        self.requests: list[dict[str, Any]] = []
+        self._sock: socket.socket | None = None
+        self._closing = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def __enter__(self) -> FakeAgent:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def start(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(self.path)
+        sock.listen(16)
+        self._sock = sock
+        t = threading.Thread(target=self._accept, daemon=True, name="fake-agent")
+        t.start()
+        self._threads.append(t)
+
+    def _accept(self) -> None:
+        assert self._sock is not None
+        while not self._closing.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            t = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            buf = b""
+            while b"\n" not in buf:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                buf += chunk
+            request = json.loads(buf.split(b"\n", 1)[0])
+            self.requests.append(request)
+            answer = self.reply(request)
+            if answer == HANG:
+                self._closing.wait(60)
+                return
+            if answer == CLOSE:
+                return
+            data = answer if isinstance(answer, Raw) else json.dumps(answer).encode() + b"\n"
+            with contextlib.suppress(OSError):
+                conn.sendall(data)
+
+    def close(self) -> None:
+        self._closing.set()
+        if self._sock is not None:
+            with contextlib.suppress(OSError):  # wakes the thread blocked in accept()
+                self._sock.shutdown(socket.SHUT_RDWR)
+            self._sock.close()
+            self._sock = None
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+        for t in self._threads:
+            t.join(2)

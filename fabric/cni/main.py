@@ -1,0 +1,293 @@
+"""`fabric-cni`: the CNI plugin executable, a thin client of the node agent.
+
+The runtime runs it with CNI_* variables and the plugin config on stdin; it asks the
+agent (``cni.add`` / ``cni.del`` / ``cni.check`` / ``cni.status`` / ``cni.gc`` over the
+control socket) and prints the result, or an error object with exit status 1.
+
+Decisions where the spec leaves room:
+
+* DEL and GC when no agent answers: if the agent's state directory (the socket's
+  directory) still holds ``agent.json``, the agent is merely down and its workloads
+  still exist: code 11, so the runtime retries. Without ``agent.json`` the fabric was
+  removed from this node (``fabric down``) or never ran, nothing of ours can be left:
+  success, with a note on stderr. A timeout is always code 11.
+* DEL and GC of a network the agent does not serve succeed (nothing of ours exists).
+* ADD/CHECK/DEL time out after ``agentTimeout`` seconds (default 30; STATUS 10, GC 60).
+* CHECK finds our interface (CNI_IFNAME in CNI_NETNS) in prevResult and sends its MAC
+  and addresses as ``expected`` with ``cni.check``.
+
+Only the standard library is imported, so the plugin starts fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import IO, Any
+
+from fabric.agent.client import AgentUnreachable, call
+from fabric.cni import errors as codes
+from fabric.cni.errors import CNIError
+from fabric.cni.result import chain, find_interface, interface_ips, normalize, to_version
+from fabric.cni.spec import (
+    DEFAULT_TIMEOUTS,
+    LATEST_VERSION,
+    SUPPORTED_VERSIONS,
+    Invocation,
+    NetConf,
+    parse_netconf,
+    parse_version,
+    read_invocation,
+)
+from fabric.errors import FabricError
+
+__all__ = ["main", "run"]
+
+# fabric.errors kind -> CNI code (kinds not listed: AGENT_FAILURE)
+_KIND_CODES = {
+    "AgentUnavailable": codes.TRY_AGAIN_LATER,
+    "StoreError": codes.TRY_AGAIN_LATER,
+    "StoreUnavailable": codes.TRY_AGAIN_LATER,
+    "StoreCompacted": codes.TRY_AGAIN_LATER,
+    "StoreConflict": codes.TRY_AGAIN_LATER,
+    "ConfigError": codes.INVALID_NETWORK_CONFIG,
+    "NotFound": codes.UNKNOWN_CONTAINER,
+    "BackendError": codes.BACKEND_FAILURE,
+    "KernelFeatureMissing": codes.KERNEL_FEATURE_MISSING,
+    "IPAMError": codes.IPAM_FAILURE,
+    "PoolExhausted": codes.POOL_EXHAUSTED,
+    "PolicyError": codes.POLICY_FAILURE,
+}
+_STATUS_LIMITED = {"StoreError", "StoreUnavailable", "StoreCompacted", "BackendError",
+                   "KernelFeatureMissing"}
+
+
+def _kind(exc: FabricError) -> str:
+    return getattr(exc, "kind", type(exc).__name__)
+
+
+def _network_unknown(exc: FabricError) -> bool:
+    """The agent's NotFound for a network it does not serve (vs. an unknown container)."""
+    return _kind(exc) == "NotFound" and exc.message.startswith("network ")
+
+
+def _cni_error(exc: FabricError, verb: str) -> CNIError:
+    kind = _kind(exc)
+    if isinstance(exc, AgentUnreachable):
+        if verb == "STATUS":
+            return CNIError(codes.NOT_AVAILABLE, str(exc), msg="netfabric agent unreachable")
+        detail = str(exc)
+        if exc.reason == "timeout" and verb == "ADD":
+            detail += "; the agent may still finish the ADD, a DEL will undo it"
+        return CNIError(codes.TRY_AGAIN_LATER, detail, msg="netfabric agent unreachable")
+    if _network_unknown(exc):
+        return CNIError(codes.INVALID_NETWORK_CONFIG, str(exc),
+                        msg="invalid network configuration: network")
+    if verb == "STATUS":
+        if kind == "AgentUnavailable":
+            return CNIError(codes.NOT_AVAILABLE, str(exc))
+        if kind in _STATUS_LIMITED:
+            return CNIError(codes.LIMITED_CONNECTIVITY, f"{kind}: {exc}")
+    code = _KIND_CODES.get(kind, codes.AGENT_FAILURE)
+    return CNIError(code, f"{kind}: {exc}" if code == codes.AGENT_FAILURE else str(exc))
+
+
+def _agent(inv: Invocation, nc: NetConf, request: dict[str, Any]) -> Any:
+    timeout = nc.timeout or DEFAULT_TIMEOUTS[inv.verb]
+    try:
+        return call(nc.socket, {"network": nc.network, **request}, timeout=timeout)
+    except FabricError as exc:
+        raise _cni_error(exc, inv.verb) from exc
+
+
+def _fabric_gone(nc: NetConf) -> bool:
+    """No agent state next to the socket: the fabric was removed from this node."""
+    return not os.path.exists(os.path.join(os.path.dirname(nc.socket), "agent.json"))
+
+
+def _best_effort(inv: Invocation, nc: NetConf, request: dict[str, Any], err: IO[str]) -> Any:
+    """DEL / GC: succeed when nothing of ours can exist (see the module doc)."""
+    try:
+        return _agent(inv, nc, request)
+    except CNIError as exc:
+        cause = exc.__cause__
+        if isinstance(cause, AgentUnreachable) and cause.reason != "timeout" and _fabric_gone(nc):
+            err.write(f"fabric-cni: {inv.verb}: no agent and no agent state next to "
+                      f"{nc.socket}; nothing to release\n")
+            return None
+        if isinstance(cause, FabricError) and _network_unknown(cause):
+            err.write(f"fabric-cni: {inv.verb}: {cause.message}; nothing to release\n")
+            return None
+        raise
+
+
+def _attachment(inv: Invocation) -> dict[str, Any]:
+    return {"container_id": inv.container_id, "ifname": inv.ifname, "netns": inv.netns}
+
+
+def cmd_add(inv: Invocation, nc: NetConf, err: IO[str]) -> dict[str, Any]:
+    prev = normalize(nc.prev_result) if nc.prev_result is not None else None
+    if prev is not None and find_interface(prev, inv.ifname, inv.netns) is not None:
+        raise CNIError(codes.INTERFACE_EXISTS,
+                       f"prevResult already lists {inv.ifname} in {inv.netns}; a chained "
+                       "plugin created it, so netfabric cannot")
+    answer = _agent(inv, nc, {
+        "op": "cni.add", **_attachment(inv),
+        "pod_name": inv.args.get("K8S_POD_NAME", ""),
+        "pod_namespace": nc.pod_namespace or inv.args.get("K8S_POD_NAMESPACE", ""),
+        "labels": nc.labels,
+    })
+    try:
+        ours = normalize(answer, "agent result")
+    except CNIError as exc:
+        raise CNIError(codes.AGENT_FAILURE, f"the agent answered a malformed result: "
+                       f"{exc.details}") from exc
+    ours["dns"] = {**nc.dns, **ours["dns"]}
+    return to_version(chain(prev, ours), nc.cni_version)
+
+
+def cmd_del(inv: Invocation, nc: NetConf, err: IO[str]) -> None:
+    _best_effort(inv, nc, {"op": "cni.del", **_attachment(inv)}, err)
+
+
+def cmd_check(inv: Invocation, nc: NetConf, err: IO[str]) -> None:
+    if nc.prev_result is None:
+        raise CNIError(codes.INVALID_NETWORK_CONFIG, "CHECK needs prevResult, the result of "
+                       "the attachment's ADD", msg="invalid network configuration: prevResult")
+    prev = normalize(nc.prev_result)
+    index = find_interface(prev, inv.ifname, inv.netns)
+    if index is None:
+        raise CNIError(codes.INVALID_NETWORK_CONFIG,
+                       f"prevResult lists no interface {inv.ifname} in sandbox {inv.netns}",
+                       msg="invalid network configuration: prevResult.interfaces")
+    ips = interface_ips(prev, index)
+    if not ips:
+        raise CNIError(codes.INVALID_NETWORK_CONFIG,
+                       f"prevResult assigns no address to {inv.ifname}",
+                       msg="invalid network configuration: prevResult.ips")
+    iface = prev["interfaces"][index]
+    expected = {"ips": [ip["address"] for ip in ips]}
+    if iface.get("mac"):
+        expected["mac"] = iface["mac"]
+    _agent(inv, nc, {"op": "cni.check", **_attachment(inv), "expected": expected})
+
+
+def cmd_status(inv: Invocation, nc: NetConf, err: IO[str]) -> None:
+    _agent(inv, nc, {"op": "cni.status"})
+
+
+def cmd_gc(inv: Invocation, nc: NetConf, err: IO[str]) -> None:
+    field = "cni.dev/valid-attachments"
+    valid = nc.raw.get(field)
+    if valid is None:  # never read a missing list as "nothing is valid"
+        raise CNIError(codes.INVALID_NETWORK_CONFIG, f"GC needs {field}",
+                       msg=f"invalid network configuration: {field}")
+    if not isinstance(valid, list):
+        raise CNIError(codes.INVALID_NETWORK_CONFIG, f"{field} must be a list",
+                       msg=f"invalid network configuration: {field}")
+    attachments = []
+    for i, item in enumerate(valid):
+        if not (isinstance(item, dict) and isinstance(item.get("containerID"), str)
+                and isinstance(item.get("ifname"), str)):
+            raise CNIError(codes.INVALID_NETWORK_CONFIG,
+                           f"{field}[{i}] must be {{\"containerID\": str, \"ifname\": str}}",
+                           msg=f"invalid network configuration: {field}")
+        attachments.append({"container_id": item["containerID"], "ifname": item["ifname"]})
+    answer = _best_effort(inv, nc, {"op": "cni.gc", "valid": attachments}, err)
+    released = (answer or {}).get("released") if isinstance(answer, dict) else None
+    if released:
+        err.write(f"fabric-cni: GC released {len(released)}: {', '.join(map(str, released))}\n")
+
+
+_HANDLERS = {"ADD": cmd_add, "DEL": cmd_del, "CHECK": cmd_check, "STATUS": cmd_status,
+             "GC": cmd_gc}
+
+
+def _version_result(stdin: IO[bytes]) -> dict[str, Any]:
+    """VERSION: echo the input's cniVersion if it is a version, else the latest."""
+    version = LATEST_VERSION
+    try:
+        if not stdin.isatty():
+            conf = json.loads(stdin.read() or b"{}")
+            given = conf.get("cniVersion") if isinstance(conf, dict) else None
+            if isinstance(given, str):
+                parse_version(given)
+                version = given
+    except (OSError, ValueError):  # VERSION is a probe: stdin is optional
+        pass
+    return {"cniVersion": version, "supportedVersions": list(SUPPORTED_VERSIONS)}
+
+
+def _read_config(stdin: IO[bytes]) -> Any:
+    try:
+        data = stdin.read()
+    except (OSError, ValueError) as exc:
+        raise CNIError(codes.IO_FAILURE, f"reading the config from stdin failed: {exc}") from exc
+    if not data or not data.strip():
+        raise CNIError(codes.DECODING_FAILURE, "stdin is empty; the runtime must pass the "
+                       "plugin config as JSON on stdin")
+    try:
+        return json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise CNIError(codes.DECODING_FAILURE, f"the config on stdin is not UTF-8: {exc}") \
+            from exc
+    except ValueError as exc:
+        raise CNIError(codes.DECODING_FAILURE, f"the config on stdin is not JSON: {exc}") \
+            from exc
+
+
+def _log(environ: Any, entry: dict[str, Any]) -> None:
+    """Append one JSON line to $FABRIC_CNI_LOG, if set (call timing for the lab/bench)."""
+    path = environ.get("FABRIC_CNI_LOG")
+    if path:
+        try:
+            with open(path, "a") as fh:
+                fh.write(json.dumps(entry) + "\n")
+        except OSError:
+            pass
+
+
+def run(environ: Any, stdin: IO[bytes], stdout: IO[str], stderr: IO[str]) -> int:
+    """One plugin invocation; returns the exit status. Never raises for bad input."""
+    started = time.monotonic()
+    version = LATEST_VERSION
+    inv: Invocation | None = None
+    code = 0
+    try:
+        inv = read_invocation(environ)
+        if inv.verb == "VERSION":
+            stdout.write(json.dumps(_version_result(stdin)) + "\n")
+            return 0
+        conf = _read_config(stdin)
+        given = conf.get("cniVersion") if isinstance(conf, dict) else None
+        if given in SUPPORTED_VERSIONS:
+            version = given
+        nc = parse_netconf(conf, inv.verb, environ)
+        result = _HANDLERS[inv.verb](inv, nc, stderr)
+        if result is not None:
+            stdout.write(json.dumps(result) + "\n")
+        return 0
+    except CNIError as exc:
+        code = exc.code
+        stdout.write(json.dumps(exc.result(version)) + "\n")
+        return 1
+    except Exception as exc:  # a bug: still answer in the protocol, never a bare traceback
+        code = codes.AGENT_FAILURE
+        err = CNIError(code, f"internal error in fabric-cni: {type(exc).__name__}: {exc}")
+        stdout.write(json.dumps(err.result(version)) + "\n")
+        return 1
+    finally:
+        if inv is not None and inv.verb != "VERSION":
+            _log(environ, {"verb": inv.verb, "container_id": inv.container_id,
+                           "ifname": inv.ifname, "code": code,
+                           "ms": round((time.monotonic() - started) * 1000, 2)})
+
+
+def main() -> int:
+    return run(os.environ, sys.stdin.buffer, sys.stdout, sys.stderr)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
