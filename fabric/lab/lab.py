@@ -1,0 +1,337 @@
+"""The running lab: ``with Lab(topo) as lab: lab.ping_all()``.
+
+Every process started is recorded in ``/run/netfabric-lab/NAME/lab.json`` before
+the next step, so :func:`fabric.lab.cleanup.teardown` can remove the lab from any
+process, even if this object is abandoned.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from ipaddress import IPv4Address
+from pathlib import Path
+from typing import Any
+
+from fabric.errors import ConfigError, NotFound
+from fabric.lab import agents, ops
+from fabric.lab.cleanup import load_state, save_state, teardown
+from fabric.lab.netns import LabError, add_ns, list_ns, run
+from fabric.lab.procs import ProcRecord, is_alive, spawn, stop
+from fabric.lab.results import (
+    DownReport,
+    ExecResult,
+    HostInfo,
+    IperfResult,
+    PingResult,
+    PodInfo,
+    TcpResult,
+)
+from fabric.lab.topology import MAX_HOSTS, STATE_ROOT, Topology, switch_ns
+from fabric.lab.underlay import build_host, build_switch, etcd_url, start_etcd
+
+__all__ = ["Lab", "Hook"]
+
+Hook = Callable[["Lab"], None]
+
+
+class Lab:
+    """A running :class:`Topology`. ``hooks`` run after the underlay and etcd are up and
+    before any agent starts (e.g. BIRD in :meth:`switch_ns`); they may call :meth:`spawn`
+    so their processes are recorded and ended by :meth:`down`."""
+
+    def __init__(self, topo: Topology, *, hooks: Sequence[Hook] = (),
+                 ready_timeout: float = 60, root: Path = STATE_ROOT,
+                 agents: bool = True) -> None:
+        self.topo = topo
+        self.with_agents = agents  # False: underlay and etcd only (no agents, no pods)
+        self.hooks = tuple(hooks)
+        self.ready_timeout = ready_timeout
+        self.root = root
+        self.state_dir = root / topo.name
+        self.marker = f"{self.state_dir}/"
+        self.hosts: dict[str, HostInfo] = {}
+        self.pods: dict[str, PodInfo] = {}
+        self.procs: dict[str, ProcRecord] = {}
+        self.etcd: str | None = None
+        self._popen: dict[str, subprocess.Popen] = {}
+        self._etcd_handle: Any = None
+        self._next_host = 1
+
+    # -- life cycle --
+    def __enter__(self) -> Lab:
+        return self.up()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.down()
+
+    def up(self) -> Lab:
+        name = self.topo.name
+        if self.state_dir.exists() or list_ns(self.topo.prefix):
+            raise ConfigError(f"lab {name!r} exists already",
+                              fix=f"take it down first: fabric lab down --name {name}")
+        self.state_dir.mkdir(parents=True)
+        self._save()
+        try:
+            build_switch(self.topo)
+            if self.topo.etcd:
+                self._etcd_handle, rec = start_etcd(self.topo, self.state_dir)
+                self._record(rec)
+                self.etcd = etcd_url()
+                self._save()
+            for hook in self.hooks:
+                hook(self)
+            new = [self._add_host_ns() for _ in range(self.topo.hosts)]
+            if self.with_agents:
+                self._start_agents(new)
+                for h in new:
+                    self._add_pods(h)
+        except BaseException:
+            self.down()
+            raise
+        return self
+
+    def down(self) -> DownReport:
+        """End every process (by recorded pid), delete ``nfl-NAME-*``, remove the state dir."""
+        handle, self._etcd_handle = self._etcd_handle, None
+        if isinstance(handle, subprocess.Popen):
+            self._popen["etcd"] = handle  # ended by pid below, then reaped
+        elif handle is not None:  # an EtcdServer: let it stop itself first
+            with contextlib.suppress(Exception):  # teardown still ends it by pid
+                handle.__exit__(None, None, None)
+        report = teardown(self.topo.name, self.root)
+        for proc in self._popen.values():
+            proc.poll()  # reap our children
+        self._popen.clear()
+        self.procs.clear()
+        return report
+
+    @classmethod
+    def attach(cls, name: str, root: Path = STATE_ROOT) -> Lab:
+        """The lab ``name`` another process started (for status, exec, checks)."""
+        data = load_state(name, root)
+        lab = cls(Topology.from_json(data["topology"]), root=root)
+        lab.hosts = {h["name"]: HostInfo.from_json(h) for h in data.get("hosts", [])}
+        lab.pods = {p["name"]: PodInfo.from_json(p) for p in data.get("pods", [])}
+        lab.procs = {r["role"]: ProcRecord.from_json(r) for r in data.get("procs", [])}
+        lab.etcd = data.get("etcd")
+        lab._next_host = data.get("next_host", len(lab.hosts) + 1)
+        return lab
+
+    # -- processes --
+    def spawn(self, role: str, ns: str, argv: Sequence[str]) -> ProcRecord:
+        """Start a recorded process in ``ns``; ``argv`` must mention :attr:`state_dir`
+        (e.g. its config or log path) so the pid check can recognise it."""
+        proc, rec = spawn(role, ns, argv, self.state_dir / f"{role.replace(':', '-')}.log",
+                          self.marker)
+        self._popen[role] = proc
+        self._record(rec)
+        return rec
+
+    def track(self, role: str, pid: int, ns: str = "") -> ProcRecord:
+        """Record a process started elsewhere (e.g. by fabric.lab.bird) for cleanup."""
+        from fabric.lab.procs import proc_start_time
+
+        start = proc_start_time(pid)
+        if start is None:
+            raise LabError(f"{role}: pid {pid} is not running")
+        rec = ProcRecord(role, pid, start, self.marker, ns)
+        if not is_alive(rec):
+            raise LabError(f"{role}: pid {pid} does not mention {self.marker} in its command "
+                           "line; cleanup could not recognise it")
+        self._record(rec)
+        return rec
+
+    def _record(self, rec: ProcRecord) -> None:
+        self.procs[rec.role] = rec
+        self._save()
+
+    def _save(self) -> None:
+        save_state(self.state_dir, {
+            "topology": self.topo.to_json(),
+            "etcd": self.etcd,
+            "next_host": self._next_host,
+            "hosts": [h.to_json() for h in self.hosts.values()],
+            "pods": [p.to_json() for p in self.pods.values()],
+            "procs": [r.to_json() for r in self.procs.values()],
+        })
+
+    # -- hosts and pods --
+    @property
+    def switch_ns(self) -> str:
+        return switch_ns(self.topo.name)
+
+    def _add_host_ns(self) -> HostInfo:
+        index = self._next_host
+        if index > MAX_HOSTS:
+            raise ConfigError(f"a lab holds at most {MAX_HOSTS} hosts")
+        spec = self.topo.host(index)
+        sd = self.state_dir / spec.name
+        sd.mkdir(parents=True, exist_ok=True)
+        host = HostInfo(spec.name, index, spec.ns, spec.segment, spec.address, str(sd),
+                        str(sd / "agent.sock"))
+        self._next_host += 1
+        self.hosts[host.name] = host
+        self._save()  # before the namespace exists: teardown finds it by prefix anyway
+        build_host(self.topo, spec)
+        return host
+
+    def _start_agent(self, host: HostInfo) -> ProcRecord:
+        argv = agents.agent_argv(self.topo, host, self.etcd)
+        proc, rec = spawn(f"agent:{host.name}", host.ns, argv,
+                          Path(host.state_dir) / "agent.log", self.marker)
+        self._popen[rec.role] = proc
+        self._record(rec)
+        return rec
+
+    def _start_agents(self, hosts: Iterable[HostInfo]) -> None:
+        hosts = list(hosts)
+        for h in hosts:
+            self._start_agent(h)
+        with ThreadPoolExecutor(max_workers=max(1, len(hosts))) as pool:
+            list(pool.map(self._wait_agent, hosts))
+
+    def _wait_agent(self, host: HostInfo) -> dict[str, Any]:
+        rec = self.procs[f"agent:{host.name}"]
+        proc = self._popen.get(rec.role)
+        alive = (lambda: proc.poll() is None) if proc else (lambda: is_alive(rec))
+        return agents.wait_ready(host, alive, self.ready_timeout, rec.log)
+
+    def _add_pods(self, host: HostInfo) -> None:
+        for m in range(1, self.topo.pods_per_host + 1):
+            self.add_pod(host.name, f"{host.name}p{m}")
+
+    def add_pod(self, host: str, name: str | None = None, *, labels: dict[str, str] | None = None,
+                namespace: str = "default", network: str = "") -> PodInfo:
+        """A pod namespace on ``host``, attached by executing `fabric-cni` ADD."""
+        h = self._host(host)
+        if name is None:
+            n = 1
+            while f"{h.name}p{n}" in self.pods:
+                n += 1
+            name = f"{h.name}p{n}"
+        if name in self.pods:
+            raise ConfigError(f"pod {name} exists already")
+        ns = f"{self.topo.prefix}{name}"
+        add_ns(ns)
+        net = network or self.topo.pod_network or self.topo.network_names()[0]
+        pod = agents.cni_add(h, name, ns, net, labels or {"pod": name, "host": h.name},
+                             namespace)
+        self.pods[name] = pod
+        self._save()
+        return pod
+
+    def remove_pod(self, name: str) -> None:
+        """`fabric-cni` DEL, then delete the pod's namespace."""
+        pod = self._pod(name)
+        agents.cni_del(self._host(pod.host), pod)
+        run(["ip", "netns", "del", pod.ns], check=False)
+        del self.pods[name]
+        self._save()
+
+    def add_host(self, pods: int | None = None) -> HostInfo:
+        """A host joining later: underlay, agent (waited for), ``pods`` pods."""
+        host = self._add_host_ns()
+        if not self.with_agents:
+            return host
+        self._start_agents([host])
+        for m in range(1, (self.topo.pods_per_host if pods is None else pods) + 1):
+            self.add_pod(host.name, f"{host.name}p{m}")
+        return host
+
+    def restart_agent(self, host: str, *, kill9: bool = True) -> ProcRecord:
+        """Kill (-9, or SIGTERM) the host's agent, start it again and wait until ready."""
+        h = self._host(host)
+        role = f"agent:{h.name}"
+        old = self.procs.get(role)
+        if old is not None:
+            stop(old, kill9=kill9, proc=self._popen.pop(role, None))
+        rec = self._start_agent(h)
+        self._wait_agent(h)
+        return rec
+
+    def _host(self, name: str) -> HostInfo:
+        if name not in self.hosts:
+            raise NotFound(f"no host {name!r} in lab {self.topo.name}",
+                           fix=f"hosts: {', '.join(self.hosts)}")
+        return self.hosts[name]
+
+    def _pod(self, name: str) -> PodInfo:
+        if name not in self.pods:
+            raise NotFound(f"no pod {name!r} in lab {self.topo.name}",
+                           fix=f"pods: {', '.join(self.pods)}")
+        return self.pods[name]
+
+    def target(self, name: str) -> tuple[str, IPv4Address]:
+        """Namespace and address of host or pod ``name`` (``sw`` / ``rt`` too)."""
+        if name in self.pods:
+            return self.pods[name].ns, self.pods[name].ip
+        if name in self.hosts:
+            return self.hosts[name].ns, self.hosts[name].ip
+        if name in ("sw", "rt"):
+            return f"{self.topo.prefix}{name}", IPv4Address("198.18.0.2" if name == "sw"
+                                                            else "198.18.0.1")
+        raise NotFound(f"no host or pod {name!r} in lab {self.topo.name}",
+                       fix=f"known: {', '.join([*self.hosts, *self.pods])}")
+
+    # -- operations --
+    def exec(self, target: str, argv: Sequence[str], *, timeout: float = 60) -> ExecResult:
+        ns, _ = self.target(target)
+        proc = run(list(argv), ns=ns, check=False, timeout=timeout)
+        return ExecResult(target, tuple(argv), proc.returncode, proc.stdout, proc.stderr)
+
+    def ping(self, src: str, dst: str, count: int = 1):
+        ns, _ = self.target(src)
+        _, ip = self.target(dst)
+        return ops.ping(ns, ip, src=src, dst=dst, count=count)
+
+    def ping_all(self, pods: Iterable[str] | None = None, count: int = 1) -> PingResult:
+        """Every pod pings every other pod (count packets each), in parallel."""
+        names = list(pods) if pods is not None else sorted(self.pods)
+        pairs = [(a, b) for a in names for b in names if a != b]
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            res = list(pool.map(lambda p: self.ping(p[0], p[1], count), pairs))
+        return PingResult(tuple(res))
+
+    def tcp_check(self, src: str, dst: str, timeout: float = 5) -> TcpResult:
+        src_ns, _ = self.target(src)
+        dst_ns, ip = self.target(dst)
+        return ops.tcp_echo(src_ns, dst_ns, ip, src=src, dst=dst, timeout=timeout)
+
+    def iperf(self, src: str, dst: str, seconds: float = 2, streams: int = 1) -> IperfResult:
+        src_ns, _ = self.target(src)
+        dst_ns, ip = self.target(dst)
+        return ops.iperf3(src_ns, dst_ns, ip, src=src, dst=dst, seconds=seconds,
+                          streams=streams)
+
+    def agent_call(self, host: str, request: dict[str, Any], timeout: float = 30) -> Any:
+        return agents.agent_call(self._host(host).socket, request, timeout)
+
+    def status(self) -> dict[str, Any]:
+        """Per host: agent pid/alive and its `status` answer (or the error)."""
+        out: dict[str, Any] = {"name": self.topo.name, "etcd": self.etcd, "hosts": {},
+                               "pods": {p.name: str(p.address) for p in self.pods.values()}}
+        for h in self.hosts.values():
+            rec = self.procs.get(f"agent:{h.name}")
+            entry: dict[str, Any] = {"ns": h.ns, "ip": str(h.ip), "segment": h.segment,
+                                     "pid": rec.pid if rec else None,
+                                     "alive": bool(rec and is_alive(rec))}
+            try:
+                entry["agent"] = self.agent_call(h.name, {"op": "status"}, timeout=5)
+            except Exception as exc:  # status must always answer
+                entry["error"] = str(exc)
+            out["hosts"][h.name] = entry
+        return out
+
+    def wait(self, check: Callable[[], bool], timeout: float, interval: float = 0.3) -> float:
+        """Seconds until ``check()`` is true; LabError after ``timeout``."""
+        t0 = time.monotonic()
+        while True:
+            if check():
+                return time.monotonic() - t0
+            if time.monotonic() - t0 > timeout:
+                raise LabError(f"condition not met within {timeout}s")
+            time.sleep(interval)

@@ -1,0 +1,129 @@
+"""Processes the lab starts, recorded by pid so another process can end them.
+
+A record keeps the pid, the kernel start time of that pid and a marker string
+(the lab's state directory) that must appear in its command line: `stop`
+only signals a pid when all three still match, so a recycled pid is never hit.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from fabric.lab.netns import LabError, ns_exec_argv
+
+__all__ = ["ProcRecord", "spawn", "proc_start_time", "is_alive", "stop", "wait_dead"]
+
+
+@attrs.frozen
+class ProcRecord:
+    role: str  # "agent:h1", "etcd", "bird:sw" ...
+    pid: int
+    start_time: int  # /proc/<pid>/stat field 22, guards against pid reuse
+    marker: str  # must occur in /proc/<pid>/cmdline
+    ns: str = ""
+    log: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ProcRecord:
+        return cls(**{f.name: data[f.name] for f in attrs.fields(cls) if f.name in data})
+
+
+def _stat(pid: int) -> list[str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # comm (field 2) may contain spaces: split after its closing parenthesis
+    return raw[raw.rindex(")") + 2:].split()
+
+
+def proc_start_time(pid: int) -> int | None:
+    fields = _stat(pid)
+    return int(fields[19]) if fields else None  # field 22 overall
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(
+            errors="replace")
+    except OSError:
+        return ""
+
+
+def is_alive(rec: ProcRecord) -> bool:
+    """True when ``rec.pid`` is still the process we started (and not a zombie)."""
+    fields = _stat(rec.pid)
+    if not fields or fields[0] in ("Z", "X"):
+        return False
+    return int(fields[19]) == rec.start_time and rec.marker in _cmdline(rec.pid)
+
+
+def spawn(role: str, ns: str | None, argv: Sequence[str], log: Path, marker: str,
+          env: dict[str, str] | None = None) -> tuple[subprocess.Popen, ProcRecord]:
+    """Start ``argv`` in ``ns`` (via `ip netns exec`, which execs in place), output to ``log``."""
+    if marker not in " ".join(map(str, argv)):
+        raise LabError(f"{role}: marker {marker!r} is not in the command line")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        try:
+            proc = subprocess.Popen(ns_exec_argv(ns, argv), stdin=subprocess.DEVNULL,
+                                    stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True, env=env)
+        except FileNotFoundError as exc:
+            raise LabError(f"{argv[0]} is not installed", fix=f"install {argv[0]}") from exc
+    start = None
+    for _ in range(100):
+        start = proc_start_time(proc.pid)
+        if start is not None:
+            break
+        time.sleep(0.01)
+    if start is None:
+        raise LabError(f"{role} exited at once; see {log}")
+    return proc, ProcRecord(role, proc.pid, start, marker, ns or "", str(log))
+
+
+def wait_dead(rec: ProcRecord, timeout: float, proc: subprocess.Popen | None = None) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc is not None and proc.poll() is not None:
+            return True
+        if not is_alive(rec):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def stop(rec: ProcRecord, *, timeout: float = 10, kill9: bool = False,
+         proc: subprocess.Popen | None = None) -> bool:
+    """End ``rec`` (SIGTERM then SIGKILL, or SIGKILL at once); False if it was not running."""
+    if not is_alive(rec):
+        if proc is not None:
+            proc.poll()
+        return False
+    sigs = [signal.SIGKILL] if kill9 else [signal.SIGTERM, signal.SIGKILL]
+    for sig in sigs:
+        if not is_alive(rec):
+            break
+        try:
+            os.kill(rec.pid, sig)
+        except ProcessLookupError:
+            break
+        if wait_dead(rec, timeout if sig == signal.SIGTERM else 5, proc):
+            break
+    if proc is not None:
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired as exc:
+            raise LabError(f"{rec.role} (pid {rec.pid}) did not exit") from exc
+    return True

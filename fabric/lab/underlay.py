@@ -1,0 +1,133 @@
+"""The lab's underlay: switch namespace with one bridge per segment, a router
+namespace joining segments, host namespaces wired to the bridges, and etcd."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from fabric.lab.netns import LabError, add_ns, add_veth, ip_batch, run, sysctl
+from fabric.lab.procs import ProcRecord, is_alive, proc_start_time, spawn
+from fabric.lab.topology import ETCD_IP, ETCD_PORT, HostSpec, Topology, router_ns, switch_ns
+
+__all__ = ["build_switch", "build_host", "start_etcd", "etcd_url", "wait_tcp"]
+
+
+def build_switch(topo: Topology) -> list[str]:
+    """Switch (and router, with several segments); returns the namespaces created."""
+    sw = switch_ns(topo.name)
+    created = [sw]
+    add_ns(sw)
+    cmds = []
+    for s in range(topo.segments):
+        cmds += [f"link add br{s} mtu {topo.mtu} type bridge mcast_snooping 0 stp_state 0",
+                 f"link set br{s} up"]
+    cmds.append(f"addr add {ETCD_IP}/24 dev br0")  # etcd / BIRD address on segment 0
+    if topo.segments > 1:
+        cmds.append("route add default via 198.18.0.1")
+    if topo.segments > 1:
+        rt = router_ns(topo.name)
+        add_ns(rt)
+        created.append(rt)
+        sysctl(rt, "net.ipv4.ip_forward", 1)
+        rcmds = []
+        for s in range(topo.segments):
+            add_veth(rt, f"s{s}", sw, f"rt{s}", topo.mtu)
+            rcmds += [f"addr add 198.18.{s}.1/24 dev s{s}", f"link set s{s} up"]
+            cmds.insert(2 * topo.segments, f"link set rt{s} master br{s} up")
+        ip_batch(rt, rcmds)
+    ip_batch(sw, cmds)
+    return created
+
+
+def build_host(topo: Topology, host: HostSpec) -> None:
+    """Host namespace with eth0 on its segment's bridge, lo up, forwarding on."""
+    sw = switch_ns(topo.name)
+    add_ns(host.ns)
+    add_veth(host.ns, "eth0", sw, host.name, topo.mtu)
+    ip_batch(sw, [f"link set {host.name} master br{host.segment} up"])
+    cmds = [f"addr add {host.address} dev eth0", "link set eth0 up"]
+    if host.gateway is not None:
+        cmds.append(f"route add default via {host.gateway}")
+    ip_batch(host.ns, cmds)
+    sysctl(host.ns, "net.ipv4.ip_forward", 1)
+
+
+def etcd_url() -> str:
+    return f"http://{ETCD_IP}:{ETCD_PORT}"
+
+
+def wait_tcp(ns: str, host: str, port: int, timeout: float) -> None:
+    """Wait until ``host:port`` accepts TCP connections from inside ``ns``."""
+    code = ("import socket,sys,time\n"
+            f"end=time.time()+{timeout}\n"
+            "while time.time()<end:\n"
+            "    try:\n"
+            f"        socket.create_connection(('{host}',{port}),1).close(); sys.exit(0)\n"
+            "    except OSError: time.sleep(0.1)\n"
+            "sys.exit(1)\n")
+    proc = run(["python3", "-c", code], ns=ns, check=False, timeout=timeout + 10)
+    if proc.returncode != 0:
+        raise LabError(f"{host}:{port} did not answer within {timeout}s in {ns}")
+
+
+def _server_pid(srv: Any) -> int | None:
+    for attr in ("pid", "proc", "process", "_proc", "_process"):
+        val = getattr(srv, attr, None)
+        if isinstance(val, int):
+            return val
+        if val is not None and isinstance(getattr(val, "pid", None), int):
+            return val.pid
+    return None
+
+
+def start_etcd(topo: Topology, state: Path) -> tuple[Any, ProcRecord]:
+    """Real etcd in the switch namespace on 198.18.0.2; returns (handle, record).
+
+    Uses ``fabric.testing.etcd.EtcdServer`` when installed (and it exposes its
+    pid), else starts the `etcd` binary itself. The handle is the EtcdServer or
+    the Popen object.
+    """
+    sw = switch_ns(topo.name)
+    data = state / "etcd"
+    marker = f"{state}/"
+    try:
+        from fabric.testing.etcd import EtcdServer
+    except ImportError:
+        EtcdServer = None  # noqa: N806
+    if EtcdServer is not None:
+        srv = EtcdServer(data, host=str(ETCD_IP), client_port=ETCD_PORT, netns=sw)
+        srv.__enter__()
+        pid = _server_pid(srv)
+        start = proc_start_time(pid) if pid else None
+        if pid and start is not None:
+            rec = ProcRecord("etcd", pid, start, marker, sw, str(state / "etcd.log"))
+            if is_alive(rec):
+                return srv, rec
+        srv.__exit__(None, None, None)  # cannot record its pid: fall back to our own
+    peer = f"http://{ETCD_IP}:2380"
+    argv = ["etcd", "--name", "sw", "--data-dir", str(data),
+            "--listen-client-urls", etcd_url(), "--advertise-client-urls", etcd_url(),
+            "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+            "--initial-cluster", f"sw={peer}", "--log-level", "warn"]
+    proc, rec = spawn("etcd", sw, argv, state / "etcd.log", marker)
+    try:
+        wait_tcp(sw, str(ETCD_IP), ETCD_PORT, 20)
+    except LabError:
+        proc.kill()
+        proc.wait()
+        raise
+    # the client port opens before etcd serves; wait for health too
+    end = time.monotonic() + 20
+    while time.monotonic() < end:
+        out = run(["etcdctl", "--endpoints", etcd_url(), "endpoint", "health"], ns=sw,
+                  check=False, env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"})
+        if out.returncode == 0:
+            return proc, rec
+        if proc.poll() is not None:
+            break
+        time.sleep(0.2)
+    proc.kill()
+    proc.wait()
+    raise LabError(f"etcd did not become healthy; see {state / 'etcd.log'}")
