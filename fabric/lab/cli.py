@@ -1,0 +1,156 @@
+"""`fabric lab up|status|exec|down|list`: the lab from the command line.
+
+The lab outlives `fabric lab up`; its state under /run/netfabric-lab/NAME lets
+`status`, `exec` and `down` find it from any later process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+__all__ = ["register"]
+
+
+def register(subparsers: Any) -> None:
+    lab = subparsers.add_parser("lab", help="emulated multi-host lab in network namespaces")
+    sub = lab.add_subparsers(dest="lab_command", metavar="LAB_COMMAND",
+                             parser_class=type(lab))
+    sub.required = True
+
+    up = sub.add_parser("up", help="build a lab and leave it running")
+    up.add_argument("--backend", action="append", required=True,
+                    help="backend (repeat for several networks on every host)")
+    up.add_argument("--hosts", type=int, default=2)
+    up.add_argument("--pods-per-host", type=int, default=1)
+    up.add_argument("--segments", type=int, default=1, help="L2 segments joined by a router")
+    up.add_argument("--name", default="lab", help="lab name: 1-8 of [a-z0-9] (default lab)")
+    up.add_argument("--network", default="10.244.0.0/16", help="pod network CIDR")
+    up.add_argument("--subnet-len", type=int, default=24)
+    up.add_argument("--backend-opt", action="append", default=[], metavar="KEY=VALUE",
+                    help="config entry of the (first) backend, JSON values allowed")
+    up.add_argument("--agent-arg", action="append", default=[], metavar="ARG",
+                    help="extra `fabric up` argument ({node}, {ip}, {lab} expand per host)")
+    up.add_argument("--no-etcd", action="store_true", help="do not start etcd")
+    up.add_argument("--timeout", type=float, default=90, help="seconds to wait for agents")
+    up.add_argument("--json", action="store_true")
+    up.set_defaults(func=cmd_up)
+
+    st = sub.add_parser("status", help="hosts, agents, pods of a lab")
+    st.add_argument("--name", help="lab name (default: the only lab)")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=cmd_status)
+
+    ex = sub.add_parser("exec", help="run a command in a host or pod: exec h1p1 -- ping ...")
+    ex.add_argument("--name", help="lab name (default: the only lab)")
+    ex.add_argument("target", help="host (h1), pod (h1p1), sw or rt")
+    ex.add_argument("cmd", nargs=argparse.REMAINDER, help="-- COMMAND ARGS...")
+    ex.set_defaults(func=cmd_exec)
+
+    down = sub.add_parser("down", help="remove a lab (also after a crash)")
+    down.add_argument("--name", help="lab name (default: the only lab)")
+    down.set_defaults(func=cmd_down)
+
+    ls = sub.add_parser("list", help="labs with state or namespaces on this machine")
+    ls.set_defaults(func=cmd_list)
+
+
+def _opts(items: list[str]) -> dict[str, Any]:
+    from fabric.errors import ConfigError
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--backend-opt {item!r} is not KEY=VALUE")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from fabric.lab.lab import Lab
+    from fabric.lab.topology import Topology
+
+    topo = Topology(name=args.name, backends=tuple(args.backend), hosts=args.hosts,
+                    pods_per_host=args.pods_per_host, segments=args.segments,
+                    cidr=args.network, subnet_len=args.subnet_len,
+                    agent_args=tuple(args.agent_arg), etcd=not args.no_etcd,
+                    backend_opts={args.backend[0]: _opts(args.backend_opt)})
+    lab = Lab(topo, ready_timeout=args.timeout).up()
+    if args.json:
+        print(json.dumps({"name": topo.name, "hosts": [h.to_json() for h in lab.hosts.values()],
+                          "pods": [p.to_json() for p in lab.pods.values()],
+                          "etcd": lab.etcd}, indent=2))
+        return 0
+    print(f"lab {topo.name}: {len(lab.hosts)} hosts, {len(lab.pods)} pods, "
+          f"backend(s) {', '.join(topo.backends)}")
+    for h in lab.hosts.values():
+        pods = ", ".join(f"{p.name}={p.ip}" for p in lab.pods.values() if p.host == h.name)
+        print(f"  {h.name:4} {h.ns:18} {str(h.ip):14} {pods}")
+    print(f"take it down with: fabric lab down --name {topo.name}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from fabric.lab.cleanup import resolve_name
+    from fabric.lab.lab import Lab
+
+    lab = Lab.attach(resolve_name(args.name))
+    st = lab.status()
+    if args.json:
+        print(json.dumps(st, indent=2, default=str))
+        return 0
+    print(f"lab {st['name']}  etcd {st['etcd'] or '-'}")
+    for name, h in st["hosts"].items():
+        nets = (h.get("agent") or {}).get("networks") or []
+        state = ", ".join(f"{n['name']}:{n.get('backend')} "
+                          f"{'ready' if n.get('ready') else 'NOT READY'} "
+                          f"{' '.join(n.get('chunks') or [])}" for n in nets)
+        alive = "up" if h["alive"] else "DOWN"
+        print(f"  {name:4} {h['ip']:14} agent {alive} pid {h['pid']}  "
+              f"{state or h.get('error', '')}")
+    for name, addr in st["pods"].items():
+        print(f"  {name:6} {addr}")
+    return 0
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    from fabric.errors import ConfigError
+    from fabric.lab.cleanup import resolve_name
+    from fabric.lab.lab import Lab
+
+    cmd = list(args.cmd)
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    if not cmd:
+        raise ConfigError("no command given", fix="fabric lab exec h1p1 -- ping -c1 10.244.1.2")
+    ns, _ = Lab.attach(resolve_name(args.name)).target(args.target)
+    sys.stdout.flush()
+    os.execvp("ip", ["ip", "netns", "exec", ns, *cmd])
+    return 127  # not reached
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from fabric.lab.cleanup import resolve_name, teardown
+
+    rep = teardown(resolve_name(args.name))
+    print(f"lab {rep.name}: stopped {len(rep.stopped)} process(es), "
+          f"deleted {len(rep.namespaces)} namespace(s)")
+    if rep.leftover:
+        print(f"could not remove: {', '.join(rep.leftover)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from fabric.lab.cleanup import list_labs
+
+    for name in list_labs():
+        print(name)
+    return 0

@@ -1,0 +1,59 @@
+"""Lab-tier fixtures: root check, unique lab names, which backends can run a full lab."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+
+import pytest
+
+from fabric.lab.topology import STATE_ROOT, ns_prefix
+
+pytestmark = [pytest.mark.root, pytest.mark.lab]
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
+
+
+def lab_namespaces(name: str) -> list[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return sorted(line.split()[0] for line in out.splitlines()
+                  if line.strip() and line.startswith(ns_prefix(name)))
+
+
+def all_namespaces() -> set[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return {line.split()[0] for line in out.splitlines() if line.strip()}
+
+
+def stack_missing(backend: str, etcd: bool = True) -> str | None:
+    """Why a full lab of ``backend`` cannot run here (None when it can)."""
+    from fabric.errors import FabricError
+    from fabric.plugins import load_plugin
+
+    if os.geteuid() != 0:
+        return "needs root for network namespaces"
+    for tool in ("ip", "ping", "iperf3") + (("etcd",) if etcd else ()):
+        if not shutil.which(tool):
+            return f"{tool} is not installed"
+    try:
+        cls = load_plugin("backend", backend)
+        load_plugin("ipam", cls.default_ipam)
+        import fabric.cni.main  # noqa: F401
+        import fabric.store  # noqa: F401
+    except (FabricError, ImportError) as exc:
+        return f"netfabric stack for {backend} incomplete: {exc}"
+    return None
+
+
+@pytest.fixture
+def lab_name() -> str:
+    """A unique short lab name; the lab is taken down afterwards whatever happened."""
+    name = f"t{secrets.token_hex(2)}"
+    yield name
+    from fabric.lab.cleanup import teardown
+
+    teardown(name)
+    assert lab_namespaces(name) == []
+    assert not (STATE_ROOT / name).exists()
