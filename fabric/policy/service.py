@@ -1,0 +1,174 @@
+"""What the agent runs for the ``policy.*`` control ops, and where policies are persisted.
+
+Documents are validated whole, written to ``<network state dir>/policies.json``
+(write-temp + fsync + rename), then handed to the engine's ``set_policies``; if the
+engine refuses them, the previous file is restored: nothing is half-applied.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+from fabric.errors import ConfigError, FabricError, NotFound, PolicyError
+from fabric.policy.compile import EndpointInfo
+from fabric.policy.explain import explain
+from fabric.policy.load import parse_documents
+from fabric.policy.model import Namespace, NetworkPolicy
+
+__all__ = ["POLICY_FILE", "load_saved", "save_documents", "PolicyService", "handle_policy_op"]
+
+POLICY_FILE = "policies.json"
+_OPS_LOCK = threading.Lock()  # one policy change at a time per agent
+Obj = NetworkPolicy | Namespace
+
+
+def _path(state_dir: Path) -> Path:
+    return Path(state_dir) / POLICY_FILE
+
+
+def _saved_docs(state_dir: Path) -> list[dict[str, Any]]:
+    try:
+        data = json.loads(_path(state_dir).read_text())
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError) as exc:
+        raise PolicyError(f"{_path(state_dir)} is unreadable: {exc}",
+                          fix="fix or remove the file, then re-apply the policies") from exc
+    return data if isinstance(data, list) else []
+
+
+def load_saved(state_dir: Path) -> list[Obj]:
+    docs = _saved_docs(state_dir)
+    return parse_documents(docs, str(_path(state_dir))) if docs else []
+
+
+def save_documents(state_dir: Path, docs: list[dict[str, Any]]) -> None:
+    path = _path(state_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    with open(tmp, "w") as fh:
+        json.dump(docs, fh, indent=1, sort_keys=True)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _ident(obj: Obj) -> tuple[str, str]:
+    return ("NetworkPolicy", obj.key) if isinstance(obj, NetworkPolicy) else ("Namespace",
+                                                                              obj.name)
+
+
+class PolicyService:
+    """Policy ops for one agent network (``network.ctx``, ``.policy``, ``.endpoints()``)."""
+
+    def __init__(self, network: Any) -> None:
+        self.network = network
+        self.state_dir = Path(network.ctx.state_dir)
+
+    def current(self) -> list[Obj]:
+        return load_saved(self.state_dir)
+
+    def _commit(self, objs: list[Obj], old_docs: list[dict[str, Any]]) -> None:
+        save_documents(self.state_dir, [dict(o.source) for o in objs])
+        try:
+            self.network.policy.set_policies(objs)
+        except FabricError:
+            save_documents(self.state_dir, old_docs)
+            raise
+        except Exception as exc:
+            save_documents(self.state_dir, old_docs)
+            raise PolicyError(f"the policy engine failed: {exc}") from exc
+
+    def apply(self, documents: Any, source: str = "request") -> dict[str, Any]:
+        if not isinstance(documents, list):
+            raise ConfigError("documents must be a list of NetworkPolicy/Namespace objects")
+        new = parse_documents(documents, source)  # whole set valid, or PolicyError
+        old_docs = _saved_docs(self.state_dir)
+        merged = {_ident(o): o for o in self.current()}
+        created, configured, unchanged = [], [], []
+        for o in new:
+            ident = _ident(o)
+            prev = merged.get(ident)
+            label = f"{ident[0]} {ident[1]}"
+            (unchanged if prev == o else configured if prev else created).append(label)
+            merged[ident] = o
+        self._commit(list(merged.values()), old_docs)
+        return {"created": created, "configured": configured, "unchanged": unchanged}
+
+    def list(self) -> list[dict[str, Any]]:
+        out = []
+        for o in self.current():
+            if isinstance(o, NetworkPolicy):
+                out.append({"kind": "NetworkPolicy", "name": o.name, "namespace": o.namespace,
+                            "podSelector": o.pod_selector.describe(),
+                            "policyTypes": list(o.policy_types),
+                            "ingressRules": len(o.ingress), "egressRules": len(o.egress)})
+            else:
+                out.append({"kind": "Namespace", "name": o.name, "labels": dict(o.labels)})
+        return out
+
+    def delete(self, name: str, namespace: str | None = None, kind: str = "NetworkPolicy",
+               ) -> dict[str, Any]:
+        if not isinstance(name, str) or not name:
+            raise ConfigError("policy.delete needs a name")
+        objs = self.current()
+        if "/" in name and namespace is None:
+            namespace, name = name.split("/", 1)
+        hits = [o for o in objs if _ident(o)[0] == kind and o.name == name
+                and (namespace is None or getattr(o, "namespace", None) in (namespace, None))]
+        if not hits:
+            raise NotFound(f"{kind} {name!r} does not exist", fix="see fabric policy list")
+        if len(hits) > 1:
+            raise ConfigError(f"{name!r} exists in several namespaces",
+                              fix="give namespace/name")
+        old_docs = _saved_docs(self.state_dir)
+        self._commit([o for o in objs if o is not hits[0]], old_docs)
+        return {"deleted": f"{kind} {_ident(hits[0])[1]}"}
+
+    def explain(self, pod: str) -> dict[str, Any]:
+        if not isinstance(pod, str) or not pod:
+            raise ConfigError("policy.explain needs a pod")
+        from fabric.policy.engine import endpoint_info
+
+        engine = self.network.policy
+        local = getattr(engine, "local", None)
+        if local is None:
+            local = {e.workload.handle.key(): endpoint_info(e) for e in
+                     self.network.endpoints()}
+        objs = self.current()
+        policies = [o for o in objs if isinstance(o, NetworkPolicy)]
+        namespaces = {o.name: o for o in objs if isinstance(o, Namespace)}
+        remote: list[EndpointInfo] = list(getattr(engine, "remote", {}).values())
+        out = explain(pod, policies, namespaces, list(local.values()), remote,
+                      enforcing=getattr(engine, "name", "") != "none")
+        drops = getattr(engine, "drop_counters", None)
+        if drops is not None:
+            try:
+                counts = drops()["endpoints"].get(out["pod"], {})
+            except FabricError:
+                counts = {}
+            out["drops"] = counts
+        return out
+
+
+def handle_policy_op(network: Any, op: str, req: dict[str, Any]) -> Any:
+    with _OPS_LOCK:
+        return _handle(PolicyService(network), op, req)
+
+
+def _handle(svc: PolicyService, op: str, req: dict[str, Any]) -> Any:
+    if op == "policy.apply":
+        return svc.apply(req.get("documents"), str(req.get("source") or "request"))
+    if op == "policy.list":
+        return svc.list()
+    if op == "policy.delete":
+        return svc.delete(req.get("name", ""), req.get("namespace"),
+                          str(req.get("kind") or "NetworkPolicy"))
+    if op == "policy.explain":
+        return svc.explain(req.get("pod", ""))
+    raise ConfigError(f"unknown op {op!r}", fix="policy.apply, policy.list, policy.delete, "
+                      "policy.explain")
