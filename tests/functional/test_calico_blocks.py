@@ -1,0 +1,170 @@
+"""Block IPAM against a real etcd (loopback, no root): claims, CAS races, borrowing, peers."""
+
+from __future__ import annotations
+
+import threading
+import time
+from ipaddress import IPv4Address, IPv4Network
+
+import pytest
+
+from fabric.api import Handle, NetworkContext, NetworkSpec, Node
+from fabric.errors import PoolExhausted, StoreError
+from fabric.ipam.blocks import BlockIPAM, block_key
+from fabric.store import connect
+from fabric.testing.etcd import EtcdServer, etcd_binary
+
+pytestmark = pytest.mark.skipif(etcd_binary() is None, reason="etcd is not installed")
+
+
+@pytest.fixture(scope="module")
+def etcd(tmp_path_factory):
+    with EtcdServer(tmp_path_factory.mktemp("etcd") / "data") as server:
+        yield server
+
+
+_n = iter(range(10**6))
+
+
+@pytest.fixture
+def make(etcd, tmp_path):
+    prefix = f"/t{next(_n)}"
+    made = []
+
+    def factory(node="h1", cidr="10.244.0.0/24", **ipam_config):
+        store = connect(etcd.url)
+        spec = NetworkSpec(name="pods", cidr=IPv4Network(cidr), backend="calico-bgp",
+                           ipam_config={"BlockSize": 28, **ipam_config}, etcd_prefix=prefix,
+                           subnet_len=28)
+        idx = len(made) + 11
+        ctx = NetworkContext(spec=spec, node=Node(node, IPv4Address(f"198.18.0.{idx}"), "eth0",
+                                                  1500), state_dir=tmp_path / node, store=store)
+        ipam = BlockIPAM(ctx)
+        made.append(ipam)
+        return ipam
+
+    yield factory
+    for ipam in made:
+        ipam.stop()
+
+
+def h(i: int) -> Handle:
+    return Handle(f"c{i:04d}", "eth0")
+
+
+def test_claims_a_block_and_allocates_idempotently(make):
+    ipam = make()
+    chunks = ipam.start({"VtepMAC": "66:00:00:00:00:01"})
+    assert len(chunks) == 1 and chunks[0].prefixlen == 28
+    a = ipam.allocate(h(1))
+    assert ipam.allocate(h(1)) == a
+    b = ipam.allocate(h(2))
+    assert a.ip != b.ip and a.chunk == b.chunk == chunks[0]
+    raw = ipam.store.get(block_key(ipam.prefix, chunks[0]))
+    assert '"affinity": "h1"' in raw.value and "c0001/eth0" in raw.value
+
+
+def test_restart_keeps_allocations(make):
+    first = make()
+    first.start({})
+    allocs = {h(i): first.allocate(h(i)) for i in range(20)}  # spills into a second block
+    assert len(first.chunks()) == 2
+    first.stop()
+    again = make()  # same node name, fresh process state
+    assert again.start({}) == first.chunks()
+    assert again.allocations() == allocs
+    assert again.allocate(h(3)) == allocs[h(3)]
+
+
+def test_two_nodes_racing_never_share_an_address(make):
+    a, b = make("h1"), make("h2")
+    a.start({})
+    b.start({})
+    got: dict[str, list] = {"h1": [], "h2": []}
+
+    def run(ipam, name):
+        for i in range(40):
+            got[name].append(ipam.allocate(Handle(f"{name}-{i}", "eth0")).ip)
+
+    threads = [threading.Thread(target=run, args=(a, "h1")),
+               threading.Thread(target=run, args=(b, "h2"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    ips = got["h1"] + got["h2"]
+    assert len(ips) == 80 and len(set(ips)) == 80
+    assert not set(a.chunks()) & set(b.chunks())
+
+
+def test_borrow_when_pool_is_full_unless_strict(make):
+    a = make("h1", cidr="10.244.0.0/26")  # 4 blocks of 16
+    a.start({})
+    for i in range(40):
+        a.allocate(h(i))
+    assert len(a.chunks()) == 3
+    b = make("h2", cidr="10.244.0.0/26")
+    b.start({})
+    assert len(b.chunks()) == 1
+    for i in range(16):
+        b.allocate(Handle(f"b{i}", "eth0"))
+    borrowed = b.allocate(Handle("b-extra", "eth0"))
+    assert borrowed.chunk in a.chunks()
+    assert IPv4Network(f"{borrowed.ip}/32") in b.chunks()
+    strict = make("h3", cidr="10.244.0.0/26", StrictAffinity=True)
+    strict.start({})
+    with pytest.raises(PoolExhausted, match="StrictAffinity"):
+        strict.allocate(Handle("s", "eth0"))
+    assert b.release(Handle("b-extra", "eth0")) == borrowed
+    assert IPv4Network(f"{borrowed.ip}/32") not in b.chunks()
+
+
+def test_release_of_last_address_gives_block_back(make):
+    ipam = make()
+    seen = []
+    ipam.start({})
+    ipam.subscribe(lambda ev: None, seen.append)
+    allocs = [ipam.allocate(h(i)) for i in range(17)]  # 16 + 1: second block
+    second = allocs[-1].chunk
+    assert second in ipam.chunks() and seen[-1] == ipam.chunks()
+    ipam.release(h(16))
+    assert second not in ipam.chunks()
+    assert ipam.store.get(block_key(ipam.prefix, second)) is None
+    assert seen[-1] == ipam.chunks()
+    assert ipam.release(h(16)) is None  # idempotent
+
+
+def test_peers_are_reported_with_blocks_and_backend_data(make):
+    a = make("h1")
+    a.start({})
+    events = []
+    a.subscribe(events.extend)
+    b = make("h2")
+    b.start({"VtepMAC": "66:00:00:00:00:02"})
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not any(e.peer.name == "h2" for e in events):
+        time.sleep(0.05)
+    added = [e for e in events if e.peer.name == "h2" and e.kind == "added"][-1]
+    assert added.peer.subnets == b.chunks()
+    assert added.peer.data["VtepMAC"] == "66:00:00:00:00:02"
+    b.teardown()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not any(e.kind == "removed" for e in events):
+        time.sleep(0.05)
+    assert any(e.kind == "removed" and e.peer.name == "h2" for e in events)
+
+
+def test_corrupt_block_in_store_is_skipped(make):
+    a = make("h1")
+    a.store.put(block_key(a.prefix, IPv4Network("10.244.0.0/28")), "{garbage")
+    a.start({})
+    alloc = a.allocate(h(1))
+    assert alloc.chunk != IPv4Network("10.244.0.0/28")
+
+
+def test_unreachable_etcd_is_a_store_error(tmp_path):
+    spec = NetworkSpec(name="pods", cidr=IPv4Network("10.244.0.0/24"), backend="calico-bgp")
+    ctx = NetworkContext(spec=spec, node=Node("h1", IPv4Address("198.18.0.11"), "eth0", 1500),
+                         state_dir=tmp_path, store=connect("http://127.0.0.1:9"))
+    with pytest.raises(StoreError):
+        BlockIPAM(ctx).start({})
