@@ -1,0 +1,102 @@
+"""``fabric bench throughput`` (short: ``fabric bench --backend NAME``): pod-to-pod TCP
+throughput against the underlay, measured in the same lab run with iperf3.
+
+A lab of ``--hosts`` emulated hosts (one pod each) is built; then, ``--repeat``
+times, alternating: iperf3 h1 -> h2 over the hosts' eth0 (the underlay baseline)
+and h1p1 -> h2p1 through the backend. The medians give ``ratio`` = pod / underlay.
+Targets (reported, not enforced): vxlan >= 0.85, hostgw >= 0.95.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import secrets
+import statistics
+from pathlib import Path
+from typing import Any
+
+from fabric.errors import ConfigError
+
+__all__ = ["register", "run", "TARGETS"]
+
+TARGETS = {"vxlan": 0.85, "hostgw": 0.95}
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("throughput", help="pod-to-pod iperf3 vs the underlay (lab)")
+    p.add_argument("--backend", required=True, help="backend to measure (e.g. vxlan)")
+    p.add_argument("--hosts", type=int, default=2, help="emulated hosts (>= 2)")
+    p.add_argument("--duration", type=float, default=5, help="seconds per iperf3 run")
+    p.add_argument("--repeat", type=int, default=1, help="alternating runs of each kind")
+    p.add_argument("--streams", type=int, default=1, help="parallel TCP streams")
+    p.add_argument("--backend-opt", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--name", default="", help="lab name (default: a random bNNNN)")
+    p.add_argument("--json", type=Path, dest="json_file", help="also write the JSON here")
+    p.add_argument("--table", action="store_true", help="print the table on stdout too")
+    p.set_defaults(func=cmd_throughput)
+
+
+def run(backend: str, *, hosts: int = 2, duration: float = 5, repeat: int = 1,
+        streams: int = 1, backend_opts: dict[str, Any] | None = None,
+        name: str = "") -> dict[str, Any]:
+    """Bring up a lab, measure, take it down; returns the result mapping."""
+    from fabric.lab.lab import Lab
+    from fabric.lab.topology import Topology
+
+    if hosts < 2:
+        raise ConfigError(f"--hosts {hosts} is too small", fix="the benchmark needs 2 hosts")
+    if not 0.5 <= duration <= 120 or not 1 <= repeat <= 20 or not 1 <= streams <= 16:
+        raise ConfigError("--duration must be 0.5-120 s, --repeat 1-20, --streams 1-16")
+    topo = Topology(name or f"b{secrets.token_hex(2)}", backend, hosts=hosts, pods_per_host=1,
+                    backend_opts={backend: backend_opts or {}})
+    under: list[float] = []
+    pod: list[float] = []
+    runs: list[dict[str, Any]] = []
+    with Lab(topo) as lab:
+        mtu = lab.exec("h1p1", ["cat", "/sys/class/net/eth0/mtu"]).stdout.strip()
+        for i in range(repeat):
+            for kind, src, dst, out in (("underlay", "h1", "h2", under),
+                                        ("pod", "h1p1", "h2p1", pod)):
+                res = lab.iperf(src, dst, seconds=duration, streams=streams)
+                out.append(res.gbps)
+                runs.append({"run": i + 1, "kind": kind, "src": src, "dst": dst,
+                             "dst_ip": str(res.dst_ip), "gbps": res.gbps,
+                             "retransmits": res.retransmits})
+    u, p = statistics.median(under), statistics.median(pod)
+    ratio = round(p / u, 3) if u else None
+    target = TARGETS.get(backend)
+    return {
+        "bench": "throughput",
+        "backend": backend,
+        "hosts": hosts,
+        "duration_s": duration,
+        "repeat": repeat,
+        "streams": streams,
+        "underlay_gbps": round(u, 3),
+        "pod_gbps": round(p, 3),
+        "ratio": ratio,
+        "target_ratio": target,
+        "meets_target": None if target is None or ratio is None else ratio >= target,
+        "pod_mtu": int(mtu) if mtu.isdigit() else None,
+        "underlay_mtu": topo.mtu,
+        "runs": runs,
+        "cpus": os.cpu_count(),
+        "kernel": platform.release(),
+    }
+
+
+def cmd_throughput(args: argparse.Namespace) -> int:
+    from fabric.bench.report import emit, format_table
+    from fabric.lab.cli import _opts
+
+    data = run(args.backend, hosts=args.hosts, duration=args.duration, repeat=args.repeat,
+               streams=args.streams, backend_opts=_opts(args.backend_opt), name=args.name)
+    columns = ["run", "kind", "src", "dst", "gbps", "retransmits"]
+    summary = {"run": "median", "kind": "pod/underlay", "src": "", "dst": "",
+               "gbps": data["ratio"], "retransmits": ""}
+    emit(data, rows=[*data["runs"], summary], columns=columns, json_file=args.json_file)
+    if args.table:
+        print(format_table([*data["runs"], summary], columns))
+    return 0
