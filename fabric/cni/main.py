@@ -144,6 +144,9 @@ def cmd_add(inv: Invocation, nc: NetConf, err: IO[str]) -> dict[str, Any]:
     except CNIError as exc:
         raise CNIError(codes.AGENT_FAILURE, f"the agent answered a malformed result: "
                        f"{exc.details}") from exc
+    if find_interface(ours, inv.ifname, inv.netns) is None:
+        raise CNIError(codes.AGENT_FAILURE, f"the agent's result lists no {inv.ifname} in "
+                       f"{inv.netns}: {json.dumps(answer)[:200]}")
     ours["dns"] = {**nc.dns, **ours["dns"]}
     return to_version(chain(prev, ours), nc.cni_version)
 

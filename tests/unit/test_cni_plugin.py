@@ -159,6 +159,8 @@ def test_add_malformed_prev_result_is_code_7_and_agent_untouched(plugin: Plugin)
     (fail("InternalError", "KeyError: 'x'"), 110),
     (fail("SomethingNew", "?"), 110),
     (ok({"ips": "not-a-list"}), 110),
+    (ok({**AGENT_RESULT, "interfaces": [{"name": "eth0", "sandbox": "/run/netns/other"}],
+         "ips": []}), 110),
     (Raw(b"garbage\n"), 11),
     (CLOSE, 11),
 ])
