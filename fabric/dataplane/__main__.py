@@ -1,0 +1,111 @@
+"""Run one engine in the current network namespace (benchmarks and tests use this).
+
+    python -m fabric.dataplane --mode tun --device nfdp0 --listen 198.19.255.1 \\
+        --address 10.250.1.1/16 --peer 10.250.2.0/24=198.19.255.2:8285 --status s.json
+
+Prints one JSON line ``{"ready": true, ...}`` once forwarding, writes status to
+``--status`` every 0.5 s and at exit, and stops cleanly on SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+from ipaddress import IPv4Interface, IPv4Network
+from pathlib import Path
+
+from fabric.dataplane.crypto import KeyPair
+from fabric.dataplane.engine import Engine, EngineConfig
+from fabric.dataplane.peers import MacTable, PeerAddr, PeerTable
+from fabric.errors import FabricError
+
+
+def _peer(text: str, mode: str) -> tuple[IPv4Network | None, PeerAddr]:
+    subnet = None
+    if mode == "tun":
+        net, _, text = text.partition("=")
+        subnet = IPv4Network(net)
+    ip, port, *rest = text.split(":")
+    return subnet, PeerAddr(ip, int(port), bytes.fromhex(rest[0]) if rest else b"")
+
+
+def configure_device(name: str, address: str | None, mtu: int) -> None:
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        idx = ipr.link_lookup(ifname=name)[0]
+        ipr.link("set", index=idx, mtu=mtu, state="up")
+        if address:
+            a = IPv4Interface(address)
+            ipr.addr("replace", index=idx, address=str(a.ip), prefixlen=a.network.prefixlen)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m fabric.dataplane")
+    p.add_argument("--mode", choices=["tun", "tap"], required=True)
+    p.add_argument("--device", required=True)
+    p.add_argument("--listen", required=True)
+    p.add_argument("--port", type=int, default=8285)
+    p.add_argument("--address", help="address/prefix for the device")
+    p.add_argument("--peer", action="append", default=[],
+                   help="tun: SUBNET=IP:PORT; tap: IP:PORT[:PUBKEYHEX]")
+    p.add_argument("--no-offload", action="store_true")
+    p.add_argument("--partial-checksum", action="store_true")
+    p.add_argument("--encrypt", action="store_true")
+    p.add_argument("--cipher", default="aesgcm")
+    p.add_argument("--key-file", type=Path)
+    p.add_argument("--psk", default="")
+    p.add_argument("--underlay-mtu", type=int, default=1500)
+    p.add_argument("--icmp-source", default="")
+    p.add_argument("--status", type=Path)
+    args = p.parse_args(argv)
+    try:
+        cfg = EngineConfig(mode=args.mode, device=args.device, listen_ip=args.listen,
+                           port=args.port, underlay_mtu=args.underlay_mtu,
+                           offload=not args.no_offload, encrypt=args.encrypt, cipher=args.cipher,
+                           psk=args.psk.encode(), full_checksum=not args.partial_checksum,
+                           icmp_source=args.icmp_source)
+        key = KeyPair.load_or_create(args.key_file) if args.key_file else None
+        if cfg.encrypt and key is None:
+            key = KeyPair.generate()
+        peers = [_peer(t, args.mode) for t in args.peer]
+        if args.mode == "tun":
+            table: PeerTable | MacTable = PeerTable()
+            for subnet, peer in peers:
+                table.set(subnet, peer)
+        else:
+            table = MacTable([peer for _s, peer in peers])
+        engine = Engine(cfg, table, key)
+        engine.start()
+        configure_device(args.device, args.address, cfg.mtu)
+    except (FabricError, ValueError, OSError) as exc:
+        print(json.dumps({"ready": False, "error": str(exc)}), flush=True)
+        return 1
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    signal.signal(signal.SIGINT, lambda *_: done.set())
+
+    def dump() -> None:
+        if args.status:
+            tmp = args.status.with_suffix(".tmp")
+            tmp.write_text(json.dumps(engine.status()))
+            os.replace(tmp, args.status)
+
+    print(json.dumps({"ready": True, "pid": os.getpid(),
+                      "public_key": key.public.hex() if key else "",
+                      "status": engine.status()}), flush=True)
+    while not done.wait(0.5):
+        dump()
+        if not engine.running:
+            break
+    engine.stop()
+    dump()
+    return 0 if not engine.errors else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

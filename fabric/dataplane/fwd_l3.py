@@ -1,0 +1,186 @@
+"""L3 forwarding loops (flannel udp): TUN -> one IPv4 packet per UDP datagram, and back."""
+
+from __future__ import annotations
+
+import os
+import time
+from ipaddress import IPv4Address
+
+from fabric.dataplane import vnet
+from fabric.dataplane.csum import fill_ipv4_checksum
+from fabric.dataplane.l3 import (
+    coalesce_tcp4,
+    complete_checksum,
+    icmp_unreachable,
+    merged_header,
+    segment_tcp4,
+    segment_udp4,
+    valid_ipv4,
+)
+
+__all__ = ["tx_loop", "rx_loop"]
+
+_BUF = 65536 + vnet.VNET_HDR_LEN
+_ICMP_PER_SEC = 50
+
+
+def _drop(drops: dict, why: str, n: int = 1) -> None:
+    drops[why] = drops.get(why, 0) + n
+
+
+def tx_loop(engine) -> None:
+    """Read the TUN device, route by inner destination, send to the peer's UDP port."""
+    dev, port, table, cfg = engine.device, engine.port, engine.table, engine.config
+    fd, use_vnet = dev.fd, dev.offload.vnet_hdr
+    stats, drops = engine.tx, engine.tx_drops
+    buf = bytearray(_BUF)
+    mv = memoryview(buf)
+    out = bytearray(70000)
+    hoff = vnet.VNET_HDR_LEN if use_vnet else 0
+    full_csum = cfg.full_checksum
+    icmp_src = IPv4Address(cfg.icmp_source).packed if cfg.icmp_source else b""
+    icmp_tokens, icmp_time = _ICMP_PER_SEC, time.monotonic()
+    readv = os.readv
+    while True:
+        try:
+            n = readv(fd, [buf])
+        except BlockingIOError:
+            if not engine.wait_readable(fd):
+                return
+            continue
+        except OSError:
+            if engine.stopping():
+                return
+            raise
+        stats["reads"] += 1
+        if n <= hoff:
+            _drop(drops, "truncated")
+            continue
+        pkt = mv[hoff:n]
+        length = n - hoff
+        ihl = valid_ipv4(pkt, length)
+        if not ihl:
+            _drop(drops, "not_ipv4")
+            continue
+        peer = table.lookup(bytes(pkt[16:20]))
+        if peer is None:
+            _drop(drops, "no_route")
+            if icmp_src:
+                now = time.monotonic()
+                icmp_tokens = min(_ICMP_PER_SEC, icmp_tokens + (now - icmp_time) * _ICMP_PER_SEC)
+                icmp_time = now
+                if icmp_tokens >= 1 and (pkt[9] != 1 or pkt[ihl] == 8):  # never about ICMP errors
+                    icmp_tokens -= 1
+                    reply = icmp_unreachable(pkt, icmp_src)
+                    try:
+                        os.writev(fd, [vnet.NO_VNET, reply] if use_vnet else [reply])
+                        stats["icmp_unreachable"] = stats.get("icmp_unreachable", 0) + 1
+                    except OSError:
+                        _drop(drops, "icmp_write")
+            continue
+        ttl = pkt[8]
+        if ttl <= 1:
+            _drop(drops, "ttl_expired")
+            continue
+        pkt[8] = ttl - 1
+        if use_vnet:
+            flags, gso, _hl, gso_size, cstart, coff = vnet.unpack(buf)
+        else:
+            flags = gso = 0
+        gso &= ~vnet.GSO_ECN
+        if gso == vnet.GSO_NONE:
+            if flags & vnet.F_NEEDS_CSUM and not complete_checksum(pkt, 0, length, cstart, coff):
+                _drop(drops, "bad_csum_offsets")
+                continue
+            fill_ipv4_checksum(pkt, 0, ihl)
+            if port.send_batch(pkt, length, length, peer.sockaddr, drops):
+                stats["packets"] += 1
+                stats["datagrams"] += 1
+                stats["bytes"] += length
+            continue
+        if gso == vnet.GSO_TCPV4:
+            count, full, total = segment_tcp4(pkt, gso_size, out, full_csum)
+        elif gso == vnet.GSO_UDP_L4:
+            count, full, total = segment_udp4(pkt, gso_size, out)
+        else:
+            _drop(drops, "unsupported_gso")
+            continue
+        if not count:
+            _drop(drops, "bad_super_packet")
+            continue
+        sent = port.send_batch(out, full, total, peer.sockaddr, drops)
+        stats["packets"] += sent
+        stats["datagrams"] += sent
+        stats["bytes"] += total
+
+
+def rx_loop(engine) -> None:
+    """Receive datagrams (GRO batches), check them, merge TCP runs, write to the TUN device."""
+    dev, port, table, cfg = engine.device, engine.port, engine.table, engine.config
+    fd, use_vnet = dev.fd, dev.offload.vnet_hdr
+    stats, drops = engine.rx, engine.rx_drops
+    buf = bytearray(65536 * 2)
+    mv = memoryview(buf)
+    strict = cfg.strict_source
+    sock = port.sock
+    writev = os.writev
+    no_vnet = vnet.NO_VNET
+    while True:
+        try:
+            n, seg, addr = port.recv_batch(buf)
+        except BlockingIOError:
+            if not engine.wait_readable(sock.fileno()):
+                return
+            continue
+        except OSError:
+            if engine.stopping():
+                return
+            _drop(drops, "recv_error")
+            continue
+        stats["batches"] += 1
+        if strict and table.by_source(addr[0]) is None:
+            _drop(drops, "unknown_source")
+            continue
+        if n == 0:
+            _drop(drops, "empty")
+            continue
+        seg = seg or n
+        good = []
+        for off in range(0, n, seg):
+            d = mv[off:min(off + seg, n)]
+            if not valid_ipv4(d, len(d)):
+                _drop(drops, "malformed")
+                continue
+            good.append(d)
+        stats["datagrams"] += len(good)
+        try:
+            if not use_vnet:
+                for d in good:
+                    os.write(fd, d)
+                    stats["packets"] += 1
+                    stats["bytes"] += len(d)
+                    stats["writes"] += 1
+                continue
+            i, end = 0, len(good)
+            while i < end:
+                cnt, hlen, mss = coalesce_tcp4(good, i) if end - i > 1 else (1, 0, 0)
+                if cnt == 1:
+                    d = good[i]
+                    writev(fd, [no_vnet, d])
+                    stats["bytes"] += len(d)
+                else:
+                    d0 = good[i]
+                    run = good[i:i + cnt]
+                    size = hlen + sum(len(d) - hlen for d in run)
+                    hdr = merged_header(d0, size, hlen, run[-1][(d0[0] & 15) * 4 + 13])
+                    ihl = (d0[0] & 15) * 4
+                    vh = vnet.pack(vnet.F_NEEDS_CSUM, vnet.GSO_TCPV4, hlen, mss, ihl, 16)
+                    writev(fd, [vh, hdr, *[d[hlen:] for d in run]])
+                    stats["bytes"] += size
+                stats["packets"] += cnt
+                stats["writes"] += 1
+                i += cnt
+        except OSError as exc:
+            if engine.stopping():
+                return
+            _drop(drops, f"write_{exc.errno}")
