@@ -296,6 +296,15 @@ class Lab:
             res = list(pool.map(lambda p: self.ping(p[0], p[1], count), pairs))
         return PingResult(tuple(res))
 
+    def converge(self, timeout: float = 20, pods: Iterable[str] | None = None) -> PingResult:
+        """ping_all until every pair answers or ``timeout``; returns the last result."""
+        end = time.monotonic() + timeout
+        while True:
+            res = self.ping_all(pods)
+            if res.ok or time.monotonic() > end:
+                return res
+            time.sleep(0.3)
+
     def tcp_check(self, src: str, dst: str, timeout: float = 5) -> TcpResult:
         src_ns, _ = self.target(src)
         dst_ns, ip = self.target(dst)
