@@ -1,0 +1,34 @@
+"""Fixtures shared by every test tier.
+
+``etcd``: a private, real etcd (Debian's binary) on 127.0.0.1 with free ports and its
+own data directory, started per test and stopped by pid afterwards; tests may
+``stop()``/``start()``/``kill()`` it. Skips the test when etcd is not installed.
+``store``: an :class:`~fabric.store.etcd.EtcdStore` connected to it, closed afterwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from fabric.testing.etcd import EtcdServer, etcd_binary
+
+
+@pytest.fixture
+def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
+    if etcd_binary() is None:
+        pytest.skip("etcd is not installed (Debian package etcd-server)")
+    with EtcdServer(tmp_path_factory.mktemp("etcd") / "data") as server:
+        yield server
+
+
+@pytest.fixture
+def store(etcd: EtcdServer):
+    from fabric.store import connect
+
+    st = connect(etcd.url)
+    try:
+        yield st
+    finally:
+        st.close()
