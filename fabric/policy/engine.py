@@ -209,7 +209,8 @@ class NftablesPolicy(PolicyEngine):
                 continue
             kind, key, direction = meta
             label = key if kind == "policy" else names.get(key, key)
-            out[f"{kind}s"].setdefault(label, {})[direction] = c["packets"]
+            group = "policies" if kind == "policy" else "endpoints"
+            out[group].setdefault(label, {})[direction] = c["packets"]
         return out
 
     def status(self) -> dict[str, Any]:
