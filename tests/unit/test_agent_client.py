@@ -14,7 +14,7 @@ import pytest
 
 from fabric.agent.client import AgentError, AgentUnreachable, call, error_from_answer
 from fabric.agent.server import ControlServer
-from fabric.cni.fake_agent import CLOSE, HANG, FakeAgent, Raw, fail, ok
+from fabric.cni.testing import CLOSE, HANG, FakeAgent, Raw, fail, ok
 from fabric.errors import (
     AgentUnavailable,
     ConfigError,

@@ -1,18 +1,19 @@
-"""A scripted stand-in for the agent's control socket, for tests of agent clients.
+"""Test helpers for CNI clients: a scripted agent socket and an in-process plugin run.
 
-It is a real unix-socket server speaking the control protocol (one JSON line in, one
-out); ``reply(request)`` decides each answer. It lets tests of `fabric-cni` and of
-``fabric.agent.client`` reach paths a healthy agent never takes (hangs, resets,
+:class:`FakeAgent` is a real unix-socket server speaking the control protocol (one JSON
+line in, one out); ``reply(request)`` decides each answer. It lets tests of `fabric-cni`
+and of ``fabric.agent.client`` reach paths a healthy agent never takes (hangs, resets,
 garbage). End-to-end behaviour is tested against the real agent.
 
     with FakeAgent(path, lambda req: ok({"ips": []})) as agent:
-        ...
+        rc, out, err = invoke({"CNI_COMMAND": "ADD", ...}, conf)
         assert agent.requests[0]["op"] == "cni.add"
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import socket
@@ -20,7 +21,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["FakeAgent", "ok", "fail", "HANG", "CLOSE", "Raw"]
+__all__ = ["FakeAgent", "ok", "fail", "HANG", "CLOSE", "Raw", "invoke", "Runner"]
 
 HANG = "hang"  # read the request, never answer (until the agent is closed)
 CLOSE = "close"  # read the request, close without answering
@@ -108,3 +109,42 @@ class FakeAgent:
             os.unlink(self.path)
         for t in self._threads:
             t.join(2)
+
+
+def invoke(environ: dict[str, str], conf: Any = None, stdin: bytes | None = None,
+           ) -> tuple[int, Any, str]:
+    """Run `fabric-cni` in-process: (exit status, decoded stdout or None, stderr).
+
+    ``conf`` is JSON-encoded onto stdin unless raw ``stdin`` bytes are given."""
+    from fabric.cni.main import run
+
+    data = stdin if stdin is not None else json.dumps(conf).encode()
+    out, err = io.StringIO(), io.StringIO()
+    rc = run(environ, io.BytesIO(data), out, err)
+    text = out.getvalue()
+    if text.count("\n") > 1:
+        raise AssertionError(f"fabric-cni printed more than one JSON document: {text!r}")
+    return rc, json.loads(text) if text else None, err.getvalue()
+
+
+class Runner:
+    """`fabric-cni` calls for one agent socket with default CNI_* variables.
+
+    ``runner("ADD", conf, env={"CNI_NETNS": None})``: ``None`` removes a variable."""
+
+    def __init__(self, socket_path: str | os.PathLike[str], *, container_id: str = "c1",
+                 ifname: str = "eth0", netns: str = "/proc/self/ns/net",
+                 cni_path: str = "/usr/lib/cni") -> None:
+        self.socket = os.fspath(socket_path)
+        self.env = {"CNI_CONTAINERID": container_id, "CNI_IFNAME": ifname,
+                    "CNI_NETNS": netns, "CNI_PATH": cni_path}
+
+    def conf(self, version: str = "1.1.0", **kw: Any) -> dict[str, Any]:
+        return {"cniVersion": version, "name": "netfabric", "type": "fabric-cni",
+                "agentSocket": self.socket, **kw}
+
+    def __call__(self, verb: str, conf: Any = None, env: dict[str, str | None] | None = None,
+                 stdin: bytes | None = None) -> tuple[int, Any, str]:
+        merged: dict[str, str | None] = {"CNI_COMMAND": verb, **self.env, **(env or {})}
+        environ = {k: v for k, v in merged.items() if v is not None}
+        return invoke(environ, self.conf() if conf is None else conf, stdin)
