@@ -171,3 +171,20 @@ def test_agent_down_then_removed(tmp_path: Path) -> None:
     assert not (state / "agent.json").exists()
     assert cni("DEL", netconf(ra.socket)) == (0, None)
     assert cni("ADD", netconf(ra.socket))[1]["code"] == 11
+
+
+def test_concurrent_adds_and_dels(tmp_path: Path) -> None:
+    """Runtimes run plugins for different containers in parallel (bounded: 12 pods)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with RunningAgent(tmp_path / "st", [one_net()]) as ra:
+        conf = netconf(ra.socket)
+        with ThreadPoolExecutor(6) as pool:
+            adds = list(pool.map(lambda i: cni("ADD", conf, cid=f"p{i}"), range(12)))
+        assert all(rc == 0 for rc, _ in adds), adds
+        addresses = {out["ips"][0]["address"] for _, out in adds}
+        assert len(addresses) == 12
+        with ThreadPoolExecutor(6) as pool:
+            dels = list(pool.map(lambda i: cni("DEL", conf, cid=f"p{i}"), range(12)))
+        assert dels == [(0, None)] * 12
+        assert json.loads((tmp_path / "st/networks/fk/workloads.json").read_text()) == {}

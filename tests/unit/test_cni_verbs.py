@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from fabric.cni import main as cni_main
 from fabric.cni.testing import HANG, FakeAgent, Runner, fail, ok
@@ -262,3 +264,32 @@ def test_executable_version_and_stdlib_only() -> None:
     assert ours <= {"fabric", "fabric.errors", "fabric.agent", "fabric.agent.client",
                     "fabric.cni", "fabric.cni.errors", "fabric.cni.spec", "fabric.cni.result",
                     "fabric.cni.main"}, ours
+
+
+# -- fuzzed input: always one protocol answer, never a traceback --
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner,
+                                                                max_size=3),
+    max_leaves=8,
+)
+_keys = st.sampled_from(["cniVersion", "name", "type", "network", "agentSocket", "agentTimeout",
+                         "args", "dns", "ipam", "prevResult", "cni.dev/valid-attachments",
+                         "plugins", "runtimeConfig"])
+_conf = st.dictionaries(_keys, _json | st.sampled_from(["0.4.0", "1.0.0", "1.1.0"]), max_size=8)
+_known = {0, 1, 2, 3, 4, 5, 6, 7, 11, 50, 51, 100, 101, 102, 103, 104, 105, 110}
+
+
+@settings(max_examples=100, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(verb=st.sampled_from(["ADD", "DEL", "CHECK", "STATUS", "GC", "VERSION"]), conf=_conf,
+       raw=st.none() | st.binary(max_size=40))
+def test_fuzzed_config(plugin: Plugin, verb: str, conf: dict, raw: bytes | None) -> None:
+    if "agentSocket" in conf:
+        conf["agentSocket"] = plugin.socket
+    rc, out, _ = plugin(verb, conf, stdin=raw)
+    assert rc in (0, 1)
+    if rc == 1:
+        assert set(out) == {"cniVersion", "code", "msg", "details"} and out["code"] in _known
+        assert out["code"] != 110, out  # 110 is for agent failures and bugs only
