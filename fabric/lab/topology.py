@@ -2,7 +2,7 @@
 
 Naming and addressing (docs/architecture.md, "Lab conventions"): lab ``NAME`` owns
 namespaces ``nfl-NAME-sw`` (switch: bridge ``brS`` per segment, etcd on
-198.18.0.2), ``nfl-NAME-rt`` (router between segments, 198.18.S.1),
+198.18.0.2), ``nfl-NAME-rt`` (router between segments and every host's default gateway, 198.18.S.1),
 ``nfl-NAME-hN`` (host N, ``eth0`` at 198.18.S.(10+N)/24) and ``nfl-NAME-hNpM`` (pods).
 """
 
@@ -68,7 +68,7 @@ class HostSpec:
     ns: str  # "nfl-NAME-h1"
     segment: int
     address: IPv4Interface  # eth0, 198.18.S.(10+N)/24
-    gateway: IPv4Address | None  # the router's leg on the segment, when segments > 1
+    gateway: IPv4Address  # the router's leg on the segment: the default route
 
     @property
     def ip(self) -> IPv4Address:
@@ -161,6 +161,6 @@ def host_spec(name: str, index: int, segments: int) -> HostSpec:
     if not 0 < index <= MAX_HOSTS:
         raise ConfigError(f"host index {index} is outside 1..{MAX_HOSTS}")
     seg = (index - 1) % segments
-    gw = IPv4Address(f"198.18.{seg}.1") if segments > 1 else None
     return HostSpec(index, f"h{index}", f"{ns_prefix(name)}h{index}", seg,
-                    IPv4Interface(f"198.18.{seg}.{10 + index}/24"), gw)
+                    IPv4Interface(f"198.18.{seg}.{10 + index}/24"),
+                    IPv4Address(f"198.18.{seg}.1"))

@@ -15,7 +15,7 @@ __all__ = ["build_switch", "build_host", "start_etcd", "etcd_url", "wait_tcp"]
 
 
 def build_switch(topo: Topology) -> list[str]:
-    """Switch (and router, with several segments); returns the namespaces created."""
+    """Switch and router namespaces; returns the namespaces created."""
     sw = switch_ns(topo.name)
     created = [sw]
     add_ns(sw)
@@ -24,19 +24,19 @@ def build_switch(topo: Topology) -> list[str]:
         cmds += [f"link add br{s} mtu {topo.mtu} type bridge mcast_snooping 0 stp_state 0",
                  f"link set br{s} up"]
     cmds.append(f"addr add {ETCD_IP}/24 dev br0")  # etcd / BIRD address on segment 0
-    if topo.segments > 1:
-        cmds.append("route add default via 198.18.0.1")
-    if topo.segments > 1:
-        rt = router_ns(topo.name)
-        add_ns(rt)
-        created.append(rt)
-        sysctl(rt, "net.ipv4.ip_forward", 1)
-        rcmds = []
-        for s in range(topo.segments):
-            add_veth(rt, f"s{s}", sw, f"rt{s}", topo.mtu)
-            rcmds += [f"addr add 198.18.{s}.1/24 dev s{s}", f"link set s{s} up"]
-            cmds.insert(2 * topo.segments, f"link set rt{s} master br{s} up")
-        ip_batch(rt, rcmds)
+    cmds.append("route add default via 198.18.0.1")
+    # the router: 198.18.S.1 on every segment, every host's default gateway (also with one
+    # segment: real hosts have a default route, and proxy-ARP style backends rely on one)
+    rt = router_ns(topo.name)
+    add_ns(rt)
+    created.append(rt)
+    sysctl(rt, "net.ipv4.ip_forward", 1)
+    rcmds = []
+    for s in range(topo.segments):
+        add_veth(rt, f"s{s}", sw, f"rt{s}", topo.mtu)
+        rcmds += [f"addr add 198.18.{s}.1/24 dev s{s}", f"link set s{s} up"]
+        cmds.insert(2 * topo.segments, f"link set rt{s} master br{s} up")
+    ip_batch(rt, rcmds)
     ip_batch(sw, cmds)
     return created
 
@@ -47,9 +47,8 @@ def build_host(topo: Topology, host: HostSpec) -> None:
     add_ns(host.ns)
     add_veth(host.ns, "eth0", sw, host.name, topo.mtu)
     ip_batch(sw, [f"link set {host.name} master br{host.segment} up"])
-    cmds = [f"addr add {host.address} dev eth0", "link set eth0 up"]
-    if host.gateway is not None:
-        cmds.append(f"route add default via {host.gateway}")
+    cmds = [f"addr add {host.address} dev eth0", "link set eth0 up",
+            f"route add default via {host.gateway}"]
     ip_batch(host.ns, cmds)
     sysctl(host.ns, "net.ipv4.ip_forward", 1)
 

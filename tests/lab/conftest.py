@@ -22,9 +22,12 @@ def lab_namespaces(name: str) -> list[str]:
                   if line.strip() and line.startswith(ns_prefix(name)))
 
 
-def all_namespaces() -> set[str]:
+def all_namespaces(lab: str) -> set[str]:
+    """`ip netns list`, minus what other helpers' tests and other labs create meanwhile
+    (prefixes nf*-; other labs nfl-OTHER-): what this lab could have leaked or broken."""
     out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    return {line.split()[0] for line in out.splitlines() if line.strip()}
+    names = {line.split()[0] for line in out.splitlines() if line.strip()}
+    return {n for n in names if n.startswith(ns_prefix(lab)) or not n.startswith("nf")}
 
 
 def stack_missing(backend: str, etcd: bool = True) -> str | None:

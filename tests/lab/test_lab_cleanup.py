@@ -29,14 +29,14 @@ def _skip_unless_runnable(mode: str) -> None:
 @pytest.mark.parametrize("mode", MODES)
 def test_down_leaves_netns_list_as_before(lab_name: str, mode: str) -> None:
     _skip_unless_runnable(mode)
-    before = all_namespaces()
+    before = all_namespaces(lab_name)
     topo = Topology(lab_name, "vxlan", hosts=3, pods_per_host=1, segments=2)
     with Lab(topo, agents=mode != "underlay") as lab:
         assert len(lab_namespaces(lab_name)) == (8 if mode != "underlay" else 5)
         procs = list(lab.procs.values())
         assert procs and all(is_alive(r) for r in procs)
     assert lab_namespaces(lab_name) == []
-    assert all_namespaces() - before == set()  # nothing of ours left (others may come and go)
+    assert all_namespaces(lab_name) == before
     assert not any(is_alive(r) for r in procs)
     assert not (STATE_ROOT / lab_name).exists()
 
@@ -54,7 +54,7 @@ os._exit(3)  # crash: no down(), no finally, no atexit
 @pytest.mark.parametrize("mode", MODES)
 def test_cli_down_after_crash(lab_name: str, mode: str) -> None:
     _skip_unless_runnable(mode)
-    before = all_namespaces()
+    before = all_namespaces(lab_name)
     crashed = subprocess.run([sys.executable, "-c", textwrap.dedent(_CRASHER), lab_name, mode],
                              capture_output=True, text=True, timeout=180,
                              cwd=Path(__file__).resolve().parents[2])
@@ -70,7 +70,7 @@ def test_cli_down_after_crash(lab_name: str, mode: str) -> None:
     assert down.returncode == 0, down.stderr
     assert f"stopped {len(procs)} process(es)" in down.stdout
     assert lab_namespaces(lab_name) == []
-    assert all_namespaces() - before == set()
+    assert all_namespaces(lab_name) == before
     assert not any(is_alive(r) for r in procs)
     assert not (STATE_ROOT / lab_name).exists()
     again = subprocess.run(["fabric", "lab", "down", "--name", lab_name],
