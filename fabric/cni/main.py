@@ -10,7 +10,7 @@ Decisions where the spec leaves room:
   directory) still holds ``agent.json``, the agent is merely down and its workloads
   still exist: code 11, so the runtime retries. Without ``agent.json`` the fabric was
   removed from this node (``fabric down``) or never ran, nothing of ours can be left:
-  success, with a note on stderr. A timeout is always code 11.
+  success, with a note on stderr. A timeout or a broken answer is always code 11.
 * DEL and GC of a network the agent does not serve succeed (nothing of ours exists).
 * ADD/CHECK/DEL time out after ``agentTimeout`` seconds (default 30; STATUS 10, GC 60).
 * CHECK finds our interface (CNI_IFNAME in CNI_NETNS) in prevResult and sends its MAC
@@ -113,7 +113,8 @@ def _best_effort(inv: Invocation, nc: NetConf, request: dict[str, Any], err: IO[
         return _agent(inv, nc, request)
     except CNIError as exc:
         cause = exc.__cause__
-        if isinstance(cause, AgentUnreachable) and cause.reason != "timeout" and _fabric_gone(nc):
+        nobody = isinstance(cause, AgentUnreachable) and cause.reason in ("missing", "refused")
+        if nobody and _fabric_gone(nc):
             err.write(f"fabric-cni: {inv.verb}: no agent and no agent state next to "
                       f"{nc.socket}; nothing to release\n")
             return None

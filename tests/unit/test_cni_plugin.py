@@ -194,6 +194,24 @@ def test_del_without_any_fabric_state_succeeds(plugin: Plugin) -> None:
     assert (rc, out) == (0, None) and "nothing to release" in err
 
 
+def test_del_stale_socket_without_state_succeeds(plugin: Plugin) -> None:
+    import socket
+
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(plugin.socket)  # left behind by a crash, nobody listening
+    try:
+        rc, out, err = plugin("DEL")
+    finally:
+        s.close()
+    assert (rc, out) == (0, None) and "nothing to release" in err
+
+
+def test_del_broken_answer_is_11_even_without_state(plugin: Plugin) -> None:
+    with agent(plugin, lambda r: CLOSE):
+        rc, out, _ = plugin("DEL")
+    assert_error(rc, out, 11)
+
+
 def test_del_timeout_is_11_even_without_state(plugin: Plugin) -> None:
     with agent(plugin, lambda r: HANG):
         rc, out, _ = plugin("DEL", plugin.conf(agentTimeout=0.2))
