@@ -276,6 +276,9 @@ def run(environ: Any, stdin: IO[bytes], stdout: IO[str], stderr: IO[str]) -> int
     except CNIError as exc:
         code = exc.code
         stdout.write(json.dumps(exc.result(version)) + "\n")
+        if not environ.get("CNI_COMMAND"):  # run by hand: say what this is
+            stderr.write("fabric-cni: netfabric CNI plugin; CNI protocol versions supported: "
+                         f"{', '.join(SUPPORTED_VERSIONS)}\n")
         return 1
     except Exception as exc:  # a bug: still answer in the protocol, never a bare traceback
         code = codes.AGENT_FAILURE

@@ -205,6 +205,12 @@ def test_bad_environment_is_4(plugin: Plugin, env: dict, needle: str) -> None:
     assert a.requests == []
 
 
+def test_run_by_hand_says_what_it_is(plugin: Plugin) -> None:
+    rc, out, err = plugin("", env={"CNI_COMMAND": None})
+    assert_error(rc, out, 4)
+    assert "CNI protocol versions supported: 0.4.0, 1.0.0, 1.1.0" in err
+
+
 def test_internal_bug_still_answers_in_protocol(plugin: Plugin, monkeypatch) -> None:
     def boom(*a):
         raise RuntimeError("unexpected")
