@@ -78,11 +78,13 @@ def render_bird_config(cfg: BirdConfig, log_path: Path | str | None = None) -> s
         lines.append(f'log "{log_path}" all;')
     lines += [
         "protocol device { scan time 5; }",
-        "protocol direct { disabled; }",
+        # connected and kernel routes only resolve BGP next hops (never exported to peers)
+        "protocol direct { ipv4; }",
         f"filter pods {{ if net ~ [ {cfg.pod_cidr}+ ] then accept; reject; }}",
         "protocol kernel {",
-        "    ipv4 { import none; export " + ("filter pods" if cfg.kernel_export else "none")
-        + "; };",
+        "    learn;",
+        "    ipv4 { import where net !~ [ " + f"{cfg.pod_cidr}+ ]; export "
+        + ("filter pods" if cfg.kernel_export else "none") + "; };",
         "    merge paths on;",
         "}",
         "protocol bgp nodes {",
@@ -112,12 +114,15 @@ def render_bird_config(cfg: BirdConfig, log_path: Path | str | None = None) -> s
 @attrs.frozen
 class BirdRoute:
     prefix: IPv4Network
-    via: IPv4Address | None
+    via: IPv4Address | None  # the resolved gateway, or the BGP source when unresolved
     protocol: str
     primary: bool
+    kind: str = "unicast"  # unicast | unreachable | blackhole | prohibit
+    source: IPv4Address | None = None  # the BGP neighbour it came from
 
 
-_ROUTE = re.compile(r"^(?P<prefix>\d+\.\d+\.\d+\.\d+/\d+)?\s+\S+\s+\[(?P<proto>\S+)[^\]]*\]"
+_ROUTE = re.compile(r"^(?P<prefix>\d+\.\d+\.\d+\.\d+/\d+)?\s+(?P<kind>unicast|unreachable|"
+                    r"blackhole|prohibit)\s+\[(?P<proto>\S+)[^\]]*?(?:from (?P<src>[\d.]+))?\]"
                     r"\s*(?P<star>\*)?")
 _VIA = re.compile(r"^\s+via\s+(?P<via>\d+\.\d+\.\d+\.\d+)")
 
@@ -130,15 +135,19 @@ def parse_routes(text: str) -> list[BirdRoute]:
 
     def flush() -> None:
         if pending is not None and prefix is not None:
-            out.append(BirdRoute(prefix, pending.get("via"), pending["proto"], pending["star"]))
+            src = pending["src"]
+            out.append(BirdRoute(prefix, pending.get("via", src), pending["proto"],
+                                 pending["star"], pending["kind"], src))
 
     for line in text.splitlines():
         m = _ROUTE.match(line)
-        if m and "unicast" in line or m and "blackhole" in line:
+        if m:
             flush()
             if m.group("prefix"):
                 prefix = IPv4Network(m.group("prefix"))
-            pending = {"proto": m.group("proto"), "star": bool(m.group("star"))}
+            src = IPv4Address(m.group("src")) if m.group("src") else None
+            pending = {"proto": m.group("proto"), "star": bool(m.group("star")),
+                       "kind": m.group("kind"), "src": src}
             continue
         v = _VIA.match(line)
         if v and pending is not None:

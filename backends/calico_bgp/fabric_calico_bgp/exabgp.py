@@ -101,7 +101,8 @@ def exabgp_env(bind: IPv4Address, port: int = 179) -> dict[str, str]:
             "exabgp.daemon.daemonize": "false",
             "exabgp.api.cli": "false",
             "exabgp.api.ack": "false",
-            "exabgp.api.respawn": "true",
+            "exabgp.api.respawn": "false",
+            "exabgp.api.terminate": "true",  # the relay ends with the agent: so does exabgp
             "exabgp.log.destination": "stdout",
             "exabgp.log.level": "INFO",
             "exabgp.tcp.bind": str(bind),
@@ -227,7 +228,28 @@ class Speaker:
                 proc.kill()
                 proc.wait(5)
 
+    def _end_stale(self) -> None:
+        """A previous agent killed with -9 may have left its exabgp: end it, by its pid file."""
+        pidfile = self.run_dir / "exabgp.pid"
+        try:
+            pid = int(pidfile.read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            return
+        if str(self.config_path).encode() in cmdline:
+            self.log.warning("ending exabgp pid %d left by a previous agent", pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            for _ in range(50):
+                if not Path(f"/proc/{pid}").exists():
+                    break
+                time.sleep(0.1)
+            else:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
     def _spawn(self) -> None:
+        self._end_stale()
         logf = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         try:
             self.proc = subprocess.Popen(
@@ -240,6 +262,7 @@ class Speaker:
                                fix="install exabgp (pip install exabgp)") from exc
         finally:
             logf.close()
+        (self.run_dir / "exabgp.pid").write_text(f"{self.proc.pid}\n")
 
     def _accept(self) -> socket.socket | None:
         deadline = time.monotonic() + 30

@@ -1,0 +1,240 @@
+"""calico-bgp in emulated hosts: exabgp sessions, learned routes, pods reaching pods, BIRD RR.
+
+Every host is a namespace ``nfbgp-XXXX-hN`` on a bridge in ``nfbgp-XXXX-sw``;
+the backend runs in ``fabric_calico_bgp.driver`` inside the host (the agent's
+role without the IPAM), so exabgp is its child there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fabric.lab.bird import BirdConfig, bird_available, start_bird
+from tests.functional.conftest_netns import add_ns, namespaces, needs_root, sh, wire
+
+pytestmark = [needs_root, pytest.mark.root]
+CIDR = "10.244.0.0/16"
+SEG = "198.18.251"
+
+
+class Driver:
+    def __init__(self, ns: str, log: Path) -> None:
+        self.log = open(log, "w")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", ns, sys.executable, "-m", "fabric_calico_bgp.driver"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
+        )
+
+    def __call__(self, **cmd):
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        assert line, "driver died"
+        return json.loads(line)
+
+    def ok(self, **cmd):
+        res = self(**cmd)
+        assert res["ok"], res
+        return res["result"]
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.log.close()
+
+
+def wait_for(check, timeout: float, what: str) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if check():
+            return time.monotonic() - start
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def ping(ns: str, dst: str) -> bool:
+    return sh("ping", "-c", "1", "-W", "1", dst, ns=ns, check=False).returncode == 0
+
+
+def routes(ns: str) -> str:
+    return sh("ip", "route", "show", "proto", "78", ns=ns).stdout
+
+
+class Cluster:
+    """N hosts on one segment, one pod each; pod i gets 10.244.i.2 in block 10.244.i.0/26."""
+
+    def __init__(self, tag: str, tmp: Path, n: int) -> None:
+        self.tag, self.tmp = tag, tmp
+        self.sw = f"{tag}-sw"
+        add_ns(self.sw)
+        sh("ip", "link", "add", "br0", "type", "bridge", ns=self.sw)
+        sh("ip", "link", "set", "br0", "up", ns=self.sw)
+        sh("ip", "addr", "add", f"{SEG}.2/24", "dev", "br0", ns=self.sw)
+        self.hosts, self.pods, self.drivers = [], [], []
+        for i in range(1, n + 1):
+            h, p = f"{tag}-h{i}", f"{tag}-h{i}p1"
+            add_ns(h)
+            add_ns(p)
+            wire(self.sw, "br0", h, f"{SEG}.{10 + i}/24", f"s{i}")
+            self.hosts.append(h)
+            self.pods.append(p)
+            self.drivers.append(Driver(h, tmp / f"h{i}.log"))
+
+    def ip(self, i: int) -> str:
+        return f"{SEG}.{11 + i}"
+
+    def block(self, i: int) -> str:
+        return f"10.244.{i + 1}.0/26"
+
+    def pod_ip(self, i: int) -> str:
+        return f"10.244.{i + 1}.2"
+
+    def start(self, config: dict, *, mesh_peers: bool = True) -> list[dict]:
+        datas = []
+        for i, d in enumerate(self.drivers):
+            datas.append(d.ok(op="init", cidr=CIDR, node=f"h{i + 1}", ip=self.ip(i),
+                              state=str(self.tmp / f"state-h{i + 1}"), config=config,
+                              chunks=[self.block(i)]))
+        if mesh_peers:
+            for i, d in enumerate(self.drivers):
+                for j in range(len(self.drivers)):
+                    if j != i:
+                        d.ok(op="peer", name=f"h{j + 1}", ip=self.ip(j),
+                             chunks=[self.block(j)], data=datas[j])
+        for i, d in enumerate(self.drivers):
+            d.ok(op="attach", cid=f"pod{i}", netns=f"/run/netns/{self.pods[i]}",
+                 pod_ip=self.pod_ip(i), chunk=self.block(i))
+        return datas
+
+    def all_routes_ok(self) -> bool:
+        for d in self.drivers:
+            st = d.ok(op="status")
+            ok = [r for r in st["routes"] if r["state"].startswith("ok")]
+            if len(ok) < len(self.drivers) - 1:
+                return False
+        return True
+
+    def close(self) -> None:
+        for d in self.drivers:
+            try:
+                if d.proc.poll() is None:
+                    d(op="teardown")
+            finally:
+                d.close()
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    made = []
+
+    def make(n: int = 2) -> Cluster:
+        ctx = namespaces("nfbgp-")
+        tag = ctx.__enter__()
+        made.append(ctx)
+        c = Cluster(tag, tmp_path, n)
+        made.append(c)
+        return c
+
+    yield make
+    for obj in reversed(made):
+        if isinstance(obj, Cluster):
+            obj.close()
+        else:
+            obj.__exit__(None, None, None)
+
+
+def test_mesh_native_routes_and_withdraw(cluster):
+    c = cluster(3)
+    c.start({})
+    wait_for(c.all_routes_ok, 20, "every host to learn every block")
+    st = c.drivers[0].ok(op="status")
+    assert {p["state"] for p in st["bgp"]["peers"]} == {"Established"}
+    assert all(p["routes_received"] == 1 and p["routes_sent"] == 1 for p in st["bgp"]["peers"])
+    assert f"{c.block(1)} via {c.ip(1)} dev eth0" in routes(c.hosts[0])
+    assert "blackhole 10.244.1.0/26" in routes(c.hosts[0])
+    for i in range(3):
+        for j in range(3):
+            if i != j:
+                assert ping(c.pods[i], c.pod_ip(j)), f"pod {i} -> pod {j}"
+    # host 2 gives its block back: the route disappears everywhere within 3 s
+    c.drivers[1].ok(op="detach", cid="pod1", netns=f"/run/netns/{c.pods[1]}")
+    c.drivers[1].ok(op="chunks", chunks=[])
+    took = wait_for(lambda: all(c.block(1) not in routes(h) for h in (c.hosts[0], c.hosts[2])),
+                    3, "the withdrawn block to vanish")
+    assert took < 3
+    assert "blackhole" not in routes(c.hosts[1])
+
+
+def test_vxlan_always_encapsulates(cluster):
+    c = cluster(2)
+    datas = c.start({"VXLANMode": "Always"})
+    assert datas[0]["VtepMAC"] != datas[1]["VtepMAC"]
+    wait_for(c.all_routes_ok, 20, "routes over vxlan")
+    assert f"{c.block(1)} via 10.244.2.0 dev pods.vx" in routes(c.hosts[0])
+    dev = sh("ip", "-d", "link", "show", "pods.vx", ns=c.hosts[0]).stdout
+    assert "vxlan id 4096" in dev and "dstport 4789" in dev
+    assert ping(c.pods[0], c.pod_ip(1)) and ping(c.pods[1], c.pod_ip(0))
+    assert c.drivers[0].ok(op="status")["encapsulation"] == "vxlan"
+
+
+def test_speaker_restart_keeps_routes(cluster):
+    c = cluster(2)
+    c.start({"HoldTime": 6})
+    wait_for(c.all_routes_ok, 20, "routes")
+    pid = c.drivers[1].ok(op="status")["bgp"]["speaker"]["pid"]
+    os.kill(pid, signal.SIGKILL)  # exabgp dies on host 2 (its child; we only signal that pid)
+    time.sleep(1)
+    assert c.block(1) in routes(c.hosts[0]), "peer's routes must be held during the restart"
+    assert ping(c.pods[0], c.pod_ip(1))
+    wait_for(lambda: c.drivers[1].ok(op="status")["bgp"]["speaker"]["restarts"] >= 1, 10,
+             "restart")
+
+    def established():
+        peers = c.drivers[1].ok(op="status")["bgp"]["peers"]
+        return peers and all(p["state"] == "Established" for p in peers)
+
+    wait_for(established, 30, "the session to come back")
+    assert ping(c.pods[1], c.pod_ip(0))
+
+
+def test_ipip_is_refused_on_this_kernel(cluster):
+    c = cluster(1)
+    res = c.drivers[0](op="init", cidr=CIDR, node="h1", ip=c.ip(0),
+                       state=str(c.tmp / "ipip"), config={"IPIPMode": "Always"},
+                       chunks=[c.block(0)])
+    if res["ok"]:
+        pytest.skip("this kernel has IPIP; the refusal path cannot be exercised")
+    assert res["kind"] == "KernelFeatureMissing" and "IPIP" in res["error"]
+
+
+@pytest.mark.skipif(not bird_available(), reason="BIRD 2 (bird2) is not installed")
+def test_bird_route_reflector(cluster, tmp_path):
+    c = cluster(3)
+    bird = start_bird(c.sw, BirdConfig(router_id=f"{SEG}.2", pod_cidr=CIDR,
+                                       neighbor_range=f"{SEG}.0/24"), tmp_path / "bird")
+    try:
+        c.start({"NodeToNodeMesh": False, "Peers": [{"PeerIP": f"{SEG}.2"}]}, mesh_peers=False)
+        wait_for(c.all_routes_ok, 30, "routes reflected by BIRD")
+        for d in c.drivers:
+            peers = d.ok(op="status")["bgp"]["peers"]
+            assert [p["peer"] for p in peers] == [f"{SEG}.2"]  # only BIRD, no mesh
+        bird_routes = {str(r.prefix): str(r.via) for r in bird.routes()}
+        for i in range(3):
+            assert bird_routes.get(c.block(i)) == c.ip(i)
+        assert len(bird.established()) == 3
+        assert ping(c.pods[0], c.pod_ip(2)) and ping(c.pods[2], c.pod_ip(1))
+    finally:
+        bird.stop()
