@@ -253,7 +253,8 @@ class SubnetLeaseIPAM(IPAM):
         self._keeper = threading.Thread(target=self._keep, name=f"lease {self.prefix}", daemon=True)
         self._keeper.start()
         self._mirror = PrefixMirror(self.store, f"{self.prefix}/subnets/", self._on_events).start()
-        self._mirror.wait_synced(2.0)
+        if self._confirmed:  # etcd answered: have the current peers before subscribe()
+            self._mirror.wait_synced(2.0)
         return self.chunks()
 
     def publish(self, backend_data: Mapping[str, Any]) -> None:
@@ -337,7 +338,8 @@ class SubnetLeaseIPAM(IPAM):
 
     # -- keeper thread: refresh, verify, re-acquire --
     def _keep(self) -> None:
-        delay = self.renew_interval
+        retry = min(max(1.0, self.renew_interval / 10), 5.0)
+        delay = self.renew_interval if self._confirmed else retry
         while not self._stop.is_set():
             self._wake.wait(delay)
             self._wake.clear()
@@ -350,11 +352,11 @@ class SubnetLeaseIPAM(IPAM):
                 if self._store_error is None:
                     log.warning("etcd unreachable, keeping lease %s: %s", self._subnet, exc)
                 self._store_error = str(exc)
-                delay = min(max(1.0, self.renew_interval / 10), 5.0)
+                delay = retry
             except (StoreError, IPAMError) as exc:
                 log.error("lease %s: %s", self._subnet, exc)
                 self._store_error = str(exc)
-                delay = min(max(1.0, self.renew_interval / 10), 5.0)
+                delay = retry
 
     def _maintain(self) -> None:
         if self.config is None:  # started while etcd was down

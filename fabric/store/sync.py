@@ -56,6 +56,7 @@ class PrefixMirror:
         self.retry_max = retry_max
         self.revision = 0  # the store revision the mirror is known to be current at
         self.relists = 0  # how many times a list was (re)done, for status and tests
+        self.compactions = 0  # how many watches ended on a compacted revision
         self.last_error: str | None = None
         self._items: dict[str, KeyValue] = {}
         self._lock = threading.RLock()  # guards _items and serialises on_events
@@ -164,6 +165,7 @@ class PrefixMirror:
 
     def _on_error(self, exc: Exception) -> None:
         if isinstance(exc, StoreCompacted):
+            self.compactions += 1
             log.info("mirror %s: %s; re-listing", self.prefix, exc)
         else:
             log.warning("mirror %s: watch ended: %s; re-listing", self.prefix, exc)
