@@ -1,0 +1,110 @@
+"""policy.* ops: whole-or-nothing apply, persistence, rollback on engine failure, explain."""
+
+from __future__ import annotations
+
+import json
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fabric.api import Endpoint, NetworkContext, NetworkSpec, Node, Workload
+from fabric.errors import ConfigError, NotFound, PolicyError
+from fabric.policy.allow_all import AllowAllPolicy
+from fabric.policy.service import POLICY_FILE, handle_policy_op, load_saved
+
+DOCS = list(yaml.safe_load_all("""
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: db}
+spec:
+  podSelector: {matchLabels: {app: db}}
+  ingress: [{from: [{podSelector: {matchLabels: {app: web}}}], ports: [{port: 5432}]}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: quiet}
+spec: {podSelector: {matchLabels: {app: db}}, policyTypes: [Egress]}
+"""))
+
+
+class FakeNetwork:
+    def __init__(self, tmp: Path, engine=None) -> None:
+        spec = NetworkSpec("pol", cidr=IPv4Network("10.9.0.0/16"),
+                           backend="fake")
+        self.ctx = NetworkContext(spec, Node("n1", IPv4Address("198.18.0.1"), "eth0", 1500), tmp)
+        self.policy = engine or AllowAllPolicy(self.ctx)
+        self.eps = [self._ep("db", "10.9.0.2", {"app": "db"}),
+                    self._ep("web", "10.9.0.3", {"app": "web"})]
+
+    @staticmethod
+    def _ep(name: str, ip: str, labels: dict[str, str]) -> Endpoint:
+        wl = Workload(f"c-{name}-0000", "eth0", "/nonexistent", name, "default", labels)
+        return Endpoint(wl, "", "", (IPv4Interface(f"{ip}/24"),), None, (), 1500)
+
+    def endpoints(self) -> list[Endpoint]:
+        return self.eps
+
+
+class Refusing(AllowAllPolicy):
+    def set_policies(self, policies) -> None:
+        raise PolicyError("nft rejected the rules: boom")
+
+
+def test_apply_list_delete_persist(tmp_path: Path) -> None:
+    net = FakeNetwork(tmp_path)
+    res = handle_policy_op(net, "policy.apply", {"documents": DOCS})
+    assert res["created"] == ["NetworkPolicy default/db", "NetworkPolicy default/quiet"]
+    assert len(net.policy._policies) == 2
+    again = handle_policy_op(net, "policy.apply", {"documents": DOCS[:1]})
+    assert again["unchanged"] == ["NetworkPolicy default/db"]
+    saved = json.loads((tmp_path / POLICY_FILE).read_text())
+    assert [d["metadata"]["name"] for d in saved] == ["db", "quiet"]
+    assert [p.name for p in load_saved(tmp_path)] == ["db", "quiet"]
+    rows = handle_policy_op(net, "policy.list", {})
+    assert rows[0]["podSelector"] == "app=db" and rows[1]["policyTypes"] == ["Egress"]
+    handle_policy_op(net, "policy.delete", {"name": "default/quiet"})
+    assert [p.name for p in load_saved(tmp_path)] == ["db"]
+    with pytest.raises(NotFound):
+        handle_policy_op(net, "policy.delete", {"name": "quiet"})
+
+
+def test_invalid_documents_change_nothing(tmp_path: Path) -> None:
+    net = FakeNetwork(tmp_path)
+    handle_policy_op(net, "policy.apply", {"documents": DOCS[:1]})
+    before = (tmp_path / POLICY_FILE).read_text()
+    bad = json.loads(json.dumps(DOCS[1]))
+    bad["spec"]["podSelector"] = {"matchLabels": {"app": ["x"]}}
+    with pytest.raises(PolicyError, match=r"spec\.podSelector\.matchLabels\.app"):
+        handle_policy_op(net, "policy.apply", {"documents": [DOCS[0], bad]})
+    assert (tmp_path / POLICY_FILE).read_text() == before
+    with pytest.raises(ConfigError):
+        handle_policy_op(net, "policy.apply", {"documents": "not a list"})
+
+
+def test_engine_failure_restores_previous_policies(tmp_path: Path) -> None:
+    net = FakeNetwork(tmp_path)
+    handle_policy_op(net, "policy.apply", {"documents": DOCS[:1]})
+    before = (tmp_path / POLICY_FILE).read_text()
+    net.policy = Refusing(net.ctx)
+    with pytest.raises(PolicyError, match="boom"):
+        handle_policy_op(net, "policy.apply", {"documents": DOCS[1:]})
+    assert (tmp_path / POLICY_FILE).read_text() == before
+
+
+def test_explain(tmp_path: Path) -> None:
+    net = FakeNetwork(tmp_path)
+    handle_policy_op(net, "policy.apply", {"documents": DOCS})
+    out = handle_policy_op(net, "policy.explain", {"pod": "default/db"})
+    assert out["enforcing"] is False  # engine 'none'
+    assert out["ingress"]["policies"] == ["default/db"] and out["ingress"]["isolated"]
+    (rule,) = out["ingress"]["allowed"]
+    assert rule["addresses"] == ["10.9.0.3/32"] and rule["ports"] == ["TCP/5432"]
+    assert out["egress"]["summary"].startswith("isolated: everything denied")
+    web = handle_policy_op(net, "policy.explain", {"pod": "10.9.0.3"})
+    assert not web["ingress"]["isolated"] and web["pod"] == "default/web"
+    with pytest.raises(NotFound):
+        handle_policy_op(net, "policy.explain", {"pod": "nobody"})
+    with pytest.raises(ConfigError):
+        handle_policy_op(net, "policy.nope", {})
