@@ -147,11 +147,11 @@ def agent_request(state_dir: Path, request: dict[str, Any], timeout: float = 30)
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    from fabric.errors import AgentUnavailable
+    from fabric.agent.client import AgentUnreachable
 
     try:
         agent_request(args.state_dir, {"op": "stop", "teardown": True})
-    except AgentUnavailable:
+    except AgentUnreachable:
         from fabric.agent.daemon import offline_teardown
 
         done = offline_teardown(args.state_dir)

@@ -28,10 +28,13 @@ __all__ = [
 class FabricError(Exception):
     """Base of every error netfabric raises on purpose."""
 
-    def __init__(self, message: str, *, fix: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, fix: str | None = None, field: str | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.fix = fix
+        self.field = field  # the input field at fault, when one is (e.g. "network")
 
     def __str__(self) -> str:
         return f"{self.message} ({self.fix})" if self.fix else self.message

@@ -73,7 +73,8 @@ def error_from_answer(error: Any) -> FabricError:
     if not (isinstance(cls, type) and issubclass(cls, FabricError)):
         return AgentError(message, kind=kind, fix=fix)
     exc = cls.__new__(cls)  # some classes take other constructor arguments
-    FabricError.__init__(exc, message, fix=fix)
+    field = error.get("field")
+    FabricError.__init__(exc, message, fix=fix, field=str(field) if field else None)
     exc.kind = kind  # type: ignore[attr-defined]
     return exc
 

@@ -137,7 +137,7 @@ class Agent:
             )
         if name not in self.networks:
             raise NotFound(f"network {name!r} is not served by this agent",
-                           fix=f"served: {', '.join(self.networks)}")
+                           fix=f"served: {', '.join(self.networks)}", field="network")
         return self.networks[name]
 
     @staticmethod
@@ -178,7 +178,10 @@ class Agent:
             self._network(req).delete(self._workload(req))
             return None
         if op == "cni.check":
-            self._network(req).check(self._workload(req))
+            expected = req.get("expected")
+            if expected is not None and not isinstance(expected, dict):
+                raise ConfigError("expected must be a mapping with ips / mac")
+            self._network(req).check(self._workload(req), expected)
             return None
         if op == "cni.status":
             net = self._network(req)

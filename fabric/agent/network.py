@@ -221,12 +221,25 @@ class Network:
             if ep is not None:
                 self._guard("policy endpoint_removed", self.policy.endpoint_removed, ep)
 
-    def check(self, workload: Workload) -> None:
+    def check(self, workload: Workload, expected: dict[str, Any] | None = None) -> None:
+        """CNI CHECK: the record, the IPAM and the kernel agree (and match ``expected``)."""
         self._require_ready()
         rec = self._workloads.get(workload.handle.key())
         alloc = self.ipam.allocations().get(workload.handle)
         if rec is None or alloc is None:
             raise NotFound(f"container {workload.container_id} ({workload.ifname}) is not attached")
+        if expected:
+            want_ips = sorted(str(a) for a in expected.get("ips") or [])
+            if want_ips and want_ips != sorted(rec["addresses"]):
+                raise BackendError(f"runtime expects addresses {', '.join(want_ips)} but "
+                                   f"{workload.ifname} has {', '.join(rec['addresses'])}")
+            mac = expected.get("mac")
+            if mac and rec.get("mac") and mac.lower() != rec["mac"].lower():
+                raise BackendError(f"runtime expects MAC {mac} but {workload.ifname} has "
+                                   f"{rec['mac']}")
+        if str(alloc.ip) != rec.get("ip"):
+            raise BackendError(f"IPAM holds {alloc.ip} for {workload.handle.key()} but the "
+                               f"workload was given {rec.get('ip')}")
         self.backend.check(workload, alloc)
 
     def gc(self, valid: set[Handle]) -> list[str]:

@@ -29,8 +29,10 @@ Handler = Callable[[dict[str, Any]], Any]
 
 def error_answer(exc: BaseException) -> dict[str, Any]:
     if isinstance(exc, FabricError):
-        return {"ok": False, "error": {"kind": type(exc).__name__, "message": exc.message,
-                                       "fix": exc.fix}}
+        error = {"kind": type(exc).__name__, "message": exc.message, "fix": exc.fix}
+        if getattr(exc, "field", None):
+            error["field"] = exc.field
+        return {"ok": False, "error": error}
     return {"ok": False, "error": {"kind": "InternalError",
                                    "message": f"{type(exc).__name__}: {exc}", "fix": None}}
 
@@ -90,6 +92,8 @@ class ControlServer:
     def close(self) -> None:
         self._closing.set()
         if self._sock is not None:
+            with contextlib.suppress(OSError):  # wakes the thread blocked in accept()
+                self._sock.shutdown(socket.SHUT_RDWR)
             self._sock.close()
             self._sock = None
         with contextlib.suppress(FileNotFoundError):

@@ -70,7 +70,7 @@ def _kind(exc: FabricError) -> str:
 
 def _network_unknown(exc: FabricError) -> bool:
     """The agent's NotFound for a network it does not serve (vs. an unknown container)."""
-    return _kind(exc) == "NotFound" and exc.message.startswith("network ")
+    return _kind(exc) == "NotFound" and getattr(exc, "field", None) == "network"
 
 
 def _cni_error(exc: FabricError, verb: str) -> CNIError:

@@ -35,8 +35,13 @@ def ok(result: Any = None) -> dict[str, Any]:
     return {"ok": True, "result": result}
 
 
-def fail(kind: str, message: str, fix: str | None = None) -> dict[str, Any]:
-    return {"ok": False, "error": {"kind": kind, "message": message, "fix": fix}}
+def fail(
+    kind: str, message: str, fix: str | None = None, field: str | None = None
+) -> dict[str, Any]:
+    error: dict[str, Any] = {"kind": kind, "message": message, "fix": fix}
+    if field:
+        error["field"] = field
+    return {"ok": False, "error": error}
 
 
 Reply = Callable[[dict[str, Any]], Any]

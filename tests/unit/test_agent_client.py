@@ -158,7 +158,8 @@ def test_unserialisable_request_is_config_error(sock: Path) -> None:
 def test_real_control_server_round_trip(tmp_path: Path) -> None:
     def dispatch(req):
         if req["op"] == "boom":
-            raise NotFound("network 'x' is not served by this agent", fix="served: a")
+            raise NotFound("network 'x' is not served by this agent", fix="served: a",
+                           field="network")
         if req["op"] == "crash":
             raise KeyError("k")
         return {"got": req}

@@ -180,3 +180,24 @@ def test_overlapping_networks_refused() -> None:
             {"backend": "fake", "network": "10.0.0.0/16", "name": "a"},
             {"backend": "fake", "network": "10.0.1.0/24", "name": "b"},
         ]})
+
+
+def test_check_compares_what_the_runtime_expects(tmp_path: Path) -> None:
+    from fabric.errors import BackendError
+
+    agent = make_agent(tmp_path)
+    t = start(agent)
+    try:
+        res = agent.dispatch(add_req("c1"))
+        ip = res["ips"][0]["address"]
+        base = {"op": "cni.check", "container_id": "c1", "ifname": "eth0"}
+        agent.dispatch({**base, "expected": {"ips": [ip], "mac": res["interfaces"][1]["mac"]}})
+        with pytest.raises(BackendError, match="expects addresses"):
+            agent.dispatch({**base, "expected": {"ips": ["10.50.99.99/24"]}})
+        with pytest.raises(BackendError, match="expects MAC"):
+            agent.dispatch({**base, "expected": {"mac": "02:00:00:00:00:99"}})
+        with pytest.raises(ConfigError):
+            agent.dispatch({**base, "expected": ["not", "a", "mapping"]})
+    finally:
+        agent.request_stop()
+        t.join(5)

@@ -122,7 +122,7 @@ def test_add_malformed_prev_result_is_code_7_and_agent_untouched(plugin: Plugin)
 
 @pytest.mark.parametrize("answer, code", [
     (fail("ConfigError", "this agent serves several networks; say which"), 7),
-    (fail("NotFound", "network 'nope' is not served by this agent", "served: fk"), 7),
+    (fail("NotFound", "network 'nope' is not served by this agent", "served: fk", "network"), 7),
     (fail("PoolExhausted", "no free address left in 10.50.1.0/24"), 104),
     (fail("IPAMError", "lease lost"), 103),
     (fail("BackendError", "veth creation failed"), 101),
@@ -219,7 +219,8 @@ def test_del_timeout_is_11_even_without_state(plugin: Plugin) -> None:
 
 
 def test_del_of_a_network_the_agent_does_not_serve_succeeds(plugin: Plugin) -> None:
-    with agent(plugin, lambda r: fail("NotFound", "network 'old' is not served by this agent")):
+    gone = fail("NotFound", "network 'old' is not served by this agent", field="network")
+    with agent(plugin, lambda r: gone):
         rc, out, err = plugin("DEL", plugin.conf(network="old"))
     assert (rc, out) == (0, None) and "nothing to release" in err
 

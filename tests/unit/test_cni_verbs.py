@@ -73,7 +73,7 @@ def test_status_ok_prints_nothing(plugin: Plugin) -> None:
     (fail("AgentUnavailable", "network fk is not ready"), 50),
     (fail("StoreUnavailable", "etcd unreachable"), 51),
     (fail("BackendError", "vxlan device missing"), 51),
-    (fail("NotFound", "network 'zz' is not served by this agent"), 7),
+    (fail("NotFound", "network 'zz' is not served by this agent", field="network"), 7),
     (HANG, 50),
 ])
 def test_status_failures(plugin: Plugin, answer, code: int) -> None:
