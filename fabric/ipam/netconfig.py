@@ -14,14 +14,15 @@ A lease is ``<prefix>/subnets/10.5.7.0-24`` = ``{"PublicIP": "198.18.0.11",
 from __future__ import annotations
 
 import json
+import logging
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from ipaddress import AddressValueError, IPv4Address, IPv4Network, NetmaskValueError
 from typing import Any
 
 import attrs
 
-from fabric.api import NetworkSpec
+from fabric.api import NetworkSpec, Peer
 from fabric.errors import ConfigError
 from fabric.store.base import KeyValue
 
@@ -34,7 +35,11 @@ __all__ = [
     "subnet_key",
     "parse_subnet_key",
     "parse_duration",
+    "parse_leases",
+    "peers_from_leases",
 ]
+
+log = logging.getLogger("fabric.ipam.subnet")
 
 _KEY_RE = re.compile(r"^(\d+\.\d+\.\d+\.\d+)-(\d+)$")
 _DURATION_RE = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
@@ -262,3 +267,43 @@ def lease_owner(kv: KeyValue) -> IPv4Address | None:
         return LeaseRecord.parse(kv.value).public_ip
     except (ValueError, KeyError):
         return None
+
+
+def parse_leases(
+    kvs: Iterable[KeyValue], warned: set[tuple[str, int]] | None = None
+) -> dict[IPv4Network, tuple[KeyValue, LeaseRecord | None]]:
+    """Lease keys by subnet; a malformed value maps to None (and is logged once per
+    key and revision when ``warned`` is given). Keys that are not subnets are skipped."""
+    out: dict[IPv4Network, tuple[KeyValue, LeaseRecord | None]] = {}
+    for kv in kvs:
+        subnet = parse_subnet_key(kv.key)
+        if subnet is None:
+            continue
+        try:
+            out[subnet] = (kv, LeaseRecord.parse(kv.value))
+        except (ValueError, KeyError) as exc:
+            out[subnet] = (kv, None)
+            if warned is None or (kv.key, kv.mod_revision) not in warned:
+                log.error("ignoring lease %s: malformed value (%s): %.80r", kv.key, exc, kv.value)
+                if warned is not None:
+                    warned.add((kv.key, kv.mod_revision))
+    return out
+
+
+def peers_from_leases(
+    kvs: Iterable[KeyValue],
+    self_ip: IPv4Address,
+    previous: Mapping[IPv4Network, Peer],
+    warned: set[tuple[str, int]] | None = None,
+) -> dict[IPv4Network, Peer]:
+    """Peers described by lease keys, excluding ``self_ip``. A lease whose value became
+    malformed keeps the peer previously known for its subnet (as flannel skips the event)."""
+    peers: dict[IPv4Network, Peer] = {}
+    for subnet, (_kv, rec) in parse_leases(kvs, warned).items():
+        if rec is None:
+            if subnet in previous:
+                peers[subnet] = previous[subnet]
+        elif rec.public_ip != self_ip:
+            ip = rec.public_ip
+            peers[subnet] = Peer(str(ip), ip, (subnet,), rec.backend_type, rec.backend_data)
+    return peers

@@ -46,12 +46,13 @@ from fabric.ipam.netconfig import (
     lease_owner,
     netconfig_from_spec,
     parse_duration,
+    parse_leases,
     parse_netconfig,
-    parse_subnet_key,
+    peers_from_leases,
     subnet_key,
 )
 from fabric.ipam.subnet_env import read_subnet_env, subnet_from_env
-from fabric.store.base import KeyValue, Store, StoreLease, WatchEvent
+from fabric.store.base import Store, StoreLease, WatchEvent
 from fabric.store.sync import PrefixMirror
 
 __all__ = ["SubnetLeaseIPAM", "DEFAULT_LEASE_TTL"]
@@ -87,6 +88,7 @@ class SubnetLeaseIPAM(IPAM):
         self._confirmed = False  # the lease was acquired/verified in etcd since start
         self._store_error: str | None = None
         self._peers: dict[IPv4Network, Peer] = {}
+        self._warned: set[tuple[str, int]] = set()  # malformed leases already logged
         self._on_peers: PeersCallback | None = None
         self._on_chunks: ChunksCallback | None = None
         self._lock = threading.RLock()
@@ -150,18 +152,7 @@ class SubnetLeaseIPAM(IPAM):
         prefix = f"{self.prefix}/subnets/"
         for _ in range(_ATTEMPTS):
             kvs, _rev = self.store.get_prefix(prefix)
-            leases: dict[IPv4Network, tuple[KeyValue, LeaseRecord | None]] = {}
-            for kv in kvs:
-                subnet = parse_subnet_key(kv.key)
-                if subnet is None:
-                    continue
-                try:
-                    leases[subnet] = (kv, LeaseRecord.parse(kv.value))
-                except (ValueError, KeyError) as exc:
-                    log.error(
-                        "lease %s has a malformed value (%s); treating it as taken", kv.key, exc
-                    )
-                    leases[subnet] = (kv, None)
+            leases = parse_leases(kvs)
             mine = [
                 s
                 for s, (_kv, rec) in leases.items()
@@ -291,14 +282,17 @@ class SubnetLeaseIPAM(IPAM):
                 "key": subnet_key(self.prefix, self._subnet) if self._subnet else None,
                 "lease_id": f"{self._lease.id:x}" if self._lease else None,
                 "ttl": self.lease_ttl,
-                "expires": round(self._expires) if self._lease else None,
+                "expiry": _iso(self._expires) if self._lease else None,
+                "expires_in": max(0, round(self._expires - time.time())) if self._lease else None,
                 "confirmed": self._confirmed,
                 "store_error": self._store_error,
                 "peers": [
                     {
+                        "name": p.name,
                         "public_ip": str(p.public_ip),
-                        "subnet": str(p.subnets[0]),
+                        "subnets": [str(s) for s in p.subnets],
                         "backend_type": p.backend_type,
+                        "state": "leased",
                     }
                     for p in self._peers.values()
                 ],
@@ -396,23 +390,7 @@ class SubnetLeaseIPAM(IPAM):
             return
         with mirror.lock, self._lock:
             items = mirror.items()
-            peers: dict[IPv4Network, Peer] = {}
-            for key, kv in items.items():
-                subnet = parse_subnet_key(key)
-                if subnet is None:
-                    continue
-                try:
-                    rec = LeaseRecord.parse(kv.value)
-                except (ValueError, KeyError) as exc:
-                    log.error("ignoring lease %s with a malformed value: %s", key, exc)
-                    if subnet in self._peers:  # keep what we knew, as flannel does
-                        peers[subnet] = self._peers[subnet]
-                    continue
-                if rec.public_ip == self.public_ip:
-                    continue  # ourselves (or a stale lease of ours)
-                peers[subnet] = Peer(
-                    str(rec.public_ip), rec.public_ip, (subnet,), rec.backend_type, rec.backend_data
-                )
+            peers = peers_from_leases(items.values(), self.public_ip, self._peers, self._warned)
             events = [PeerEvent("removed", p) for s, p in self._peers.items() if s not in peers]
             events += [PeerEvent("added", p) for s, p in peers.items() if self._peers.get(s) != p]
             self._peers = peers
@@ -428,3 +406,7 @@ class SubnetLeaseIPAM(IPAM):
                     self._on_peers(events)
                 except Exception:  # the backend logs its own failures; never kill the watch
                     log.exception("peer callback failed")
+
+
+def _iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))

@@ -162,6 +162,8 @@ def test_peers_see_add_change_and_remove_within_a_second(make, store) -> None:
     ev = peers.last("198.18.0.12")
     assert ev.peer.subnets == (bsub,) and ev.peer.data == {"mac": "b"}
     assert ev.peer.backend_type == "vxlan"
+    (shown,) = a.status()["peers"]
+    assert shown["public_ip"] == "198.18.0.12" and shown["subnets"] == [str(bsub)]
     assert all(str(e.peer.public_ip) != "198.18.0.11" for _, e in peers.events)  # not self
     # BackendData change = "added" with the new data
     t1 = time.monotonic()
@@ -187,7 +189,8 @@ def test_lease_is_renewed_and_reacquired(make, store) -> None:
     key = f"{PREFIX}/subnets/{subnet.network_address}-24"
     time.sleep(4.5)  # longer than the TTL: only renewal keeps it
     assert store.get(key) is not None
-    assert a.status()["expires"] > time.time()
+    status = a.status()
+    assert 0 < status["expires_in"] <= 3 and status["expiry"].endswith("Z")
     # someone deletes our lease: it comes back, same subnet
     peers = Peers()
     a.subscribe(peers, peers.on_chunks)
