@@ -110,10 +110,14 @@ def segment_tcp4(pkt, mss: int, out: bytearray, full_csum: bool = True,
     header = bytes(tmpl)
     t16, t17, t13 = ihl + 16, ihl + 17, ihl + 13
     last = count - 1
-    vector = full_csum and _np is not None and use_numpy and count > 2 and not full & 1
-    o = 0
-    p = hlen
-    for i in range(count):
+    first = 0
+    if _np is not None and use_numpy and last >= 2 and not full & 1:
+        _np_segments(pkt, out, last, full, ihl, hlen, mss, ip_id, seq, flags, ip_base,
+                     pseudo, full_csum, header)
+        first = last
+    o = first * full
+    p = hlen + first * mss
+    for i in range(first, count):
         plen = mss if i < last else n - p
         end = o + hlen
         out[o:end] = header
@@ -132,31 +136,62 @@ def segment_tcp4(pkt, mss: int, out: bytearray, full_csum: bool = True,
         _pack_H(out, o + 10, c)
         _pack_I(out, o + ihl + 4, sq)
         out[o + t13] = f
-        if not (vector and i < last):  # else: filled below for all full segments at once
-            if full_csum:
-                value = _from(data, "big")
-                if plen & 1:
-                    value <<= 8
-                total = tcp_base + plen + (sq >> 16) + (sq & 0xFFFF) + f + value % 0xFFFF
-                c = (~fold(total)) & 0xFFFF
-            else:
-                c = fold(pseudo + plen)
-            out[o + t16] = c >> 8
-            out[o + t17] = c & 0xFF
+        if full_csum:
+            value = _from(data, "big")
+            if plen & 1:
+                value <<= 8
+            total = tcp_base + plen + (sq >> 16) + (sq & 0xFFFF) + f + value % 0xFFFF
+            c = (~fold(total)) & 0xFFFF
+        else:
+            c = fold(pseudo + plen)
+        out[o + t16] = c >> 8
+        out[o + t17] = c & 0xFF
         o += length
         p += plen
-    if vector:
-        _vector_tcp_csums(out, last, full, ihl, pseudo + mss)
     return count, full, o
 
 
-def _vector_tcp_csums(out: bytearray, k: int, full: int, ihl: int, pseudo: int) -> None:
-    """TCP checksums of the first ``k`` equal segments (stride ``full``) of ``out``."""
-    words = _np.frombuffer(out, dtype=">u2", count=k * full // 2).reshape(k, full // 2)
-    sums = words[:, ihl // 2:].sum(axis=1, dtype=_np.uint64) + pseudo
+def _fold_np(sums):
     r = sums % 0xFFFF
     r[r == 0] = 0xFFFF
-    words[:, (ihl + 16) // 2] = ~r & 0xFFFF
+    return ~r & 0xFFFF
+
+
+def _np_segments(pkt, out, k, full, ihl, hlen, mss, ip_id, seq, flags, ip_base, pseudo,
+                 full_csum, header) -> None:
+    """The first ``k`` (full-size) segments of :func:`segment_tcp4`, vectorised with numpy."""
+    np = _np
+    seg = np.frombuffer(out, dtype=np.uint8, count=k * full).reshape(k, full)
+    tmpl = bytearray(header)
+    _pack_H(tmpl, 2, full)
+    tmpl[ihl + 13] = flags & ~(_FIN | _PSH | _CWR)
+    seg[:, :hlen] = np.frombuffer(tmpl, dtype=np.uint8)
+    src = np.frombuffer(pkt, dtype=np.uint8, count=k * mss, offset=hlen)
+    seg[:, hlen:] = src.reshape(k, mss)
+    words = np.frombuffer(out, dtype=">u2", count=k * full // 2).reshape(k, full // 2)
+    idx = _ARANGE[:k] if k <= len(_ARANGE) else np.arange(k, dtype=np.uint64)
+    ids = (idx + ip_id) & 0xFFFF
+    words[:, 2] = ids
+    words[:, 5] = _fold_np(ids + (ip_base + full))
+    seqs = (idx * mss + seq) & 0xFFFFFFFF
+    words[:, (ihl + 4) // 2] = seqs >> 16
+    words[:, (ihl + 6) // 2] = seqs & 0xFFFF
+    if flags & _CWR:
+        out[ihl + 13] |= _CWR
+    if full_csum:
+        # Sum whole rows in native order (contiguous, 32-bit words when aligned): the valid
+        # IP header adds 0 mod 0xffff, and a byte-swapped ones' complement sum is the sum
+        # of the byte-swapped data (RFC 1071), so swap once at the end.
+        wide = "<u4" if not full & 3 else "<u2"
+        native = np.frombuffer(out, dtype=wide, count=k * full // int(wide[-1])).reshape(k, -1)
+        r = native.sum(axis=1, dtype=np.uint64) % 0xFFFF
+        swapped = ((r & 0xFF) << 8) | (r >> 8)
+        words[:, (ihl + 16) // 2] = _fold_np(swapped + (pseudo + mss))
+    else:
+        words[:, (ihl + 16) // 2] = fold(pseudo + mss)
+
+
+_ARANGE = _np.arange(256, dtype=_np.uint64) if _np is not None else None
 
 
 def segment_udp4(pkt, size: int, out: bytearray) -> tuple[int, int, int]:
