@@ -37,6 +37,7 @@ from fabric.net import (
     set_up,
     sysctl_set,
 )
+from fabric.net.kernel import NetlinkError, ipr
 from fabric_calico_bgp.config import BgpConfig
 
 __all__ = ["Dataplane", "VXLAN_OVERHEAD", "IPIP_OVERHEAD", "vtep_mac"]
@@ -106,19 +107,29 @@ class Dataplane:
         """True if ``nexthop`` is on one of the underlay interface's subnets."""
         return any(nexthop in a.network for a in link_addresses(self.ctx.node.iface))
 
+    def resolve(self, nexthop: IPv4Address) -> IPv4Address:
+        """The underlay gateway this node uses to reach ``nexthop``."""
+        with ipr() as sock:
+            try:
+                found = sock.route("get", dst=str(nexthop))
+            except NetlinkError as exc:
+                raise BackendError(f"no route to next hop {nexthop}: {exc}") from exc
+        gw = found[0].get_attr("RTA_GATEWAY") if found else None
+        if not gw:
+            raise BackendError(f"next hop {nexthop} is neither on-link nor behind a gateway")
+        return IPv4Address(gw)
+
     def program(self, prefix: IPv4Network, nexthop: IPv4Address, peer_mac: str | None) -> str:
         """Install the route to a remote block; returns how ("native", "vxlan", "ipip")."""
         encap = self.mode != "none" and not (self.cfg.cross_subnet and self.direct(nexthop))
         if self.installed.get(prefix, (None, ""))[0] != nexthop:
             self.unprogram(prefix)
         if not encap:
-            if not self.direct(nexthop):
-                raise BackendError(
-                    f"next hop {nexthop} for {prefix} is not on this node's subnet",
-                    fix="use VXLANMode CrossSubnet/Always, or peer with a router that routes pods",
-                )
-            replace_route(prefix, gateway=nexthop, dev=self.ctx.node.iface)
-            how = "native"
+            # A next hop behind a router resolves recursively (like BIRD's "gateway
+            # recursive"): pod traffic goes to that router, which must know pod routes.
+            gateway = nexthop if self.direct(nexthop) else self.resolve(nexthop)
+            replace_route(prefix, gateway=gateway, dev=self.ctx.node.iface)
+            how = "native" if gateway == nexthop else f"native via router {gateway}"
         elif self.mode == "vxlan":
             if not peer_mac:
                 raise BackendError(f"no VTEP MAC known for node {nexthop} yet (for {prefix})")
