@@ -88,18 +88,24 @@ def tcp_echo(src_ns: str, dst_ns: str, dst_ip: IPv4Address, *, src: str = "", ds
 
 
 def iperf3(src_ns: str, dst_ns: str, dst_ip: IPv4Address, *, src: str = "", dst: str = "",
-           seconds: float = 2, streams: int = 1, port: int = 5201) -> IperfResult:
-    """TCP throughput from ``src_ns`` to an iperf3 server on ``dst_ip`` (Gbit/s received)."""
-    limit = int(seconds + 30)
+           seconds: float = 2, streams: int = 1, port: int = 5201,
+           cpus: tuple[int, int] | None = None) -> IperfResult:
+    """TCP throughput from ``src_ns`` to an iperf3 server on ``dst_ip`` (Gbit/s received).
+
+    ``cpus`` = (client core, server core) pins both ends (iperf3 -A) for steadier numbers."""
+    secs = max(1, round(seconds))  # iperf3 -t takes whole seconds
+    limit = secs + 30
+    pin = ["-A", f"{cpus[1]}"] if cpus else []
     server = subprocess.Popen(
         ns_exec_argv(dst_ns, ["timeout", str(limit), "iperf3", "-s", "-B", str(dst_ip),
-                              "-p", str(port)]),
+                              "-p", str(port), *pin]),
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         data = None
         for _ in range(50):  # wait for the server to listen
-            out = run(["iperf3", "-c", str(dst_ip), "-p", str(port), "-t", str(seconds),
-                       "-P", str(streams), "-J"], ns=src_ns, check=False, timeout=seconds + 30)
+            out = run(["iperf3", "-c", str(dst_ip), "-p", str(port), "-t", str(secs),
+                       "-P", str(streams), "-J", *(["-A", str(cpus[0])] if cpus else [])],
+                      ns=src_ns, check=False, timeout=secs + 30)
             try:
                 data = json.loads(out.stdout)
             except ValueError:
@@ -115,9 +121,9 @@ def iperf3(src_ns: str, dst_ns: str, dst_ip: IPv4Address, *, src: str = "", dst:
         end = data["end"]
         bps = float(end["sum_received"]["bits_per_second"])
         retr = int(end.get("sum_sent", {}).get("retransmits", 0) or 0)
-        secs = float(end["sum_received"].get("seconds", seconds))
+        took = float(end["sum_received"].get("seconds", secs))
         return IperfResult(src or src_ns, dst or dst_ns, dst_ip, round(bps / 1e9, 3), retr,
-                           secs, streams)
+                           took, streams)
     finally:
         server.terminate()  # `timeout` passes SIGTERM on to iperf3
         try:
