@@ -9,6 +9,7 @@ flows, and :class:`KeyPair` for the encrypted L2 path. Wire formats:
 
 from fabric.dataplane.crypto import KeyPair
 from fabric.dataplane.engine import Engine, EngineConfig
-from fabric.dataplane.peers import MacTable, PeerTable
+from fabric.dataplane.peers import MacTable, PeerAddr, PeerTable
+from fabric.dataplane.tun import unpersist
 
-__all__ = ["Engine", "EngineConfig", "KeyPair", "MacTable", "PeerTable"]
+__all__ = ["Engine", "EngineConfig", "KeyPair", "MacTable", "PeerAddr", "PeerTable", "unpersist"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import time
 from ipaddress import IPv4Address
 
@@ -41,6 +42,7 @@ def tx_loop(engine) -> None:
     icmp_src = IPv4Address(cfg.icmp_source).packed if cfg.icmp_source else b""
     icmp_tokens, icmp_time = _ICMP_PER_SEC, time.monotonic()
     readv = os.readv
+    raw = None
     while True:
         try:
             n = readv(fd, [buf])
@@ -72,11 +74,15 @@ def tx_loop(engine) -> None:
                 if icmp_tokens >= 1 and (pkt[9] != 1 or pkt[ihl] == 8):  # never about ICMP errors
                     icmp_tokens -= 1
                     reply = icmp_unreachable(pkt, icmp_src)
-                    try:
-                        os.writev(fd, [vnet.NO_VNET, reply] if use_vnet else [reply])
+                    try:  # sent by this node (a reply from a local address written into the
+                        # TUN device would be dropped as a martian)
+                        if raw is None:
+                            raw = socket.socket(socket.AF_INET, socket.SOCK_RAW,
+                                                socket.IPPROTO_RAW)
+                        raw.sendto(reply, (socket.inet_ntoa(reply[16:20]), 0))
                         stats["icmp_unreachable"] = stats.get("icmp_unreachable", 0) + 1
                     except OSError:
-                        _drop(drops, "icmp_write")
+                        _drop(drops, "icmp_send")
             continue
         ttl = pkt[8]
         if ttl <= 1:
