@@ -168,6 +168,9 @@ class SubnetLeaseIPAM(IPAM):
                     kv.key, self._record().to_json(), kv.mod_revision, lease
                 ):
                     continue  # changed under us: look again
+                for stale in mine:  # older leases of this node (e.g. before a config change)
+                    if stale != subnet:
+                        self.store.delete(leases[stale][0].key, leases[stale][0].mod_revision)
                 return self._took(subnet, lease, reused=True)
             free = list(
                 itertools.islice((s for s in self.config.subnets() if s not in leases), 100)

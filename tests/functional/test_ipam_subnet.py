@@ -148,6 +148,14 @@ def test_restart_reuses_the_lease_and_allocations(make, store, tmp_path) -> None
     c = make(1, ttl=30, state=tmp_path / "fresh")
     assert c.start({"v": 2}) == (subnet,)
     assert lease_of(store, subnet)["BackendData"] == {"v": 2}
+    c.stop()
+    # two leases with our PublicIP (a stale one): the recorded one is kept, the other removed
+    other = next(s for s in (IPv4Network(f"10.50.{i}.0/24") for i in range(1, 9)) if s != subnet)
+    store.put(f"{PREFIX}/subnets/{other.network_address}-24", json.dumps(
+        {"PublicIP": "198.18.0.11", "BackendType": "vxlan", "BackendData": {}}))  # fmt: skip
+    d = make(1, ttl=30, state=tmp_path / "n1")
+    assert d.start({"v": 2}) == (subnet,)
+    assert lease_of(store, other) == {}
 
 
 def test_peers_see_add_change_and_remove_within_a_second(make, store) -> None:
