@@ -102,11 +102,12 @@ class Cluster:
     def pod_ip(self, i: int) -> str:
         return f"10.244.{i + 1}.2"
 
-    def start(self, config: dict, *, mesh_peers: bool = True) -> list[dict]:
+    def start(self, config: dict | list[dict], *, mesh_peers: bool = True) -> list[dict]:
         datas = []
+        configs = config if isinstance(config, list) else [config] * len(self.drivers)
         for i, d in enumerate(self.drivers):
             datas.append(d.ok(op="init", cidr=CIDR, node=f"h{i + 1}", ip=self.ip(i),
-                              state=str(self.tmp / f"state-h{i + 1}"), config=config,
+                              state=str(self.tmp / f"state-h{i + 1}"), config=configs[i],
                               chunks=[self.block(i)]))
         if mesh_peers:
             for i, d in enumerate(self.drivers):
@@ -208,6 +209,32 @@ def test_speaker_restart_keeps_routes(cluster):
 
     wait_for(established, 30, "the session to come back")
     assert ping(c.pods[1], c.pod_ip(0))
+
+    def refreshed():  # End-of-RIB from the new speaker ends the hold (before the 5 s sweep)
+        peers = c.drivers[0].ok(op="status")["bgp"]["peers"]
+        return peers[0]["state"] == "Established" and peers[0]["routes_stale"] == 0
+
+    wait_for(refreshed, 3, "End-of-RIB to clear the held routes")
+    assert c.block(1) in routes(c.hosts[0])
+
+
+def test_exabgp_node_as_route_reflector(cluster):
+    c = cluster(3)
+    client = {"NodeToNodeMesh": False}
+    c.start([{"RouteReflectorClusterID": "1.0.0.1"}, client, client])
+    wait_for(c.all_routes_ok, 30, "routes reflected by h1")
+    for i in (1, 2):
+        st = c.drivers[i].ok(op="status")
+        assert [(p["peer"], p["type"]) for p in st["bgp"]["peers"]] == [
+            (c.ip(0), "route-reflector")]
+    rr = c.drivers[0].ok(op="status")["bgp"]
+    assert rr["mode"] == "route-reflector"
+    assert {p["type"] for p in rr["peers"]} == {"rr-client"}
+    assert f"{c.block(2)} via {c.ip(2)} dev eth0" in routes(c.hosts[1])  # next hop kept
+    assert ping(c.pods[1], c.pod_ip(2)) and ping(c.pods[2], c.pod_ip(1))
+    c.drivers[2].ok(op="detach", cid="pod2", netns=f"/run/netns/{c.pods[2]}")
+    c.drivers[2].ok(op="chunks", chunks=[])
+    wait_for(lambda: c.block(2) not in routes(c.hosts[1]), 3, "the reflected withdraw")
 
 
 def test_ipip_is_refused_on_this_kernel(cluster):

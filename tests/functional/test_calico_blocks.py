@@ -141,11 +141,15 @@ def test_peers_are_reported_with_blocks_and_backend_data(make):
     a.subscribe(events.extend)
     b = make("h2")
     b.start({"VtepMAC": "66:00:00:00:00:02"})
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and not any(e.peer.name == "h2" for e in events):
+    def latest():
+        added = [e for e in events if e.peer.name == "h2" and e.kind == "added"]
+        return added[-1] if added else None
+
+    deadline = time.monotonic() + 5  # registration, then the block claim, arrive as events
+    while time.monotonic() < deadline and (latest() is None or not latest().peer.subnets):
         time.sleep(0.05)
-    added = [e for e in events if e.peer.name == "h2" and e.kind == "added"][-1]
-    assert added.peer.subnets == b.chunks()
+    added = latest()
+    assert added is not None and added.peer.subnets == b.chunks()
     assert added.peer.data["VtepMAC"] == "66:00:00:00:00:02"
     b.teardown()
     deadline = time.monotonic() + 5

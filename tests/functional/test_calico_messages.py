@@ -101,7 +101,7 @@ def test_options_are_validated():
     for bad, field in [({"VXLANMode": "always"}, "VXLANMode"), ({"ASNumber": 0}, "ASNumber"),
                        ({"IPIPMode": "Always", "VXLANMode": "Always"}, "IPIPMode"),
                        ({"Peers": [{"PeerIP": "nope"}]}, "Peers[0].PeerIP"),
-                       ({"NodeToNodeMesh": False}, "NodeToNodeMesh"), ({"Foo": 1}, "Foo"),
+                       ({"NodeToNodeMesh": "no"}, "NodeToNodeMesh"), ({"Foo": 1}, "Foo"),
                        ({"HoldTime": 2}, "HoldTime")]:
         with pytest.raises(ConfigError) as info:
             parse_config(bad)

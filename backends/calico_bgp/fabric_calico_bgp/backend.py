@@ -225,6 +225,7 @@ class CalicoBgpBackend(Backend):
                 self._announce(c, msg.peer)
             if self.reflector is not None:
                 self.reflector.peer_up(msg.peer)
+            self._send(f"neighbor {msg.peer} announce eor ipv4 unicast")
         elif msg.state == "down":
             self._session_down(msg.peer, msg.reason)
         else:
@@ -327,21 +328,32 @@ class CalicoBgpBackend(Backend):
     def status(self) -> dict[str, Any]:
         with self._lock:
             counts = self.table.counts()
-            peers = []
+            sessions = []
             for addr, nb in sorted(self.neighbors.items()):
                 s = self.sessions.get(addr, {})
                 received, stale = counts.get(addr, (0, 0))
+                up = s.get("state") == "Established"
                 sent = len(self.chunks) + (self.reflector.sent_to(addr) if self.reflector else 0)
-                peers.append({
-                    "peer": str(addr), "asn": nb.peer_as,
-                    "type": nb.kind, "node": nb.description,
-                    "state": s.get("state", "Idle"), "since": s.get("since"),
-                    "info": s.get("info", ""), "routes_received": received,
-                    "routes_stale": stale,
-                    "routes_sent": sent if s.get("state") == "Established" else 0,
+                sessions.append({
+                    "peer": str(addr), "asn": nb.peer_as, "type": nb.kind,
+                    "node": nb.description, "state": s.get("state", "Idle"),
+                    "since": s.get("since"), "info": s.get("info", ""),
+                    "routes_received": received, "routes_stale": stale,
+                    "routes_sent": sent if up else 0,
                 })
             sp = self.speaker
             return {
+                # rendered as a table by `fabric status` (same columns as other backends)
+                "peers": [{
+                    "name": f"{x['node']} ({x['type']})" if x["type"] != "global" else "global",
+                    "public_ip": x["peer"],
+                    "subnets": [str(p) for p in sorted(self.table.routes_of(
+                        IPv4Address(x["peer"])))],
+                    "state": f"{x['state']} {_since(x['since'])}, {x['routes_received']} "
+                             f"received / {x['routes_sent']} sent"
+                             + (f", {x['routes_stale']} held" if x["routes_stale"] else "")
+                             + (f" ({x['info']})" if x["info"] else ""),
+                } for x in sessions],
                 "bgp": {
                     "asn": self.cfg.asn, "router_id": str(self.router_id),
                     "mode": ("route-reflector" if self.cfg.rr_cluster_id else
@@ -351,7 +363,7 @@ class CalicoBgpBackend(Backend):
                                 "restarts": sp.restarts if sp else 0,
                                 "malformed_messages": sp.malformed if sp else 0,
                                 "last_error": sp.last_error if sp else ""},
-                    "peers": peers,
+                    "peers": sessions,
                 },
                 "encapsulation": self.cfg.encapsulation + (
                     " (CrossSubnet)" if self.cfg.cross_subnet else ""),
@@ -359,3 +371,7 @@ class CalicoBgpBackend(Backend):
                 "routes": [{"dst": str(p), "via": str(self.dp.installed.get(p, ("-",))[0]),
                             "state": st} for p, st in sorted(self.route_state.items())],
             }
+
+
+def _since(ts: float | None) -> str:
+    return time.strftime("since %H:%M:%S", time.localtime(ts)) if ts else ""

@@ -110,10 +110,7 @@ def parse_config(cfg: Mapping[str, Any]) -> BgpConfig:
     ipip, vxlan = _mode(cfg, "IPIPMode"), _mode(cfg, "VXLANMode")
     if ipip != "Never" and vxlan != "Never":
         raise _err("IPIPMode/VXLANMode", "are both enabled", "choose one encapsulation")
-    mesh = _bool(cfg, "NodeToNodeMesh", True)
-    if not mesh and not peers and rr is None:
-        raise _err("NodeToNodeMesh", "is off but no Peers and no RouteReflectorClusterID are set",
-                   "add Peers (e.g. a BIRD route reflector) or enable NodeToNodeMesh")
+    mesh = _bool(cfg, "NodeToNodeMesh", True)  # off: peer with Peers and reflector nodes only
     hold = _int(cfg, "HoldTime", 30, 0, 65535)
     if 0 < hold < 3:
         raise _err("HoldTime", "must be 0 or at least 3 seconds", "use 0 or 3-65535")

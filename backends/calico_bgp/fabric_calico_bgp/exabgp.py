@@ -76,6 +76,9 @@ def render_config(
             f"    local-as {local_as};",
             f"    peer-as {nb.peer_as};",
             f"    hold-time {hold_time};",
+            # End-of-RIB only once the agent has re-announced everything (graceful restart:
+            # an early EOR would make the peer sweep routes we are about to send)
+            "    manual-eor true;",
             "    family { ipv4 unicast; }",
             "    capability {",
             f"        graceful-restart {graceful_restart};" if graceful_restart else "",
