@@ -36,6 +36,8 @@ def register(subparsers: Any) -> None:
                     help="extra `fabric up` argument ({node}, {ip}, {lab} expand per host)")
     up.add_argument("--no-etcd", action="store_true", help="do not start etcd")
     up.add_argument("--timeout", type=float, default=90, help="seconds to wait for agents")
+    up.add_argument("--converge", type=float, default=20, metavar="SECONDS",
+                    help="wait until every pod pings every other (0: do not wait)")
     up.add_argument("--json", action="store_true")
     up.set_defaults(func=cmd_up)
 
@@ -83,10 +85,17 @@ def cmd_up(args: argparse.Namespace) -> int:
                     agent_args=tuple(args.agent_arg), etcd=not args.no_etcd,
                     backend_opts={args.backend[0]: _opts(args.backend_opt)})
     lab = Lab(topo, ready_timeout=args.timeout).up()
+    converged = None
+    if args.converge > 0 and len(lab.pods) > 1:
+        res = lab.converge(timeout=args.converge)
+        converged = res.ok
+        if not res.ok:
+            print(f"warning: pods do not all reach each other after {args.converge:g}s: "
+                  f"{res.summary()}", file=sys.stderr)
     if args.json:
         print(json.dumps({"name": topo.name, "hosts": [h.to_json() for h in lab.hosts.values()],
                           "pods": [p.to_json() for p in lab.pods.values()],
-                          "etcd": lab.etcd}, indent=2))
+                          "etcd": lab.etcd, "converged": converged}, indent=2))
         return 0
     print(f"lab {topo.name}: {len(lab.hosts)} hosts, {len(lab.pods)} pods, "
           f"backend(s) {', '.join(topo.backends)}")

@@ -135,26 +135,3 @@ def test_pid_records_never_hit_another_process(tmp_path) -> None:
         proc.wait()
     with pytest.raises(LabError, match="marker"):
         spawn("x", None, ["true"], tmp_path / "x.log", marker)
-
-
-@pytest.mark.parametrize(("kwargs", "match"), [
-    ({"name": "bad-name"}, "lab name"),
-    ({"name": "abcdefghi"}, "lab name"),
-    ({"hosts": 0}, "hosts must be"),
-    ({"hosts": 2, "segments": 3}, "segments"),
-    ({"cidr": "198.18.5.0/24"}, "outside 198.18.0.0/15"),
-    ({"cidr": "8.8.0.0/16"}, "private"),
-    ({"backends": ()}, "at least one backend"),
-])
-def test_topology_rejects_bad_input(kwargs: dict, match: str) -> None:
-    args = {"name": "ok1", "backends": ("vxlan",), **kwargs}
-    with pytest.raises(ConfigError, match=match):
-        Topology(**args)
-
-
-def test_topology_round_trips_and_shifts_extra_networks() -> None:
-    t = Topology("ok1", ("vxlan", "hostgw"), hosts=3, cidr="10.50.0.0/16",
-                 agent_args=("--backend-opt", "x={node}"))
-    assert Topology.from_json(t.to_json()) == t
-    assert [str(t.network_cidr(i)) for i in range(2)] == ["10.50.0.0/16", "10.51.0.0/16"]
-    assert t.network_names() == ["vxlan", "hostgw1"]

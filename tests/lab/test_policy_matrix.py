@@ -109,6 +109,10 @@ def test_policy_matrix(backend: str, lab_name: str, tmp_path: Path) -> None:
                 ns, ip = lab.target(dst)
                 probes.append(Probe(lab.target(src)[0], ns, ip, int(p) if p else next(port),
                                     proto, f"{name}: {src}->{dst} {what}"))  # type: ignore
+            if name == "allow-from-label":  # explain finds db on h1; h2's web pod is allowed
+                out = _policy(lab, "explain", "default/db").stdout
+                assert "== h1" in out and "selected by: default/from-web" in out, out
+                assert str(lab.pods["web2"].ip) in out and str(lab.pods["cli"].ip) not in out
             for r, (*_, want) in zip(probe_many(probes), expected, strict=True):
                 if r.ok != want:
                     failures.append(f"{r.probe.label}: {'open' if r.ok else 'blocked'}, "

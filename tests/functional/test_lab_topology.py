@@ -1,0 +1,42 @@
+"""The lab's topology description: validation and round trip (no root needed)."""
+
+from __future__ import annotations
+
+import pytest
+
+from fabric.errors import ConfigError
+from fabric.lab import Topology
+from fabric.lab.topology import host_spec
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"name": "bad-name"}, "lab name"),
+    ({"name": "abcdefghi"}, "lab name"),
+    ({"hosts": 0}, "hosts must be"),
+    ({"hosts": 2, "segments": 3}, "segments"),
+    ({"cidr": "198.18.5.0/24"}, "outside 198.18.0.0/15"),
+    ({"cidr": "8.8.0.0/16"}, "private"),
+    ({"backends": ()}, "at least one backend"),
+])
+def test_topology_rejects_bad_input(kwargs: dict, match: str) -> None:
+    args = {"name": "ok1", "backends": ("vxlan",), **kwargs}
+    with pytest.raises(ConfigError, match=match):
+        Topology(**args)
+
+
+def test_topology_round_trips_and_shifts_extra_networks() -> None:
+    t = Topology("ok1", ("vxlan", "hostgw"), hosts=3, cidr="10.50.0.0/16",
+                 agent_args=("--backend-opt", "x={node}"))
+    assert Topology.from_json(t.to_json()) == t
+    assert [str(t.network_cidr(i)) for i in range(2)] == ["10.50.0.0/16", "10.51.0.0/16"]
+    assert t.network_names() == ["vxlan", "hostgw1"]
+
+
+def test_hosts_alternate_over_segments_with_router_gateways() -> None:
+    specs = [host_spec("ok1", i, 3) for i in (1, 2, 3, 4)]
+    assert [(h.segment, str(h.address), str(h.gateway)) for h in specs] == [
+        (0, "198.18.0.11/24", "198.18.0.1"), (1, "198.18.1.12/24", "198.18.1.1"),
+        (2, "198.18.2.13/24", "198.18.2.1"), (0, "198.18.0.14/24", "198.18.0.1")]
+    assert specs[0].ns == "nfl-ok1-h1"
+    with pytest.raises(ConfigError, match="host index"):
+        host_spec("ok1", 0, 1)
