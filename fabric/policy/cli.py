@@ -1,4 +1,4 @@
-"""`fabric policy apply -f FILE | list | delete NAME | explain POD` against one or more agents.
+"""`fabric policy apply -f FILE | list | delete NAME | explain POD | metrics`.
 
 Targets: ``--socket PATH`` (default /run/netfabric/agent.sock) or ``--lab NAME`` with
 ``--host hN`` (repeatable; default every host of the lab). Files are validated here
@@ -49,6 +49,9 @@ def register(subparsers: Any) -> None:
     ex.add_argument("pod", help="namespace/name, pod name, container id or address")
     common(ex)
     ex.set_defaults(func=cmd_explain)
+    me = sub.add_parser("metrics", help="drop counters in the Prometheus text format")
+    common(me)
+    me.set_defaults(func=cmd_metrics)
 
 
 def targets(args: argparse.Namespace) -> list[tuple[str, str]]:
@@ -176,3 +179,14 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if not results:
         raise errors[0]
     return _print(args, results, render_explain)
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    from fabric.policy.metrics import render_metrics
+
+    for label, status in _call_all(args, {"op": "status"}):
+        if args.json:
+            print(json.dumps({label: [n.get("policy_status") for n in status["networks"]]}))
+        else:
+            print(render_metrics(status), end="")
+    return 0

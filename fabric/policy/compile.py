@@ -4,7 +4,7 @@ Layout of table ``netfabric-<network>`` (families ``inet`` and ``bridge``):
 
 ``inet`` chain ``forward`` (hook forward)::
 
-    ct state established,related accept          # replies of allowed connections
+    ct state established,related accept          # replies (only while a pod is isolated)
     ip saddr vmap @egress                         # local pod isolated for egress -> out-<ep>
     ip daddr vmap @ingress                        # local pod isolated for ingress -> in-<ep>
 
@@ -143,11 +143,6 @@ def _port_match(port: PolicyPort) -> list[dict[str, Any]]:
 
 
 def _base(st: NftState, bridges: Mapping[str, tuple[str, set[str]]]) -> None:
-    st.chains[("inet", "forward")] = ChainDef(hook=("filter", "forward", 0))
-    st.rule("inet", "forward", [_match({"ct": {"key": "state"}}, ["established", "related"],
-                                       "in"), {"accept": None}])
-    st.rule("inet", "forward", [{"vmap": {"key": _payload("ip", "saddr"), "data": "@egress"}}])
-    st.rule("inet", "forward", [{"vmap": {"key": _payload("ip", "daddr"), "data": "@ingress"}}])
     for name in ("ingress", "egress"):
         st.sets[("inet", name)] = SetDef("ipv4_addr", verdicts=())
     for name in ("in_iso", "eg_iso", "local"):
@@ -230,6 +225,13 @@ def compile_policies(network: str, policies: Sequence[NetworkPolicy],
                 verdicts.append((str(a), chain))
                 iso[d].add(str(a))
         st.sets[("inet", d)] = SetDef("ipv4_addr", verdicts=tuple(sorted(verdicts)))
+    # forward: conntrack only once some pod is isolated (no cost while nothing is)
+    st.chains[("inet", "forward")] = ChainDef(hook=("filter", "forward", 0))
+    if iso["ingress"] or iso["egress"]:
+        st.rule("inet", "forward", [_match({"ct": {"key": "state"}},
+                                           ["established", "related"], "in"), {"accept": None}])
+    st.rule("inet", "forward", [{"vmap": {"key": _payload("ip", "saddr"), "data": "@egress"}}])
+    st.rule("inet", "forward", [{"vmap": {"key": _payload("ip", "daddr"), "data": "@ingress"}}])
     st.sets[("bridge", "in_iso")] = SetDef("ipv4_addr", frozenset(iso["ingress"]))
     st.sets[("bridge", "eg_iso")] = SetDef("ipv4_addr", frozenset(iso["egress"]))
     return Compiled(st, plans["ingress"], plans["egress"], counters)

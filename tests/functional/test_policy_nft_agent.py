@@ -178,6 +178,11 @@ def test_deny_all_ingress_same_host(node: Node, tmp_path: Path) -> None:
     assert st["engine"] == "nftables" and st["isolated"]["ingress"] == 1
     assert st["drops"]["endpoints"]["default/db"]["ingress"] > 0
     assert st["drops"]["policies"]["default/deny-db"]["ingress"] > 0
+    metrics = node.policy("metrics").stdout
+    line = next(x for x in metrics.splitlines() if x.startswith(
+        'netfabric_policy_drops_total{node="n1",network="pol",policy="default/deny-db",'
+        'direction="ingress"}'))
+    assert int(line.split()[-1]) > 0
 
 
 def test_allow_from_label_and_ports(node: Node, tmp_path: Path) -> None:

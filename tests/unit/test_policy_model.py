@@ -14,8 +14,10 @@ from fabric.policy import (
     engine,
     explain,
     load,
+    metrics,
     model,
     nftstate,
+    ops,
     peers,
     probe,
     service,
@@ -77,6 +79,6 @@ def test_ip_block_is_cidr_minus_excepts(plen: int, raw: list[tuple[int, int]]) -
 
 
 def test_public_surface() -> None:
-    for mod in (allow_all, cli, compile, engine, explain, load, model, nftstate, peers, probe,
-                service):
+    for mod in (allow_all, cli, compile, engine, explain, load, metrics, model, nftstate, ops,
+                peers, probe, service):
         assert mod.__all__ and all(hasattr(mod, name) for name in mod.__all__)
