@@ -30,7 +30,7 @@ from typing import Any
 
 from fabric.errors import ConfigError, FabricError, KernelFeatureMissing
 
-__all__ = ["register", "run", "TARGETS"]
+__all__ = ["register", "run", "TARGETS", "EnginePair"]
 
 TARGETS = {"tun": 2.5, "tap": 2.0}  # Gbit/s (issue 4), reported, not enforced
 UNDER_A, UNDER_B = "198.19.255.1", "198.19.255.2"
@@ -76,7 +76,7 @@ def _proc_jiffies(pids: list[int]) -> int:
     return total
 
 
-class _Pair:
+class EnginePair:
     """Two namespaces, a veth and (optionally) an engine in each; removed by close()."""
 
     def __init__(self, tag: str) -> None:
@@ -92,8 +92,11 @@ class _Pair:
             _sh("ip", "addr", "add", f"{ip}/30", "dev", "eth0", ns=ns)
             _sh("ip", "link", "set", "eth0", "up", ns=ns)
 
-    def start_engines(self, mode: str, *, encrypt: bool, cipher: str, offload: bool,
-                      partial: bool, device: str = "nfdp0", port: int = 8285) -> list[int]:
+    def start_engines(self, mode: str, *, encrypt: bool = False, cipher: str = "aesgcm",
+                      offload: bool | tuple[bool, bool] = True, partial: bool = False,
+                      device: str = "nfdp0", port: int = 8285,
+                      extra_peers: tuple[str, ...] = ()) -> list[int]:
+        """Start an engine in each namespace (``offload`` may differ per side: (a, b))."""
         from fabric.dataplane.crypto import KeyPair
 
         keys = {}
@@ -106,6 +109,7 @@ class _Pair:
                     fh.write(pair.private_bytes())
                 keys[side] = (path, pair.public.hex())
         inner = INNER[mode]
+        offloads = offload if isinstance(offload, tuple) else (offload, offload)
         pids = []
         sides = (("a", self.a, UNDER_A, UNDER_B, inner[0], "b"),
                  ("b", self.b, UNDER_B, UNDER_A, inner[1], "a"))
@@ -121,8 +125,11 @@ class _Pair:
                    "--status", str(self.tmp / f"{side}-{device}.json")]
             if encrypt:
                 cmd += ["--encrypt", "--cipher", cipher, "--key-file", str(keys[side][0])]
-            if not offload:
+            if not offloads[0 if side == "a" else 1]:
                 cmd.append("--no-offload")
+            if side == "a":
+                for extra in extra_peers:
+                    cmd += ["--peer", extra]
             if partial:
                 cmd.append("--partial-checksum")
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
@@ -142,6 +149,11 @@ class _Pair:
         else:
             raise FabricError(f"no ping through the {mode} engines to {dst}")
         return pids
+
+    def status(self, side: str, device: str = "nfdp0", wait: float = 0.6) -> dict:
+        """The engine's last status dump (written every 0.5 s)."""
+        time.sleep(wait)
+        return json.loads((self.tmp / f"{side}-{device}.json").read_text())
 
     def stop_engines(self) -> list[dict]:
         status = []
@@ -215,7 +227,7 @@ def run(mode: str = "tun", *, encrypt: bool = False, cipher: str = "aesgcm",
         raise ConfigError("iperf3 is not installed", fix="apt-get install iperf3")
     if not os.path.exists("/dev/net/tun"):
         raise KernelFeatureMissing("TUN/TAP (/dev/net/tun)")
-    pair = _Pair(f"nfdp-{secrets.token_hex(2)}")
+    pair = EnginePair(f"nfdp-{secrets.token_hex(2)}")
     dst = INNER[mode][1].split("/")[0]
     runs: list[dict[str, Any]] = []
     status: list[dict] = []
