@@ -109,10 +109,9 @@ def _force_buffer(sock: socket.socket, force: int, plain: int, size: int) -> int
 def open_udp(address: str, port: int, *, offload: bool = True) -> UdpPort:
     """Bind a non-blocking UDP socket on ``address:port`` with GSO/GRO when the kernel has them."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:  # no SO_REUSEADDR: two engines must never share a port silently
         sock.bind((address, port))
-    except OSError as exc:
+    except (OSError, OverflowError) as exc:
         sock.close()
         raise BackendError(f"cannot bind UDP {address}:{port}: {exc}",
                            fix="pick a free Port or the node's own address") from exc
