@@ -8,10 +8,13 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["Lab", "Topology", "LabError", "teardown"]
-
 _WHERE = {"Lab": "fabric.lab.lab", "Topology": "fabric.lab.topology",
-          "LabError": "fabric.lab.netns", "teardown": "fabric.lab.cleanup"}
+          "LabError": "fabric.lab.netns", "teardown": "fabric.lab.cleanup",
+          **{n: "fabric.lab.results" for n in (
+              "HostInfo", "PodInfo", "ExecResult", "PingPair", "PingResult", "TcpResult",
+              "IperfResult", "DownReport")}}
+
+__all__ = list(_WHERE)
 
 
 def __getattr__(name: str) -> Any:

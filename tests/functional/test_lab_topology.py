@@ -40,3 +40,18 @@ def test_hosts_alternate_over_segments_with_router_gateways() -> None:
     assert specs[0].ns == "nfl-ok1-h1"
     with pytest.raises(ConfigError, match="host index"):
         host_spec("ok1", 0, 1)
+
+
+def test_public_surface_is_declared() -> None:
+    import importlib
+
+    import fabric.lab
+
+    for name in fabric.lab.__all__:
+        assert getattr(fabric.lab, name) is not None
+    for mod in ("topology", "lab", "netns", "procs", "cleanup", "results", "ops", "agents",
+                "underlay", "cli"):
+        m = importlib.import_module(f"fabric.lab.{mod}")
+        assert m.__all__ and all(hasattr(m, n) for n in m.__all__), mod
+    with pytest.raises(AttributeError):
+        fabric.lab.Nope  # noqa: B018
