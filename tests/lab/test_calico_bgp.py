@@ -4,6 +4,7 @@ BIRD as the underlay router for native routing across segments, withdraw within 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
@@ -114,3 +115,28 @@ def test_withdraw_within_3s_and_status(lab_name):
         print(f"block withdrawn everywhere {time.monotonic() - t0:.2f}s after the last release")
         assert blocks(lab, "h2") == []
         assert lab.ping("h1p1", "h3p2").ok
+
+
+def test_etcd_down_keeps_pods_working_and_join_time(lab_name):
+    from fabric.lab.procs import stop
+
+    topo = Topology(lab_name, BACKEND, hosts=3, pods_per_host=1)
+    with Lab(topo) as lab:
+        assert lab.converge(timeout=30).ok
+        # a late host: time from its agent's first log line to every pod pair answering
+        lab.add_host(pods=1)
+        others = [p for p in lab.pods if p != "h4p1"]
+        lab.wait(lambda: all(lab.ping("h4p1", o).ok and lab.ping(o, "h4p1").ok for o in others),
+                 timeout=15, interval=0.1)
+        reached = time.time()
+        first = Path(lab.hosts["h4"].state_dir, "agent.log").read_text().splitlines()[0]
+        started = time.mktime(time.strptime(first[:19], "%Y-%m-%d %H:%M:%S")) + int(
+            first[20:23]) / 1000
+        print(f"h4 pods reachable from all others {reached - started:.2f}s after its agent "
+              "started (upper bound: includes pod creation and ping timeouts)")
+        stop(lab.procs["etcd"])  # etcd gone: BGP keeps every route, pods keep talking
+        time.sleep(3)
+        res = lab.ping_all()
+        assert res.ok, res.summary()
+        st = bgp_status(lab, "h1")["bgp"]
+        assert sorted(p["state"] for p in st["peers"]) == ["Established"] * 3

@@ -108,6 +108,7 @@ def exabgp_env(bind: IPv4Address, port: int = 179) -> dict[str, str]:
             "exabgp.api.terminate": "true",  # the relay ends with the agent: so does exabgp
             "exabgp.log.destination": "stdout",
             "exabgp.log.level": "INFO",
+            "exabgp.log.short": "false",
             "exabgp.tcp.bind": str(bind),
             "exabgp.tcp.port": str(port),
             "exabgp.bgp.passive": "false",
@@ -158,6 +159,7 @@ class Speaker:
         self._conn: socket.socket | None = None
         self._listener: socket.socket | None = None
         self._send_lock = threading.Lock()
+        self._reload_pending = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -184,9 +186,15 @@ class Speaker:
     def reload(self, config_text: str) -> None:
         """New neighbor set: rewrite the config and ask exabgp to reload it (SIGUSR1)."""
         self.write_config(config_text)
-        proc = self.proc
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGUSR1)
+        # Before exabgp is up its SIGUSR1 handler may not be installed yet (the signal
+        # would kill it): signal only a connected exabgp, else once it connects.
+        with self._send_lock:
+            proc = self.proc
+            if self._conn is not None and proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGUSR1)
+                self._reload_pending = False
+            else:
+                self._reload_pending = True
 
     def send(self, command: str) -> bool:
         """Send one API command (e.g. ``announce route ...``); False if exabgp is not connected."""
@@ -310,7 +318,11 @@ class Speaker:
 
     def _serve(self, conn: socket.socket) -> None:
         conn.settimeout(None)
-        self._conn = conn
+        with self._send_lock:
+            self._conn = conn
+            if self._reload_pending and self.proc is not None:
+                self._reload_pending = False
+                self.proc.send_signal(signal.SIGUSR1)  # the config changed while it started
         self.connected.set()
         try:
             self.on_connected()
