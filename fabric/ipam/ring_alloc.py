@@ -1,0 +1,455 @@
+"""The ring allocator: one peer's IPAM state machine on the mesh ``ipam`` gossip channel.
+
+Single-threaded like the router it runs on. ``try_allocate`` answers at once:
+an address, or ``None`` after asking the peer with most free space for some
+(the donation arrives by unicast and gossip; call again). Init modes:
+``consensus`` (Paxos over gossip, ``quorum`` peers), ``seed`` (every seed peer
+builds the same ring from the seed list) and ``observer`` (never owns space
+until it asks for some). Conflicts found while merging are kept in
+``inconsistencies`` and repaired (see :meth:`_check_lost`).
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import json
+from collections.abc import Callable
+from typing import Any
+
+from fabric.errors import ConfigError, IPAMError
+from fabric.ipam.ring_crdt import Entry, Ring, RingMismatch, ring_id_for
+from fabric.ipam.ring_paxos import Paxos
+from fabric.mesh.db import MeshDB
+from fabric.mesh.gossip import GossipData, Gossiper
+from fabric.mesh.names import fmt_name
+from fabric.mesh.router import Router
+from fabric.mesh.wire import FrameError
+
+__all__ = ["IpamData", "RingAllocator", "CHANNEL"]
+
+CHANNEL = "ipam"
+
+
+class IpamData(GossipData):
+    def __init__(self, ring: Ring | None = None, paxos: dict | None = None) -> None:
+        self.ring = ring
+        self.paxos = paxos
+
+    def encode(self) -> bytes:
+        d: dict[str, Any] = {}
+        if self.ring is not None:
+            d["ring"] = self.ring.to_wire()
+        if self.paxos is not None:
+            d["paxos"] = self.paxos
+        return json.dumps(d, separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, payload: bytes) -> tuple[Ring | None, dict | None]:
+        try:
+            d = json.loads(payload)
+            ring = Ring.from_wire(d["ring"]) if "ring" in d else None
+            paxos = Paxos.from_wire(d["paxos"]) if "paxos" in d else None
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError,
+                RecursionError) as exc:
+            raise FrameError("bad-ipam", str(exc)[:80]) from exc
+        return ring, paxos
+
+    def merge(self, other: GossipData) -> IpamData:
+        assert isinstance(other, IpamData)
+        if other.ring is not None:
+            if self.ring is None:
+                self.ring = other.ring.subset(other.ring.tokens)
+            else:
+                with contextlib.suppress(RingMismatch):
+                    self.ring.merge(other.ring)
+        if other.paxos is not None:
+            self.paxos = {**(self.paxos or {}), **other.paxos}
+        return self
+
+
+class RingAllocator(Gossiper):
+    def __init__(self, router: Router, start: int, end: int, *, mode: str = "consensus",
+                 quorum: int = 1, seeds: list[int] | None = None, db: MeshDB | None = None,
+                 retry: float = 1.0) -> None:
+        if mode not in ("consensus", "seed", "observer"):
+            raise ConfigError(f"IPAM init mode {mode!r} is invalid",
+                              fix="use consensus[=N], seed=NAME,NAME... or observer")
+        if mode == "seed" and not seeds:
+            raise ConfigError("IPAM init seed needs at least one peer name",
+                              fix="give seed=NAME,NAME...")
+        if quorum < 1:
+            raise ConfigError(f"consensus quorum {quorum} must be at least 1")
+        self.router, self.me = router, router.name
+        self.mode, self.seeds, self.db, self.retry = mode, sorted(seeds or []), db, retry
+        self.ring = Ring(start, end)
+        self.paxos = Paxos(self.me, quorum) if mode == "consensus" else None
+        self.allocs: dict[str, int] = {}
+        self.used: list[int] = []
+        self.inconsistencies: list[dict[str, Any]] = []
+        self.refused: set[int] = set()
+        self.requesting = False
+        self.on_change: list[Callable[[], None]] = []
+        self._timer: Any = None
+        self.stats = {"donated": 0, "requests": 0, "allocated": 0}
+        if db is not None:
+            raw = db.get("ring")
+            if raw:
+                saved = Ring.from_wire(raw)
+                if (saved.start, saved.end) != (start, end):
+                    raise ConfigError(f"the database {db.path} holds a ring for another range",
+                                      fix="use the same IPAM range, or reset this peer")
+                self.ring = saved
+            for h, a in db.allocs().items():
+                self.allocs[h] = a
+                bisect.insort(self.used, a)
+            claims = db.get("paxos")
+            if claims and self.paxos is not None:
+                self.paxos.claims[self.me] = Paxos.from_wire({str(self.me): claims})[self.me]
+        self.channel = router.new_gossip(CHANNEL, self)
+
+    # ---- lifecycle -------------------------------------------------------------------
+    def start(self) -> None:
+        if self.ring.empty():
+            if self.mode == "seed" and self.me in self.seeds:
+                self._init_ring(self.seeds, "seed")
+            elif self.mode == "consensus":
+                self._timer = self.router.env.call_later(
+                    self.router.rng.uniform(0, self.retry / 4), self._propose)
+
+    def _propose(self) -> None:
+        self._timer = None
+        if not self.ring.empty() or self.paxos is None:
+            return
+        self.paxos.propose()
+        self._paxos_step(True)
+        self._timer = self.router.env.call_later(
+            self.retry * self.router.rng.uniform(2, 4), self._propose)
+
+    def _paxos_step(self, changed: bool) -> None:
+        assert self.paxos is not None
+        changed = self.paxos.think() or changed
+        if self.db is not None and changed:
+            self.db.put("paxos", self.paxos.claims[self.me].to_wire())
+        if self.paxos.decided is not None and self.ring.empty():
+            pid, value = self.paxos.decided
+            self._init_ring(list(value), f"paxos-{pid[0]}-{pid[1]}")
+        elif changed:
+            self.channel.gossip(IpamData(paxos={str(self.me): self.paxos.claims[self.me]
+                                                .to_wire()}))
+
+    def _init_ring(self, peers: list[int], salt: str) -> None:
+        self.ring.claim_for_peers(peers, ring_id_for(self.ring.start, self.ring.end, peers, salt))
+        self._refresh_free()
+        self._changed(list(self.ring.tokens))
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+    # ---- helpers ----------------------------------------------------------------------
+    def _with_next(self, tokens: list[int] | set[int]) -> Ring:
+        """A sub-ring of ``tokens`` plus each one's successor: whoever learns that it owns
+        a token must also learn where its range ends."""
+        out = set(tokens)
+        for t in tokens:
+            nxt = self.ring.range_end(t)
+            if nxt < self.ring.end:
+                out.add(nxt)
+        return self.ring.subset(sorted(out))
+
+    def _changed(self, tokens: list[int]) -> None:
+        if self.db is not None:
+            self.db.put("ring", self.ring.to_wire())
+        if tokens:
+            self.channel.gossip(IpamData(self._with_next(tokens)))
+        for cb in self.on_change:
+            cb()
+
+    def _used_in(self, lo: int, hi: int) -> int:
+        return bisect.bisect_left(self.used, hi) - bisect.bisect_left(self.used, lo)
+
+    def _refresh_free(self) -> list[int]:
+        """Update our tokens' free counts; return tokens that changed."""
+        changed = []
+        for t, hi in self.ring.owned(self.me):
+            free = hi - t - self._used_in(t, hi)
+            if self.ring.entries[t].free != free:
+                self.ring.set_entry(t, self.me, free)
+                changed.append(t)
+        return changed
+
+    def owned(self) -> list[tuple[int, int]]:
+        return self.ring.owned(self.me)
+
+    def ready(self) -> bool:
+        return not self.ring.empty()
+
+    def free(self) -> int:
+        return sum(hi - lo - self._used_in(lo, hi) for lo, hi in self.owned())
+
+    # ---- allocation -------------------------------------------------------------------
+    def try_allocate(self, handle: str) -> int | None:
+        if handle in self.allocs:
+            return self.allocs[handle]
+        for lo, hi in self.owned():
+            if self._used_in(lo, hi) >= hi - lo:
+                continue
+            i = bisect.bisect_left(self.used, lo)
+            addr = lo
+            while i < len(self.used) and self.used[i] == addr:
+                i, addr = i + 1, addr + 1
+            return self._take(handle, addr)
+        self.request_space()
+        return None
+
+    def claim(self, handle: str, addr: int) -> int | None:
+        """Allocate a specific address; None while the ring is not ready."""
+        if self.allocs.get(handle) == addr:
+            return addr
+        if self.ring.empty():
+            return None
+        owner = self.ring.owner_entry(addr)
+        if not self.ring.start <= addr < self.ring.end or owner is None:
+            raise IPAMError(f"address {addr} is outside the IPAM range")
+        if owner.peer != self.me:
+            raise IPAMError(f"address is owned by peer {fmt_name(owner.peer)}",
+                            fix="claim it on that peer, or let this peer allocate one")
+        i = bisect.bisect_left(self.used, addr)
+        if i < len(self.used) and self.used[i] == addr:
+            raise IPAMError("address is already allocated to another handle")
+        return self._take(handle, addr)
+
+    def _take(self, handle: str, addr: int) -> int:
+        if self.db is not None:
+            self.db.put_alloc(handle, addr)  # on disk before it is handed out
+        self.allocs[handle] = addr
+        bisect.insort(self.used, addr)
+        self.stats["allocated"] += 1
+        self._changed(self._refresh_free())
+        return addr
+
+    def release(self, handle: str) -> int | None:
+        addr = self.allocs.pop(handle, None)
+        if addr is None:
+            return None
+        if self.db is not None:
+            self.db.del_alloc(handle)
+        self.used.remove(addr)
+        self._changed(self._refresh_free())
+        return addr
+
+    # ---- space requests and donation --------------------------------------------------
+    def request_space(self) -> None:
+        if self.requesting or self.ring.empty():
+            return
+        free = {p: f for p, f in self.ring.free_by_peer().items()
+                if p != self.me and p not in self.refused and f > 1}
+        reach = self.router.topology.reachable()
+        free = {p: f for p, f in free.items() if p in reach}
+        if not free:
+            self.refused.clear()
+            return
+        donor = max(free, key=lambda p: (free[p], p))
+        self.requesting = True
+        self.stats["requests"] += 1
+        self.channel.gossip_unicast(donor, b'{"op":"space"}')
+        self._timer = self.router.env.call_later(self.retry, self._request_timeout)
+
+    def _request_timeout(self) -> None:
+        self._timer = None
+        self.requesting = False
+        if self.free() == 0:
+            self.request_space()
+
+    def _donate(self, to: int) -> list[int]:
+        best: tuple[int, int, int] | None = None  # (length, lo, hi) of the largest free run
+        for t, hi in self.owned():
+            prev = t
+            i = bisect.bisect_left(self.used, t)
+            for a in [*self.used[i:bisect.bisect_left(self.used, hi)], hi]:
+                if best is None or a - prev > best[0]:
+                    best = (a - prev, prev, a)
+                prev = a + 1
+        if best is None or best[0] < 2:
+            return []
+        _, lo, hi = best
+        mid = lo + (hi - lo) // 2
+        holder = self.ring.owner_entry(mid)
+        assert holder is not None and holder.peer == self.me
+        end = self.ring.range_end(mid) if mid in self.ring.entries else self.ring.range_end(
+            holder.token)
+        tokens = [mid]
+        if hi < end:
+            self.ring.set_entry(hi, self.me, 0)
+            tokens.append(hi)
+        self.ring.set_entry(mid, to, hi - mid)
+        tokens += self._refresh_free()
+        self.stats["donated"] += 1
+        return tokens
+
+    # ---- Gossiper ---------------------------------------------------------------------
+    def gossip(self) -> GossipData | None:
+        if not self.ring.empty():
+            return IpamData(self.ring)
+        if self.paxos is not None:
+            return IpamData(paxos=self.paxos.to_wire())
+        return None
+
+    def on_gossip(self, sender: int, payload: bytes) -> GossipData | None:
+        try:
+            d = json.loads(payload)
+            if not isinstance(d, dict):
+                raise ValueError("not an object")
+            raw_ring = d.get("ring")
+            paxos = Paxos.from_wire(d["paxos"]) if "paxos" in d else None
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError,
+                RecursionError) as exc:
+            raise FrameError("bad-ipam", str(exc)[:80]) from exc
+        delta = IpamData()
+        if raw_ring is not None:
+            try:
+                changed = self.ring.merge_wire(raw_ring)
+            except RingMismatch as exc:
+                self._report(sender, "ring-mismatch", str(exc))
+                return None
+            except ValueError as exc:
+                raise FrameError("bad-ipam", str(exc)[:80]) from exc
+            if changed:
+                lost = [old.token for old, new in changed
+                        if old is not None and old.peer == self.me and new.peer != self.me]
+                fixed = self._check_lost(lost, sender) if lost else []
+                delta.ring = self._with_next({e.token for _, e in changed} | set(fixed))
+                self.requesting = self.requesting and self.free() == 0
+                self._changed([])
+                if self.paxos is not None and self._timer is not None:
+                    self._timer.cancel()
+                    self._timer = None
+        elif paxos is not None and self.paxos is not None and self.ring.empty():
+            if self.paxos.merge(paxos):
+                delta.paxos = {str(k): v.to_wire() for k, v in paxos.items()
+                               if self.paxos.claims.get(k) == v}
+            self._paxos_step(False)
+        if delta.ring is None and not delta.paxos:
+            return None
+        return delta
+
+    def _check_lost(self, lost: list[int], sender: int) -> list[int]:
+        """Tokens we owned that a merge gave away (only we may do that): reassert those
+        holding our allocations (version above the intruder's), yield empty ones."""
+        fixed = []
+        for t in lost:
+            e = self.ring.entries[t]
+            hi = self.ring.range_end(t)
+            if self._used_in(t, hi):
+                self.ring._put(Entry(t, self.me, e.version + 1, hi - t - self._used_in(t, hi)))
+                fixed.append(t)
+                self._report(sender, "reasserted", f"peer {fmt_name(e.peer)} took our range "
+                             f"at token {t} holding live allocations; we reasserted ownership")
+            else:
+                self._report(sender, "yielded", f"range at token {t} moved to "
+                             f"{fmt_name(e.peer)} without our consent; it was empty")
+        return fixed
+
+    def _report(self, sender: int, kind: str, message: str) -> None:
+        entry = {"kind": kind, "from": fmt_name(sender), "message": message,
+                 "time": round(self.router.env.now(), 3)}
+        if not self.inconsistencies or self.inconsistencies[-1]["message"] != message:
+            self.inconsistencies.append(entry)
+            del self.inconsistencies[:-50]
+
+    def on_gossip_unicast(self, src: int, payload: bytes) -> None:
+        try:
+            msg = json.loads(payload)
+            op = msg["op"]
+        except (ValueError, TypeError, KeyError) as exc:
+            raise FrameError("bad-ipam-unicast") from exc
+        if op == "space":
+            tokens = self._donate(src) if not self.ring.empty() else []
+            if tokens:
+                self._changed(tokens)
+                body = IpamData(self._with_next(tokens)).encode()
+                self.channel.gossip_unicast(src, b'{"op":"donate","data":' + body + b"}")
+            else:
+                self.channel.gossip_unicast(src, b'{"op":"none"}')
+        elif op == "donate":
+            self.on_gossip(src, json.dumps(msg.get("data", {})).encode())
+            self.refused.clear()
+        elif op == "none":
+            self.refused.add(src)
+            self.requesting = False
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self.request_space()
+
+    # ---- administration ---------------------------------------------------------------
+    def _heir(self, dead: int, tokens: list[int]) -> int | None:
+        """Owner of the nearest preceding token not owned by ``dead`` (deterministic)."""
+        if not tokens:
+            return None
+        idx = self.ring.tokens.index(tokens[0])
+        for k in range(1, len(self.ring.tokens) + 1):
+            e = self.ring.entries[self.ring.tokens[idx - k]]
+            if e.peer != dead:
+                return e.peer
+        return None
+
+    def rmpeer(self, dead: int) -> int:
+        """Hand a dead peer's tokens to a deterministic heir. Issued on several hosts at
+        once, every host computes the same entries (same heir, version + 1), so the merge
+        is idempotent instead of conflicting (weave PR 3078). Refused while it is alive."""
+        if dead == self.me:
+            raise IPAMError("cannot rmpeer ourselves", fix="use reset on this peer")
+        if dead in self.router.topology.reachable():
+            raise IPAMError(f"peer {fmt_name(dead)} is reachable",
+                            fix="stop it first, or run reset on it")
+        tokens = [t for t in self.ring.tokens if self.ring.entries[t].peer == dead]
+        heir = self._heir(dead, tokens)
+        if heir is None:
+            return 0
+        for t in tokens:
+            e = self.ring.entries[t]
+            self.ring._put(Entry(t, heir, e.version + 1, self.ring.range_end(t) - t))
+        self._changed(tokens + (self._refresh_free() if heir == self.me else []))
+        return len(tokens)
+
+    def reset(self, heir: int | None = None) -> int:
+        """Hand all our tokens to ``heir`` (default: deterministic neighbour), drop our
+        allocations and Paxos state; the ring is kept so we rejoin as an observer-like peer."""
+        tokens = [t for t, _ in self.owned()]
+        heir = heir if heir is not None else self._heir(self.me, tokens)
+        if tokens and heir is None:
+            raise IPAMError("no other peer to hand our ranges to",
+                            fix="connect to another peer first")
+        for t in tokens:
+            e = self.ring.entries[t]
+            self.ring._put(Entry(t, heir or 0, e.version + 1, self.ring.range_end(t) - t))
+        self.allocs.clear()
+        self.used.clear()
+        if self.db is not None:
+            self.db.clear_allocs()
+            self.db.delete("paxos")
+        self._changed(tokens)
+        if tokens:
+            self.channel.gossip_broadcast(IpamData(self._with_next(tokens)))
+        return len(tokens)
+
+    # ---- status -----------------------------------------------------------------------
+    def describe(self) -> dict[str, Any]:
+        sizes = self.ring.size_by_peer()
+        free = self.ring.free_by_peer()
+        total = self.ring.end - self.ring.start
+        return {
+            "mode": self.mode, "ring_id": self.ring.ring_id, "ready": self.ready(),
+            "range": [self.ring.start, self.ring.end],
+            "owners": [{"peer": fmt_name(p), "nickname": self.router.peer_nickname(p),
+                        "size": sizes[p], "free": free.get(p, 0),
+                        "share": round(100.0 * sizes[p] / total, 2),
+                        "reachable": p in self.router.topology.reachable()}
+                       for p in sorted(sizes)],
+            "allocated_here": len(self.allocs),
+            "consensus": self.paxos.describe() if self.paxos is not None else None,
+            "seeds": [fmt_name(s) for s in self.seeds], "requesting": self.requesting,
+            "inconsistencies": list(self.inconsistencies), "stats": dict(self.stats),
+        }
