@@ -35,6 +35,15 @@ def blocks(lab: Lab, host: str) -> list[str]:
     return bgp_status(lab, host)["blocks"]
 
 
+def test_every_backend_body_vxlan_cross_subnet(lab_name, monkeypatch):
+    """The every-backend lab test, for calico-bgp in vxlan CrossSubnet mode on two segments."""
+    from tests.lab import test_backends as every
+
+    monkeypatch.setitem(every.SETUP, BACKEND, {
+        "segments": 2, "backend_opts": {BACKEND: {"VXLANMode": "CrossSubnet"}}})
+    every.test_backend_in_lab(BACKEND, lab_name)
+
+
 def test_vxlan_cross_subnet_two_segments(lab_name):
     topo = Topology(lab_name, BACKEND, hosts=3, pods_per_host=1, segments=2,
                     backend_opts={BACKEND: {"VXLANMode": "CrossSubnet"}})
