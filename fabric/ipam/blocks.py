@@ -97,10 +97,8 @@ class Block:
         return self.cidr.network_address + ordinal
 
     def free_ordinal(self) -> int | None:
-        for ordinal in range(self.cidr.num_addresses):
-            if ordinal not in self.allocations:
-                return ordinal
-        return None
+        return next((o for o in range(self.cidr.num_addresses) if o not in self.allocations),
+                    None)
 
     def copy(self) -> Block:
         return Block(self.cidr, self.affinity, {k: dict(v) for k, v in self.allocations.items()})
@@ -159,21 +157,17 @@ class BlockIPAM(IPAM):
 
     def _ingest(self, key: str, value: str, blocks: dict, nodes: dict) -> None:
         rel = key[len(self.prefix) + 1:]
-        if rel.startswith("blocks/"):
-            cidr = parse_block_key(key)
-            if cidr is None:
-                return
-            if not value:
-                blocks.pop(cidr, None)
-                return
+        if rel.startswith("blocks/") and (cidr := parse_block_key(key)) is not None:
+            blocks.pop(cidr, None)
             try:
-                blocks[cidr] = Block.decode(value)
+                if value:
+                    blocks[cidr] = Block.decode(value)
             except IPAMError as exc:
                 self.ctx.log.error("ignoring block %s: %s", key, exc)
         elif rel.startswith("nodes/"):
             name = rel[len("nodes/"):]
+            nodes.pop(name, None)
             if not value:
-                nodes.pop(name, None)
                 return
             try:
                 rec = json.loads(value)
@@ -362,9 +356,8 @@ class BlockIPAM(IPAM):
 
         try:
             block = self._mutate(cidr, change)
-        except (_Gone, _Full):
+        except _Gone:
             return None
-        assert block is not None
         alloc = Allocation(handle, block.ip(picked[0]), cidr)
         with self._lock:
             self._allocs[handle] = alloc
@@ -436,5 +429,5 @@ class _Gone(Exception):
     """The block vanished or changed owner under us."""
 
 
-class _Full(Exception):
+class _Full(_Gone):
     """The block has no free ordinal."""
