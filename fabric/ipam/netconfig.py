@@ -23,13 +23,14 @@ from typing import Any
 import attrs
 
 from fabric.api import NetworkSpec, Peer
-from fabric.errors import ConfigError
-from fabric.store.base import KeyValue
+from fabric.errors import ConfigError, StoreError
+from fabric.store.base import KeyValue, Store
 
 __all__ = [
     "NetConfig",
     "parse_netconfig",
     "netconfig_from_spec",
+    "ensure_netconfig",
     "LeaseRecord",
     "lease_owner",
     "subnet_key",
@@ -191,6 +192,26 @@ def netconfig_from_spec(spec: NetworkSpec) -> NetConfig:
     smin = spec.subnet_min.network_address if spec.subnet_min else None
     smax = spec.subnet_max.network_address if spec.subnet_max else None
     return _build(spec.cidr, spec.subnet_len, smin, smax, backend, f"network {spec.name}")
+
+
+def ensure_netconfig(store: Store, prefix: str, spec: NetworkSpec) -> NetConfig:
+    """``<prefix>/config`` from etcd (authoritative, validated); written from ``spec``
+    with create-if-absent when missing, so the first agent defines the network."""
+    key = f"{prefix}/config"
+    kv = store.get(key)
+    if kv is None:
+        mine = netconfig_from_spec(spec)
+        if store.create(key, mine.to_json()):
+            log.info("wrote network config %s: %s", key, mine.to_json())
+            return mine
+        kv = store.get(key)  # another agent was first
+        if kv is None:
+            raise StoreError(f"{key} vanished while it was being read; retry")
+    config = parse_netconfig(kv.value, where=f"etcd key {key}")
+    if config.network != spec.cidr:
+        log.warning("%s says Network %s, the local config %s: etcd wins",
+                    key, config.network, spec.cidr)  # fmt: skip
+    return config
 
 
 # -- leases --

@@ -38,16 +38,22 @@ from fabric.api import (
     PeerEvent,
     PeersCallback,
 )
-from fabric.errors import ConfigError, IPAMError, PoolExhausted, StoreError, StoreUnavailable
+from fabric.errors import (
+    ConfigError,
+    FabricError,
+    IPAMError,
+    PoolExhausted,
+    StoreError,
+    StoreUnavailable,
+)
 from fabric.ipam.local import LocalAllocator, atomic_write_text
 from fabric.ipam.netconfig import (
     LeaseRecord,
     NetConfig,
+    ensure_netconfig,
     lease_owner,
-    netconfig_from_spec,
     parse_duration,
     parse_leases,
-    parse_netconfig,
     peers_from_leases,
     subnet_key,
 )
@@ -123,28 +129,10 @@ class SubnetLeaseIPAM(IPAM):
     def _save_local_record(self) -> None:
         lease_id = self._lease.id if self._lease else 0
         data = {"subnet": str(self._subnet), "public_ip": str(self.public_ip), "lease_id": lease_id}
-        atomic_write_text(self._record_path, json.dumps(data) + "\n")
-
-    def _ensure_config(self) -> NetConfig:
-        key = f"{self.prefix}/config"
-        kv = self.store.get(key)
-        if kv is None:
-            mine = netconfig_from_spec(self.ctx.spec)
-            if self.store.create(key, mine.to_json()):
-                log.info("wrote network config %s: %s", key, mine.to_json())
-                return mine
-            kv = self.store.get(key)
-            if kv is None:
-                raise StoreError(f"{key} vanished while it was being read; retry")
-        config = parse_netconfig(kv.value, where=f"etcd key {key}")
-        if config.network != self.ctx.spec.cidr:
-            log.warning(
-                "%s says Network %s, the local config %s: etcd wins",
-                key,
-                config.network,
-                self.ctx.spec.cidr,
-            )
-        return config
+        try:
+            atomic_write_text(self._record_path, json.dumps(data) + "\n")
+        except OSError as exc:
+            raise IPAMError(f"cannot record the lease in {self._record_path}: {exc}") from exc
 
     # -- acquiring the lease --
     def _acquire(self, preferred: IPv4Network | None) -> IPv4Network:
@@ -229,11 +217,12 @@ class SubnetLeaseIPAM(IPAM):
 
     # -- IPAM --
     def start(self, backend_data: Mapping[str, Any]) -> tuple[IPv4Network, ...]:
+        self.stop()  # a second start() replaces the threads of the first
         self._data = dict(backend_data)
         self._stop.clear()
         preferred, _ = self._load_local_record()
         try:
-            self.config = self._ensure_config()
+            self.config = ensure_netconfig(self.store, self.prefix, self.ctx.spec)
             self._acquire(preferred)
         except StoreUnavailable as exc:
             if preferred is None or (self.config and not self.config.contains(preferred)):
@@ -350,14 +339,18 @@ class SubnetLeaseIPAM(IPAM):
                     log.warning("etcd unreachable, keeping lease %s: %s", self._subnet, exc)
                 self._store_error = str(exc)
                 delay = retry
-            except (StoreError, IPAMError) as exc:
+            except FabricError as exc:  # e.g. a bad config in etcd, an exhausted pool
                 log.error("lease %s: %s", self._subnet, exc)
                 self._store_error = str(exc)
+                delay = retry
+            except Exception as exc:  # a bug must not end lease renewal silently
+                log.exception("lease %s: unexpected error", self._subnet)
+                self._store_error = repr(exc)
                 delay = retry
 
     def _maintain(self) -> None:
         if self.config is None:  # started while etcd was down
-            self.config = self._ensure_config()
+            self.config = ensure_netconfig(self.store, self.prefix, self.ctx.spec)
         with self._lock:
             subnet, lease, confirmed = self._subnet, self._lease, self._confirmed
         if not confirmed or lease is None or subnet is None:
