@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from ipaddress import IPv4Address
 from pathlib import Path
 
 import pytest
@@ -235,6 +236,40 @@ def test_exabgp_node_as_route_reflector(cluster):
     c.drivers[2].ok(op="detach", cid="pod2", netns=f"/run/netns/{c.pods[2]}")
     c.drivers[2].ok(op="chunks", chunks=[])
     wait_for(lambda: c.block(2) not in routes(c.hosts[1]), 3, "the reflected withdraw")
+
+
+def test_unexpected_routes_from_a_peer_are_filtered(cluster, tmp_path):
+    """A plain exabgp on the underlay announces a default route, an underlay route and one
+    pool prefix: the nodes install only the pool prefix and carry on."""
+    from fabric_calico_bgp.exabgp import exabgp_command, exabgp_env
+
+    c = cluster(2)
+    rogue = tmp_path / "rogue.conf"
+    neighbors = "".join(
+        f"neighbor {c.ip(i)} {{ router-id {SEG}.2; local-address {SEG}.2; local-as 64512; "
+        f"peer-as 64512; family {{ ipv4 unicast; }} static {{ "
+        f"route 0.0.0.0/0 next-hop {SEG}.2; route 198.18.0.0/16 next-hop {SEG}.2; "
+        f"route 10.244.99.0/24 next-hop {SEG}.2; }} }}\n" for i in range(2))
+    rogue.write_text(neighbors)
+    env = exabgp_env(IPv4Address(f"{SEG}.2"))
+    log = open(tmp_path / "rogue.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen(["ip", "netns", "exec", c.sw, *exabgp_command(rogue)], env=env,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        c.start({"Peers": [{"PeerIP": f"{SEG}.2"}]})
+        wait_for(lambda: "10.244.99.0/24" in routes(c.hosts[0]), 20, "the pool prefix")
+        table = sh("ip", "route", ns=c.hosts[0]).stdout
+        assert "default" not in table and "198.18.0.0/16" not in table
+        logged = (tmp_path / "h1.log").read_text()
+        assert "announced 0.0.0.0/0 outside" in logged and "198.18.0.0/16 outside" in logged
+        st = c.drivers[0].ok(op="status")
+        assert st["bgp"]["speaker"]["restarts"] == 0
+        wait_for(c.all_routes_ok, 20, "node routes next to the rogue ones")
+        assert ping(c.pods[0], c.pod_ip(1))
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        log.close()
 
 
 def test_ipip_is_refused_on_this_kernel(cluster):
