@@ -288,6 +288,8 @@ class EtcdWatch(Watch):
                 return
             except StoreError as exc:
                 log.debug("watch %s: %s; retrying in %.1fs", self.prefix, exc, delay)
+            except Exception:  # a bug must not end the watch silently
+                log.exception("watch %s: unexpected error; retrying in %.1fs", self.prefix, delay)
             finally:
                 self.connected.clear()
             if self._stopped.wait(delay):

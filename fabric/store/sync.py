@@ -109,9 +109,12 @@ class PrefixMirror:
             try:
                 self._list_and_watch()
                 delay = self.retry_min
-            except StoreError as exc:
+            except Exception as exc:  # StoreError while etcd is down; anything else is a bug
                 self.last_error = str(exc)
-                log.warning("mirror %s: %s; retrying in %.1fs", self.prefix, exc, delay)
+                if isinstance(exc, StoreError):
+                    log.warning("mirror %s: %s; retrying in %.1fs", self.prefix, exc, delay)
+                else:
+                    log.exception("mirror %s: unexpected error; retrying", self.prefix)
                 if self._stop.wait(delay):
                     break
                 delay = min(delay * 2, self.retry_max)

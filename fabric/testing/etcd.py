@@ -14,6 +14,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -121,10 +122,17 @@ class EtcdServer:
 
     def healthy(self) -> bool:
         """True if etcd answers its /health endpoint with a leader."""
-        if self.netns:
-            cmd = ["ip", "netns", "exec", self.netns, "curl", "-s", "-m", "1", self.url + "/health"]
+        if self.netns:  # the URL is only reachable from inside the namespace
+            probe = (
+                "import sys, urllib.request as u\n"
+                "try: print(u.urlopen(sys.argv[1], timeout=1).read().decode())\n"
+                "except OSError: pass"
+            )
+            cmd = ["ip", "netns", "exec", self.netns, sys.executable, "-c", probe]
             try:
-                out = subprocess.run(cmd, capture_output=True, text=True, timeout=3).stdout
+                out = subprocess.run(
+                    [*cmd, self.url + "/health"], capture_output=True, text=True, timeout=5
+                ).stdout
             except (OSError, subprocess.TimeoutExpired):
                 return False
         else:

@@ -245,3 +245,25 @@ def test_mirror_retries_while_etcd_is_down(tmp_path) -> None:
     finally:
         mirror.stop()
         st.close()
+
+
+def test_missing_etcd_binary_is_a_clear_error(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no etcd on this PATH
+    with pytest.raises(ConfigError, match="etcd binary is not installed") as err:
+        EtcdServer(tmp_path / "etcd").start()
+    assert "etcd-server" in (err.value.fix or "")
+
+
+def test_etcd_server_is_stopped_by_pid_and_restartable(tmp_path) -> None:
+    server = EtcdServer(tmp_path / "etcd")
+    with server:
+        pid = server.pid
+        st = connect(server.url)
+        st.put("/keep", "1")
+        server.kill()  # crash
+        assert server.pid is None and not server.healthy()
+        server.start()  # same data dir and ports: data survived
+        assert server.pid != pid and st.get("/keep").value == "1"
+        st.close()
+    assert server.pid is None and not server.healthy()
+    assert (tmp_path / "etcd.log").exists()
