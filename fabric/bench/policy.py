@@ -49,7 +49,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--rules", type=int, default=1000, help="rules in the big policy")
     p.add_argument("--backend", default="vxlan", help="backend of the throughput lab")
     p.add_argument("--duration", type=float, default=3, help="seconds per iperf3 run")
-    p.add_argument("--repeat", type=int, default=3, help="alternating rounds")
+    p.add_argument("--repeat", type=int, default=5, help="alternating rounds")
     p.add_argument("--only", choices=["rules", "throughput"], help="run one part only")
     p.add_argument("--json", type=Path, dest="json_file", help="also write the JSON here")
     p.add_argument("--table", action="store_true", help="print the table on stdout too")

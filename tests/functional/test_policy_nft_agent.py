@@ -143,6 +143,53 @@ def check(node: Node, expected: list[tuple[str, str, str, bool]]) -> None:
     assert not wrong, wrong
 
 
+_COUNTER = r"""
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.settimeout(0.2)
+print("ready", flush=True)
+n, end = 0, time.monotonic() + float(sys.argv[3])
+while time.monotonic() < end:
+    try:
+        s.recv(64)
+        n += 1
+    except OSError:
+        pass
+print(n, flush=True)
+"""
+
+_SENDER = r"""
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+n, end = 0, time.monotonic() + float(sys.argv[3])
+while time.monotonic() < end:
+    s.sendto(b"x", (sys.argv[1], int(sys.argv[2])))
+    n += 1
+    time.sleep(0.001)
+print(n, flush=True)
+"""
+
+
+class Flood:
+    """UDP packets every millisecond from one pod to another for ``seconds``."""
+
+    def __init__(self, node: Node, src: str, dst: str, port: int, seconds: float) -> None:
+        ip_ = str(node.pods[dst][1])
+        self.rx = subprocess.Popen(["ip", "netns", "exec", node.pods[dst][0], sys.executable,
+                                    "-c", _COUNTER, ip_, str(port), str(seconds + 1)],
+                                   stdout=subprocess.PIPE, text=True)
+        assert self.rx.stdout is not None and self.rx.stdout.readline().strip() == "ready"
+        self.tx = subprocess.Popen(["ip", "netns", "exec", node.pods[src][0], sys.executable,
+                                    "-c", _SENDER, ip_, str(port), str(seconds)],
+                                   stdout=subprocess.PIPE, text=True)
+
+    def result(self) -> tuple[int, int]:
+        sent = int(self.tx.communicate(timeout=60)[0].strip())
+        got = int(self.rx.communicate(timeout=60)[0].strip())
+        return sent, got
+
+
 DENY_DB = """
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
@@ -224,12 +271,32 @@ spec:
         ruleset.split("counter")[0]
 
 
+def test_no_window_while_rules_change(node: Node, tmp_path: Path) -> None:
+    """Denied traffic never slips through while other policies come and go."""
+    extra = write(tmp_path, DENY_DB.replace("deny-db", "churn").replace("role: db", "role: x"))
+    flood = Flood(node, "other", "db", 5999, seconds=4)
+    control = Flood(node, "web", "db", 5301, seconds=4)  # allowed: proves the flood counts
+    t0, changes = time.monotonic(), 0
+    while time.monotonic() - t0 < 3:
+        assert node.policy("apply", "-f", extra).returncode == 0
+        assert node.policy("delete", "churn").returncode == 0
+        changes += 2
+    sent, got = flood.result()
+    c_sent, c_got = control.result()
+    assert c_got > 0.9 * c_sent, (c_sent, c_got)
+    assert sent > 500 and changes >= 4
+    assert got == 0, f"{got} of {sent} denied packets passed during {changes} updates"
+
+
 def test_rules_survive_agent_restart(node: Node) -> None:
+    flood = Flood(node, "other", "db", 5998, seconds=4)  # denied all along, restart included
     node.stop_agent()
     # graceful stop leaves the rules in force
     check(node, [("other", "db", "tcp:5432", False), ("web", "db", "tcp:5432", True)])
     node.start_agent()
     check(node, [("other", "db", "tcp:5432", False), ("web", "db", "tcp:5432", True)])
+    sent, got = flood.result()
+    assert sent > 500 and got == 0, f"{got} of {sent} denied packets passed"
     lst = json.loads(node.policy("list", "--json").stdout)
     assert {i["name"] for i in lst} == {"deny-db", "allow-web"}
 
