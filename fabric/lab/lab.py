@@ -98,11 +98,11 @@ class Lab:
         """End every process (by recorded pid), delete ``nfl-NAME-*``, remove the state dir."""
         handle, self._etcd_handle = self._etcd_handle, None
         if isinstance(handle, subprocess.Popen):
-            self._popen["etcd"] = handle  # ended by pid below, then reaped
-        elif handle is not None:  # an EtcdServer: let it stop itself first
-            with contextlib.suppress(Exception):  # teardown still ends it by pid
+            self._popen["etcd"] = handle  # reaped below
+        report = teardown(self.topo.name, self.root)  # agents first, while etcd still answers
+        if handle is not None and not isinstance(handle, subprocess.Popen):
+            with contextlib.suppress(Exception):  # an EtcdServer: reap its process object
                 handle.__exit__(None, None, None)
-        report = teardown(self.topo.name, self.root)
         for proc in self._popen.values():
             proc.poll()  # reap our children
         self._popen.clear()

@@ -82,15 +82,20 @@ def spawn(role: str, ns: str | None, argv: Sequence[str], log: Path, marker: str
                                     start_new_session=True, env=env)
         except FileNotFoundError as exc:
             raise LabError(f"{argv[0]} is not installed", fix=f"install {argv[0]}") from exc
-    start = None
-    for _ in range(100):
+    # until exec: the child still shows our command line; wait for the marker to appear
+    end = time.monotonic() + 5
+    while time.monotonic() < end and proc.poll() is None:
         start = proc_start_time(proc.pid)
         if start is not None:
-            break
-        time.sleep(0.01)
-    if start is None:
-        raise LabError(f"{role} exited at once; see {log}")
-    return proc, ProcRecord(role, proc.pid, start, marker, ns or "", str(log))
+            rec = ProcRecord(role, proc.pid, start, marker, ns or "", str(log))
+            if is_alive(rec):
+                return proc, rec
+        time.sleep(0.005)
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+        raise LabError(f"{role} (pid {proc.pid}) did not start {argv[0]} within 5s")
+    raise LabError(f"{role} exited at once (status {proc.returncode}); see {log}")
 
 
 def wait_dead(rec: ProcRecord, timeout: float, proc: subprocess.Popen | None = None) -> bool:
