@@ -186,8 +186,8 @@ class EtcdStore(Store):
             except StoreError:
                 pass  # expired: grant a fresh one below
         result = self._call("/lease/grant", {"TTL": ttl, "ID": 0})
-        if result.get("error"):
-            raise StoreError(f"etcd refused a lease: {result['error']}")
+        if result.get("error") or not result.get("ID"):
+            raise StoreError(f"etcd refused a lease: {result.get('error') or result}")
         return EtcdLease(self, int(result["ID"]), int(result.get("TTL", ttl)))
 
     def compact(self, revision: int) -> None:
