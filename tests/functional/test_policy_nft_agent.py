@@ -245,6 +245,20 @@ def test_allow_from_label_and_ports(node: Node, tmp_path: Path) -> None:
     assert str(node.pods["web"][1]) in r.stdout
 
 
+def test_pods_coming_and_going_update_the_sets(node: Node) -> None:
+    node.add_pod("late", {"role": "web"})
+    try:
+        check(node, [("late", "db", "tcp:5432", True), ("late", "db", "tcp:5433", False)])
+        late_ip = str(node.pods["late"][1])
+        assert late_ip in node.nft("list", "table", "inet", "netfabric-pol").stdout
+    finally:
+        ns, _ = node.pods.pop("late")
+        call(node.sock, {"op": "cni.del", "network": "pol", "container_id": ns,
+                         "ifname": "eth0", "netns": f"/run/netns/{ns}"})
+        ip("ip", "netns", "del", ns)
+    assert late_ip not in node.nft("list", "table", "inet", "netfabric-pol").stdout
+
+
 def test_invalid_policy_rejected_whole(node: Node, tmp_path: Path) -> None:
     before = node.policy("list", "--json").stdout
     ruleset = node.nft("list", "table", "inet", "netfabric-pol").stdout
