@@ -37,7 +37,10 @@ class Claims:
     @classmethod
     def from_wire(cls, raw: Any) -> Claims:
         p, a, v = raw
-        return cls((int(p[0]), int(p[1])), (int(a[0]), int(a[1])), tuple(int(x) for x in v))
+        nums = [p[0], p[1], a[0], a[1], *v]
+        if len(p) != 2 or len(a) != 2 or not all(type(x) is int and x >= 0 for x in nums):
+            raise ValueError("malformed Paxos claims")
+        return cls((p[0], p[1]), (a[0], a[1]), tuple(v))
 
 
 class Paxos:

@@ -10,6 +10,7 @@ are objects with ``remote``, ``remote_nickname``, ``address``, ``outbound``,
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import random
 from collections import Counter, OrderedDict
@@ -22,6 +23,8 @@ from fabric.mesh.gossip import GossipChannel, GossipData, Gossiper
 from fabric.mesh.names import fmt_name
 from fabric.mesh.topology import PeerRecord, Topology, TopologyUpdate
 from fabric.mesh.wire import BROADCAST, GOSSIP, UNICAST, Frame, FrameError, encode_frame
+
+_log = logging.getLogger("fabric.mesh")
 
 __all__ = ["Env", "Timer", "Connection", "RouterConfig", "Router", "TOPOLOGY"]
 
@@ -277,6 +280,10 @@ class Router:
                     self._forward(frame)
         except FrameError as exc:
             self.rejected[exc.reason] += 1
+        except Exception:  # a handler bug must not take the peer down: count and log
+            self.rejected["handler-error"] += 1
+            _log.exception("mesh: %s handler failed on a frame from %s", frame.channel,
+                           fmt_name(conn.remote))
 
     def _forward(self, frame: Frame) -> bool:
         hop = self.topology.unicast_routes().get(frame.dst)

@@ -1,0 +1,136 @@
+"""Ring CRDT, Paxos consensus, donation, claim, rmpeer and reset on simulated peers."""
+
+from __future__ import annotations
+
+import pytest
+
+from fabric.errors import ConfigError, IPAMError
+from fabric.ipam.ring import parse_init, ranges_to_cidrs
+from fabric.ipam.ring_crdt import Entry, Ring, RingMismatch
+from fabric.ipam.ring_paxos import Paxos
+
+from .helpers import END, START, allocators, build, converged
+
+
+def test_merge_is_commutative_idempotent() -> None:
+    a, b = Ring(0, 100, "r"), Ring(0, 100, "r")
+    a.claim_for_peers([1, 2], "r")
+    b.merge(a)
+    b.set_entry(50, 9, 10)
+    c = Ring(0, 100, "r", a.entries.values())
+    c.merge(b)
+    a2 = Ring(0, 100, "r", b.entries.values())
+    a2.merge(a)
+    assert c == a2 and c.merge(b) == []
+
+
+def test_foreign_ring_is_reported_not_merged() -> None:
+    a, b = Ring(0, 100), Ring(0, 100)
+    a.claim_for_peers([1], "x")
+    b.claim_for_peers([2], "y")
+    with pytest.raises(RingMismatch) as exc:
+        a.merge(b)
+    assert "reset" in str(exc.value)
+
+
+def test_paxos_three_nodes_agree() -> None:
+    nodes = [Paxos(i, 2) for i in (1, 2, 3)]
+    nodes[0].propose()
+    nodes[2].propose()
+    for _ in range(10):
+        for n in nodes:
+            for m in nodes:
+                n.merge(dict(m.claims))
+            n.think()
+    values = {n.decided[1] for n in nodes if n.decided}
+    assert len(values) == 1 and len([n for n in nodes if n.decided]) == 3
+
+
+def test_consensus_over_gossip_and_allocation() -> None:
+    net, routers = build(7)
+    allocs = allocators(routers, mode="consensus", quorum=4)
+    assert net.run_until(5.0, lambda: all(a.ready() for a in allocs))
+    assert len({a.ring.ring_id for a in allocs}) == 1
+    got = [a.try_allocate(f"c{i}") for i, a in enumerate(allocs)]
+    assert None not in got and len(set(got)) == 7
+
+
+def test_seed_donation_and_observer() -> None:
+    net, routers = build(5)
+    allocs = allocators(routers[:4], seeds=[routers[0].name])
+    obs = allocators(routers[4:], mode="observer")[0]
+    assert net.run_until(3.0, lambda: all(a.ready() for a in allocs + [obs]))
+    assert obs.owned() == [] and obs.try_allocate("x") is None  # asks for space
+    assert net.run_until(net.now() + 3, lambda: obs.try_allocate("x") is not None)
+    assert allocs[0].stats["donated"] >= 1
+    assert obs.ring.owner_entry(obs.allocs["x"]).peer == obs.me
+
+
+def test_claim_and_errors() -> None:
+    net, routers = build(2)
+    a, b = allocators(routers, seeds=[routers[0].name, routers[1].name])
+    net.run_until(1.0)
+    mine = a.owned()[0][0] + 5
+    assert a.claim("h1", mine) == mine and a.claim("h1", mine) == mine
+    with pytest.raises(IPAMError, match="already allocated"):
+        a.claim("h2", mine)
+    with pytest.raises(IPAMError, match="owned by peer"):
+        b.claim("h3", mine)
+    assert a.release("h1") == mine and a.release("h1") is None
+
+
+def test_rmpeer_on_two_hosts_at_once_agrees() -> None:
+    net, routers = build(4, edges=[(0, 1), (1, 2), (2, 3), (3, 0), (0, 2)])
+    allocs = allocators(routers, seeds=[r.name for r in routers])
+    assert net.run_until(3.0, lambda: converged(routers))
+    dead = routers[3]
+    with pytest.raises(IPAMError, match="reachable"):
+        allocs[0].rmpeer(dead.name)
+    dead.stop()
+    net.run_until(net.now() + 2.0)
+    n1 = allocs[0].rmpeer(dead.name)
+    n2 = allocs[1].rmpeer(dead.name)  # concurrently, before any gossip
+    assert n1 == n2 == 1
+    net.run_until(net.now() + 2.0)
+    live = allocs[:3]
+    assert len({tuple(sorted(a.ring.entries.items())) for a in live}) == 1
+    assert dead.name not in live[0].ring.peers()
+    assert all(not a.inconsistencies for a in live)
+
+
+def test_live_peer_reasserts_range_taken_from_it() -> None:
+    net, routers = build(3, edges=[(0, 1), (1, 2), (2, 0)])
+    allocs = allocators(routers, seeds=[r.name for r in routers])
+    net.run_until(2.0)
+    victim = allocs[2]
+    addr = victim.try_allocate("live")
+    tok = victim.owned()[0][0]
+    net.run_until(net.now() + 0.5)  # everybody knows the victim's latest version
+    net.partition([[routers[0].name, routers[1].name], [routers[2].name]])
+    net.run_until(net.now() + 1.0)
+    allocs[0].rmpeer(victim.me)  # wrongly, while the victim lives behind a partition
+    net.heal()
+    net.run_until(net.now() + 5.0)
+    assert all(a.ring.owner_entry(addr).peer == victim.me for a in allocs)
+    assert any(i["kind"] == "reasserted" for i in victim.inconsistencies)
+    assert victim.ring.entries[tok].peer == victim.me
+
+
+def test_reset_hands_ranges_to_heir() -> None:
+    net, routers = build(3, edges=[(0, 1), (1, 2), (2, 0)])
+    allocs = allocators(routers, seeds=[r.name for r in routers])
+    net.run_until(2.0)
+    allocs[1].try_allocate("x")
+    assert allocs[1].reset() == 1 and allocs[1].allocs == {}
+    net.run_until(net.now() + 1.0)
+    assert all(routers[1].name not in a.ring.peers() for a in allocs)
+
+
+def test_parse_init_and_cidrs() -> None:
+    assert parse_init("consensus=3") == ("consensus", 3, [])
+    assert parse_init("seed=02:00:00:00:00:01")[2] == [0x020000000001]
+    for bad in ("consensus=0", "seed=", "seed=zz", "nonsense", "observer=1"):
+        with pytest.raises(ConfigError):
+            parse_init(bad)
+    assert [str(c) for c in ranges_to_cidrs([(START - 1, START + 255)])] == ["10.32.0.0/24"]
+    assert END > START and Entry(1, 2, 3, 4).key() == (3, 2)
