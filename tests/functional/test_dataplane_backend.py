@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import json
-import socket
+import contextlib
+import sys
 import time
 from pathlib import Path
 
@@ -11,6 +11,7 @@ import pytest
 
 from tests.functional.conftest_netns import add_ns, namespaces, needs_root, sh, wire
 from tests.functional.test_backends_kernel import Driver, bring_up, ping
+from tests.functional.test_dataplane_engine import transfer
 
 pytestmark = [needs_root, pytest.mark.root]
 
@@ -30,10 +31,8 @@ def hosts(tmp_path: Path):
             yield {"ns": (h1, h2), "pods": (p1, p2), "drivers": drivers, "tmp": tmp_path}
         finally:
             for d in drivers:
-                try:
+                with contextlib.suppress(AssertionError, OSError, ValueError):
                     d(op="teardown")
-                except (AssertionError, OSError, ValueError):
-                    pass
                 d.close()
 
 
@@ -53,31 +52,7 @@ def _wait_ping(ns: str, dst: str, seconds: float = 5) -> bool:
 
 def _tcp_transfer(env, size: int = 8 << 20) -> None:
     """Send ``size`` random bytes pod1 -> pod2 over TCP and compare digests."""
-    p1, p2 = env["pods"]
-    script = (
-        "import hashlib,socket,sys;s=socket.socket();s.setsockopt(socket.SOL_SOCKET,"
-        "socket.SO_REUSEADDR,1);s.bind(('10.99.2.5',5201));s.listen(1);c,_=s.accept();"
-        "h=hashlib.sha256();n=0\nwhile True:\n d=c.recv(1<<16)\n if not d: break\n"
-        " h.update(d);n+=len(d)\nprint(n,h.hexdigest())"
-    )
-    import subprocess
-    import sys
-    srv = subprocess.Popen(["ip", "netns", "exec", p2, sys.executable, "-c", script],
-                           stdout=subprocess.PIPE, text=True)
-    try:
-        time.sleep(0.5)
-        send = (
-            "import hashlib,os,socket,sys;d=os.urandom(%d);s=socket.create_connection("
-            "('10.99.2.5',5201),timeout=20);s.sendall(d);s.close();"
-            "print(len(d),hashlib.sha256(d).hexdigest())" % size
-        )
-        out = sh(sys.executable, "-c", send, ns=p1).stdout.strip()
-        got, _ = srv.communicate(timeout=30)
-        assert got.strip() == out, (got, out)
-    finally:
-        if srv.poll() is None:
-            srv.kill()
-            srv.wait()
+    transfer(env["pods"][0], env["pods"][1], "10.99.2.5", size)
 
 
 def test_pods_reach_each_other_over_flannel_udp(hosts) -> None:
@@ -130,7 +105,6 @@ def test_bad_datagrams_are_dropped_and_counted(hosts) -> None:
     p1 = hosts["pods"][0]
     h1, h2 = hosts["ns"]
     assert _wait_ping(p1, "10.99.2.5")
-    import sys
     # from the peer's address (h2): garbage, truncated header, wrong length, oversized
     send = (
         "import socket,os;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);"
@@ -148,7 +122,6 @@ def test_bad_datagrams_are_dropped_and_counted(hosts) -> None:
     assert drops.get("malformed", 0) >= 5, drops
     assert drops.get("unknown_source", 0) >= 1, drops
     assert ping(p1, "10.99.2.5")  # still forwarding
-    assert socket.inet_aton("198.18.200.11")  # (addresses above are the lab's underlay)
 
 
 def test_fallback_without_offloads_is_reported_and_interoperates(hosts) -> None:
@@ -181,4 +154,4 @@ def test_teardown_removes_devices(hosts) -> None:
     assert d1(op="teardown")["ok"]
     links = sh("ip", "-o", "link", ns=h1).stdout
     assert "t.tun" not in links and "t.br" not in links
-    assert json.dumps(d1(op="status")).count("error") == 0 or True
+    assert "10.99.0.0/16" not in sh("ip", "route", ns=h1).stdout
