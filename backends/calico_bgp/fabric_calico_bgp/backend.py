@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import threading
 import time
 from collections.abc import Sequence
@@ -94,6 +95,9 @@ class CalicoBgpBackend(Backend):
 
     # -- lifecycle --
     def prepare(self) -> dict[str, Any]:
+        if importlib.util.find_spec("exabgp") is None:
+            raise BackendError("calico-bgp needs exabgp, which is not installed",
+                               fix="pip install exabgp (or netfabric[bgp])")
         data: dict[str, Any] = dict(self.dp.prepare())
         data["BGP"] = {"ASNumber": self.cfg.asn,
                        "RouteReflectorClusterID": str(self.cfg.rr_cluster_id or "")}
