@@ -171,8 +171,8 @@ class MeshNode:
 
     def call(self, fn: Callable[..., T], *args: Any, timeout: float = 30) -> T:
         """Run ``fn(*args)`` on the loop thread and return its result (or raise)."""
-        if threading.current_thread() is self._thread:
-            return fn(*args)
+        if self._thread is None or threading.current_thread() is self._thread:
+            return fn(*args)  # not started yet (or on the loop): nothing runs concurrently
 
         async def run() -> T:
             return fn(*args)

@@ -1,0 +1,139 @@
+"""Restart from the database: the ring IPAM in-process, and a kill -9 of a peer process.
+
+Loopback addresses 127.77.1.0/24 in the root namespace; no devices are created.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fabric.api import Handle, NetworkContext, NetworkSpec, Node
+from fabric.errors import ConfigError
+from fabric.ipam.ring import RingIPAM
+from fabric.mesh.status import render_ipam, render_status
+
+
+def ctx(tmp: Path, **cfg: Any) -> NetworkContext:
+    spec = NetworkSpec("ringt", IPv4Network("10.32.0.0/16"), "fake", ipam="ring",
+                       ipam_config={"port": 0, "init": "consensus=1", "gossip_interval": 1,
+                                    "wait": 10, **cfg})
+    return NetworkContext(spec, Node("n1", IPv4Address("127.77.1.1"), "lo", 1500), tmp)
+
+
+def test_ring_ipam_restart_keeps_ring_and_allocations(tmp_path: Path) -> None:
+    ipam = RingIPAM(ctx(tmp_path))
+    chunks = ipam.start({})
+    assert chunks and chunks[0].subnet_of(IPv4Network("10.32.0.0/16"))
+    got = {Handle(f"c{i}", "eth0"): ipam.allocate(Handle(f"c{i}", "eth0")) for i in range(5)}
+    ipam.release(Handle("c4", "eth0"))
+    st = ipam.status()
+    ring_before = st["ipam"]["ring_id"], st["ipam"]["owners"]
+    assert "100.0% of total" in render_ipam(st) and "Name" in render_status(st)
+    ipam.stop()
+
+    again = RingIPAM(ctx(tmp_path))
+    assert again.start({}) == chunks
+    st2 = again.status()
+    assert (st2["ipam"]["ring_id"], st2["ipam"]["owners"]) == ring_before
+    assert st2["name"] == st["name"]  # the peer name is persisted too
+    allocs = again.allocations()
+    assert set(allocs) == {Handle(f"c{i}", "eth0") for i in range(4)}
+    for h, a in allocs.items():
+        assert a.ip == got[h].ip and again.allocate(h).ip == got[h].ip
+    new = again.allocate(Handle("new", "eth0"))
+    assert new.ip not in {a.ip for a in allocs.values()}
+    again.teardown()
+    assert not (tmp_path / "ring.db").exists()
+
+
+def test_ring_ipam_bad_config(tmp_path: Path) -> None:
+    for bad in ({"init": "consensus=zero"}, {"peers": "x"}, {"bogus": 1}, {"range": "nope"}):
+        with pytest.raises(ConfigError):
+            RingIPAM(ctx(tmp_path, **bad))
+
+
+class Peer:
+    def __init__(self, state: Path, host: str, *extra: str, port: int = 0) -> None:
+        self.args = [sys.executable, "-m", "fabric.mesh.peer", "--state", str(state),
+                     "--host", host, "--port", str(port), "--init", "consensus=3",
+                     "--gossip-interval", "0.5", *extra]
+        self.start()
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True, cwd=Path(__file__).parents[2])
+        hello = json.loads(self.proc.stdout.readline())
+        assert hello["ready"], hello
+        self.name, self.address = hello["name"], hello["address"]
+
+    def cmd(self, line: str) -> Any:
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+        out = json.loads(self.proc.stdout.readline())
+        assert out["ok"], out
+        return out["result"]
+
+    def kill9(self) -> None:
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()  # by pid: only processes this test started
+            self.proc.wait(timeout=10)
+
+
+def until(pred, timeout: float = 20.0) -> Any:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        res = pred()
+        if res:
+            return res
+        time.sleep(0.1)
+    raise AssertionError("condition not met in time")
+
+
+@pytest.fixture
+def peers() -> Iterator[list[Peer]]:
+    made: list[Peer] = []
+    yield made
+    for p in made:
+        p.stop()
+
+
+def test_kill9_peer_restarts_from_its_database(tmp_path: Path, peers: list[Peer]) -> None:
+    a = Peer(tmp_path / "a", "127.77.1.11")
+    peers.append(a)
+    peers.append(Peer(tmp_path / "b", "127.77.1.12", "--connect", a.address))
+    peers.append(Peer(tmp_path / "c", "127.77.1.13", "--connect", a.address))
+    until(lambda: all(p.cmd("status")["ipam"]["ready"] for p in peers))
+    handed = {f"h{i}": until(lambda i=i: a.cmd(f"alloc h{i}")) for i in range(6)}
+    ring = a.cmd("status")["ipam"]
+    a.kill9()
+    port = int(a.address.rsplit(":", 1)[1])
+    a.args[a.args.index("--port") + 1] = str(port)  # same address: the others redial it
+    a.start()
+    st = a.cmd("status")
+    assert st["ipam"]["ring_id"] == ring["ring_id"] and st["ipam"]["allocated_here"] == 6
+    for h, ip in handed.items():
+        assert a.cmd(f"alloc {h}") == ip  # idempotent per handle after the crash
+    fresh = {until(lambda i=i: a.cmd(f"alloc n{i}")) for i in range(6)}
+    assert not fresh & set(handed.values())
+    until(lambda: all(len(p.cmd("status")["peers"]) == 3 for p in peers))
+
+    def agree() -> bool:
+        owners = [json.dumps(p.cmd("status")["ipam"]["owners"], sort_keys=True)
+                  for p in peers]
+        return len(set(owners)) == 1
+    until(agree)
