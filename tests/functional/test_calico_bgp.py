@@ -272,6 +272,25 @@ def test_unexpected_routes_from_a_peer_are_filtered(cluster, tmp_path):
         log.close()
 
 
+def test_restart_reconciles_routes_withdrawn_meanwhile(cluster):
+    c = cluster(2)
+    c.start({})
+    extra = "10.244.50.0/26"
+    c.drivers[1].ok(op="chunks", chunks=[c.block(1), extra])
+    wait_for(lambda: extra in routes(c.hosts[0]), 10, "the extra block")
+    c.drivers[0].ok(op="stop")  # graceful: kernel state stays, exabgp ends
+    c.drivers[0].close()
+    assert extra in routes(c.hosts[0]) and ping(c.pods[0], c.pod_ip(1))
+    c.drivers[1].ok(op="chunks", chunks=[c.block(1)])  # withdrawn while h1's agent is away
+    c.drivers[0] = Driver(c.hosts[0], c.tmp / "h1-again.log")
+    c.drivers[0].ok(op="init", cidr=CIDR, node="h1", ip=c.ip(0), state=str(c.tmp / "state-h1"),
+                    config={}, chunks=[c.block(0)])
+    c.drivers[0].ok(op="peer", name="h2", ip=c.ip(1), chunks=[c.block(1)], data={})
+    took = wait_for(lambda: extra not in routes(c.hosts[0]), 20, "the stale route to go")
+    print(f"stale route removed {took:.1f}s after the restart")
+    assert c.block(1) in routes(c.hosts[0]) and ping(c.pods[0], c.pod_ip(1))
+
+
 def test_ipip_is_refused_on_this_kernel(cluster):
     c = cluster(1)
     res = c.drivers[0](op="init", cidr=CIDR, node="h1", ip=c.ip(0),

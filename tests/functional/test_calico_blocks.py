@@ -172,3 +172,67 @@ def test_unreachable_etcd_is_a_store_error(tmp_path):
                          state_dir=tmp_path, store=connect("http://127.0.0.1:9"))
     with pytest.raises(StoreError):
         BlockIPAM(ctx).start({})
+
+
+def test_random_allocate_release_sequences_keep_invariants(etcd, tmp_path):
+    """Hypothesis drives two nodes sharing a 64-address pool through allocate/release."""
+    from hypothesis import settings
+    from hypothesis import strategies as st
+    from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+    counter = iter(range(10**6))
+
+    class Pool(RuleBasedStateMachine):
+        def __init__(self) -> None:
+            super().__init__()
+            prefix = f"/sm{next(counter)}"
+            self.nodes = {}
+            for i, name in enumerate(("h1", "h2")):
+                spec = NetworkSpec(name="pods", cidr=IPv4Network("10.244.0.0/26"),
+                                   backend="calico-bgp", ipam_config={"BlockSize": 28},
+                                   etcd_prefix=prefix, subnet_len=28)
+                ctx = NetworkContext(spec=spec, node=Node(name, IPv4Address(f"198.18.0.{11 + i}"),
+                                                          "eth0", 1500),
+                                     state_dir=tmp_path / name, store=connect(etcd.url))
+                self.nodes[name] = BlockIPAM(ctx)
+                self.nodes[name].start({})
+            self.model: dict[str, dict[Handle, IPv4Address]] = {"h1": {}, "h2": {}}
+
+        @rule(node=st.sampled_from(["h1", "h2"]), n=st.integers(0, 40))
+        def allocate(self, node, n):
+            handle = Handle(f"{node}-{n}", "eth0")
+            used = sum(len(m) for m in self.model.values())
+            try:
+                alloc = self.nodes[node].allocate(handle)
+            except PoolExhausted:
+                assert used == 64 and handle not in self.model[node]
+                return
+            if handle in self.model[node]:
+                assert alloc.ip == self.model[node][handle]  # idempotent
+            self.model[node][handle] = alloc.ip
+
+        @rule(node=st.sampled_from(["h1", "h2"]), n=st.integers(0, 40))
+        def release(self, node, n):
+            handle = Handle(f"{node}-{n}", "eth0")
+            got = self.nodes[node].release(handle)
+            expected = self.model[node].pop(handle, None)
+            assert (got.ip if got else None) == expected
+
+        @invariant()
+        def consistent(self):
+            ips = [ip for m in self.model.values() for ip in m.values()]
+            assert len(ips) == len(set(ips))
+            for name, ipam in self.nodes.items():
+                assert {h: a.ip for h, a in ipam.allocations().items()} == self.model[name]
+                for a in ipam.allocations().values():
+                    assert a.ip in a.chunk
+                    assert a.chunk in ipam.chunks() or IPv4Network(f"{a.ip}/32") in ipam.chunks()
+
+        def teardown(self):
+            for ipam in self.nodes.values():
+                ipam.stop()
+
+    from hypothesis.stateful import run_state_machine_as_test
+
+    run_state_machine_as_test(
+        Pool, settings=settings(max_examples=12, stateful_step_count=40, deadline=None))
