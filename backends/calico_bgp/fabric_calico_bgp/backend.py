@@ -160,10 +160,14 @@ class CalicoBgpBackend(Backend):
 
     def peers_changed(self, events: Sequence[PeerEvent]) -> None:
         with self._lock:
+            touched: set[IPv4Address] = set()
             for ev in events:
                 if ev.kind == "removed":
                     self.nodes.pop(ev.peer.name, None)
                 else:
+                    old = self.nodes.get(ev.peer.name)
+                    if old is None or old.data.get("VtepMAC") != ev.peer.data.get("VtepMAC"):
+                        touched.add(ev.peer.public_ip)
                     self.nodes[ev.peer.name] = ev.peer
             wanted = self._wanted_neighbors()
             gone = set(self.neighbors) - set(wanted)
@@ -172,7 +176,10 @@ class CalicoBgpBackend(Backend):
             for addr in gone:  # a node left the cluster: no graceful hold for it
                 self.sessions.pop(addr, None)
                 self._reprogram(self.table.drop_peer(addr))
-            self._reprogram(self.table.prefixes())  # VTEP MACs may have arrived
+            if self.dp.mode == "vxlan" and touched:  # a VTEP MAC arrived or changed
+                stale = {p for p, (nh, _how) in self.dp.installed.items() if nh in touched}
+                failed = {p for p, st in self.route_state.items() if st.startswith("failed")}
+                self._reprogram(stale | failed)
         if changed and self.speaker is not None:
             self.speaker.reload(self._render())
 
