@@ -111,7 +111,7 @@ def segment_tcp4(pkt, mss: int, out: bytearray, full_csum: bool = True,
     t16, t17, t13 = ihl + 16, ihl + 17, ihl + 13
     last = count - 1
     first = 0
-    if _np is not None and use_numpy and last >= 2 and not full & 1:
+    if _np is not None and use_numpy and last >= 8 and not full & 1:  # else Python is cheaper
         _np_segments(pkt, out, last, full, ihl, hlen, mss, ip_id, seq, flags, ip_base,
                      pseudo, full_csum, header)
         first = last

@@ -33,7 +33,9 @@ TUN_F_TSO4 = 0x02
 TUN_F_TSO6 = 0x04
 TUN_F_USO4 = 0x20
 TUN_F_USO6 = 0x40
-GSO_MAX = 60000  # super-packet + framing must stay below the 65,507-byte UDP limit
+# gso_max_size stays at the kernel default: capping it makes the kernel segment forwarded
+# 64 KB GSO packets (from pods) in software before the device, one packet per read.
+# Super-packets larger than one UDP send are split into several sends instead.
 
 
 @attrs.frozen
@@ -73,20 +75,6 @@ class TunDevice:
 
 def _ifreq(name: str, flags: int) -> bytes:
     return struct.pack("16sH22x", name.encode(), flags)
-
-
-def _set_gso_max(name: str) -> str:
-    """Cap the device's gso_max_size so a super-packet fits one UDP datagram batch."""
-    from pyroute2 import IPRoute  # imported here: only when a device is created
-
-    try:
-        with IPRoute() as ipr:
-            idx = ipr.link_lookup(ifname=name)
-            if idx:
-                ipr.link("set", index=idx[0], gso_max_size=GSO_MAX)
-    except Exception as exc:  # older kernels: keep the default, segments are split anyway
-        return f"gso_max_size not capped: {exc}"
-    return ""
 
 
 def open_tun(name: str, *, tap: bool = False, offload: bool = True, persist: bool = False,
@@ -142,9 +130,6 @@ def open_tun(name: str, *, tap: bool = False, offload: bool = True, persist: boo
         os.close(fd)
         raise BackendError(f"cannot create {'TAP' if tap else 'TUN'} device {name}: {exc}",
                            fix="run as root (CAP_NET_ADMIN) with a free device name") from exc
-    if flags & TUN_F_TSO4:
-        extra = _set_gso_max(name)
-        reason = "; ".join(r for r in (reason, extra) if r)
     os.set_blocking(fd, False)
     return TunDevice(fd, name, tap, Offload(vnet, flags, reason))
 
