@@ -109,6 +109,7 @@ def exabgp_env(bind: IPv4Address, port: int = 179) -> dict[str, str]:
             "exabgp.log.destination": "stdout",
             "exabgp.log.level": "INFO",
             "exabgp.log.short": "false",
+            "exabgp.log.statistics": "false",  # a line per keepalive otherwise
             "exabgp.tcp.bind": str(bind),
             "exabgp.tcp.port": str(port),
             "exabgp.bgp.passive": "false",
@@ -261,6 +262,9 @@ class Speaker:
 
     def _spawn(self) -> None:
         self._end_stale()
+        with contextlib.suppress(OSError):  # keep one old log, bounded
+            if self.log_path.stat().st_size > 5 * 1024 * 1024:
+                os.replace(self.log_path, self.log_path.with_suffix(".log.1"))
         logf = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         try:
             self.proc = subprocess.Popen(
