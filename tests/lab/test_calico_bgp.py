@@ -149,3 +149,23 @@ def test_etcd_down_keeps_pods_working_and_join_time(lab_name):
         assert res.ok, res.summary()
         st = bgp_status(lab, "h1")["bgp"]
         assert sorted(p["state"] for p in st["peers"]) == ["Established"] * 3
+
+
+def test_fabric_down_removes_everything_and_peers_forget_the_node(lab_name):
+    topo = Topology(lab_name, BACKEND, hosts=3, pods_per_host=1,
+                    backend_opts={BACKEND: {"VXLANMode": "Always"}})
+    with Lab(topo) as lab:
+        assert lab.converge(timeout=30).ok
+        gone = blocks(lab, "h3")
+        speaker = bgp_status(lab, "h3")["bgp"]["speaker"]["pid"]
+        lab.remove_pod("h3p1")
+        gone = sorted(set(gone) | set(blocks(lab, "h3")))
+        lab.agent_call("h3", {"op": "stop", "teardown": True})
+        lab.wait(lambda: not lab.exec("h3", ["ip", "route", "show", "proto", "78"]).stdout
+                 and "vx" not in lab.exec("h3", ["ip", "-br", "link"]).stdout, timeout=10)
+        lab.wait(lambda: not Path(f"/proc/{speaker}").exists(), timeout=10)
+        lab.wait(lambda: all(b not in routes(lab, h) for h in ("h1", "h2") for b in gone),
+                 timeout=5)
+        peers = [p["peer"] for p in bgp_status(lab, "h1")["bgp"]["peers"]]
+        assert str(lab.hosts["h3"].address.ip) not in peers
+        assert lab.ping("h1p1", "h2p1").ok
