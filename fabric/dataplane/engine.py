@@ -158,6 +158,11 @@ class Engine:
     def running(self) -> bool:
         return any(t.is_alive() for t in self._threads)
 
+    @property
+    def healthy(self) -> bool:
+        """Both forwarding threads alive (a deleted device ends the reader with an error)."""
+        return bool(self._threads) and all(t.is_alive() for t in self._threads)
+
     # -- helpers for the loops --
     def wait_readable(self, fd: int) -> bool:
         """Block until ``fd`` is readable; False when the engine is stopping."""

@@ -155,3 +155,15 @@ def test_teardown_removes_devices(hosts) -> None:
     links = sh("ip", "-o", "link", ns=h1).stdout
     assert "t.tun" not in links and "t.br" not in links
     assert "10.99.0.0/16" not in sh("ip", "route", ns=h1).stdout
+
+
+def test_deleted_tun_device_is_recreated(hosts) -> None:
+    bring_up(hosts, "flannel-udp")
+    h1 = hosts["ns"][0]
+    p1 = hosts["pods"][0]
+    assert _wait_ping(p1, "10.99.2.5")
+    sh("ip", "link", "del", "t.tun", ns=h1)
+    assert _wait_ping(p1, "10.99.2.5", 8)
+    r = hosts["drivers"][0](op="status")["result"]
+    assert r["restarted"] >= 1 and r["dataplane"]["running"]
+    assert "dev t.tun" in sh("ip", "route", "show", "10.99.0.0/16", ns=h1).stdout

@@ -9,12 +9,14 @@ IPv4 packet in its own UDP datagram to the owning node's PublicIP on port
 MTU = underlay MTU - 28. TTL is decremented; packets for addresses no lease
 covers get ICMP net-unreachable. The TUN device is persistent: it and its
 routes survive an agent restart, while forwarding pauses until the agent is
-back (as with flanneld's udp backend).
+back (as with flanneld's udp backend). A watchdog re-creates the device and
+engine if the device is deleted or a forwarding thread died.
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 from ipaddress import IPv4Interface, IPv4Network
 from typing import Any
 
@@ -64,6 +66,10 @@ class FlannelUdpBackend(BridgeBackend):
         self.device = ctx.device_name("tun")
         self.table = PeerTable()
         self.engine: Engine | None = None
+        self._stop = threading.Event()
+        self._watchdog: threading.Thread | None = None
+        self._engine_lock = threading.Lock()
+        self.restarted = 0
 
     @property
     def mtu(self) -> int:
@@ -75,8 +81,19 @@ class FlannelUdpBackend(BridgeBackend):
 
     def start(self, chunks: tuple[IPv4Network, ...]) -> None:
         super().start(chunks)
-        if self.engine is not None and self.engine.running:
-            return
+        with self._engine_lock:
+            if self.engine is None or not self.engine.healthy:
+                self._start_engine()
+        if self._watchdog is None or not self._watchdog.is_alive():
+            self._stop.clear()
+            self._watchdog = threading.Thread(target=self._watch, daemon=True,
+                                              name=f"{self.device}-watchdog")
+            self._watchdog.start()
+
+    def _start_engine(self) -> None:
+        if self.engine is not None:
+            self.engine.stop()
+            self.engine = None
         chunk = self.chunks[0]
         config = EngineConfig(
             mode="tun", device=self.device, listen_ip=str(self.ctx.node.public_ip),
@@ -99,6 +116,23 @@ class FlannelUdpBackend(BridgeBackend):
             self.ctx.log.warning("flannel-udp: per-packet fallback (%s)",
                                  status["fallback_reason"] or "no offloads")
 
+    def _watch(self) -> None:
+        """Re-create the TUN device and engine if the device vanishes or a thread died."""
+        while not self._stop.wait(0.5):
+            with self._engine_lock:
+                engine = self.engine
+                if engine is not None and engine.healthy and link_index(self.device) is not None:
+                    continue
+                if self._stop.is_set():
+                    return
+                why = engine.errors if engine is not None else "not running"
+                self.ctx.log.warning("flannel-udp: restarting the dataplane (%s)", why)
+                try:
+                    self._start_engine()
+                    self.restarted += 1
+                except BackendError as exc:
+                    self.ctx.log.error("flannel-udp: restart failed: %s", exc)
+
     def program_peer(self, peer: Peer, subnet: IPv4Network) -> None:
         port = peer.data.get("Port", self.port) if isinstance(peer.data, dict) else self.port
         if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
@@ -111,14 +145,19 @@ class FlannelUdpBackend(BridgeBackend):
 
     def status(self) -> dict[str, Any]:
         out = super().status()
-        out.update(device=self.device, port=self.port,
+        out.update(device=self.device, port=self.port, restarted=self.restarted,
                    dataplane=self.engine.status() if self.engine else None)
         return out
 
     def stop(self) -> None:
-        if self.engine is not None:
-            self.engine.stop()
-            self.engine = None
+        self._stop.set()
+        if self._watchdog is not None:
+            self._watchdog.join(timeout=3)
+            self._watchdog = None
+        with self._engine_lock:
+            if self.engine is not None:
+                self.engine.stop()
+                self.engine = None
 
     def teardown(self) -> None:
         self.stop()
