@@ -49,6 +49,21 @@ def _bridge_of(ifname: str) -> tuple[str, str]:
         return "", ""
 
 
+def _bridge_ports(bridge: str) -> set[str]:
+    """Names of the interfaces enslaved to ``bridge`` (empty if it is gone)."""
+    try:
+        from fabric.net.kernel import ipr
+
+        with ipr() as sock:
+            idx = sock.link_lookup(ifname=bridge)
+            if not idx:
+                return set()
+            return {link.get_attr("IFLA_IFNAME") for link in sock.get_links()
+                    if link.get_attr("IFLA_MASTER") == idx[0]}
+    except Exception:  # status must answer even if the kernel lookup fails
+        return set()
+
+
 def endpoint_info(ep: Endpoint, node: str = "") -> EndpointInfo:
     wl = ep.workload
     bridge, mac = _bridge_of(ep.host_ifname)
@@ -227,6 +242,14 @@ class NftablesPolicy(PolicyEngine):
             "rules": sum(len(c.rules) for c in self.applied.chains.values())
             if self.applied else 0,
         }
+        for br in sorted({e.bridge for e in self.local.values() if e.bridge}):
+            # an overlay port on the pod bridge (L2 across hosts) is bridged, not routed:
+            # traffic through it bypasses the forward hook; say so rather than hide it
+            foreign = _bridge_ports(br) - {e.host_ifname for e in self.local.values()}
+            if foreign:
+                st.setdefault("warnings", []).append(
+                    f"bridge {br} has non-pod ports ({', '.join(sorted(foreign))}): "
+                    "cross-host traffic through them is not policed")
         if self._directory is not None and self._directory.error:
             st["directory_error"] = self._directory.error
         try:

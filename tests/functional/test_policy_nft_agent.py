@@ -223,6 +223,7 @@ def test_deny_all_ingress_same_host(node: Node, tmp_path: Path) -> None:
                  ("db", "web", "tcp", True), ("web", "other", "tcp", True)])
     st = call(node.sock, {"op": "status"})["networks"][0]["policy_status"]
     assert st["engine"] == "nftables" and st["isolated"]["ingress"] == 1
+    assert "warnings" not in st
     assert st["drops"]["endpoints"]["default/db"]["ingress"] > 0
     assert st["drops"]["policies"]["default/deny-db"]["ingress"] > 0
     metrics = node.policy("metrics").stdout
@@ -257,6 +258,16 @@ def test_pods_coming_and_going_update_the_sets(node: Node) -> None:
                          "ifname": "eth0", "netns": f"/run/netns/{ns}"})
         ip("ip", "netns", "del", ns)
     assert late_ip not in node.nft("list", "table", "inet", "netfabric-pol").stdout
+
+
+def test_overlay_port_on_the_pod_bridge_is_reported(node: Node) -> None:
+    ip("ip", "link", "add", "ovl0", "type", "veth", "peer", "name", "ovl1", ns=node.host)
+    try:
+        ip("ip", "link", "set", "ovl0", "master", "pol.br", ns=node.host)
+        st = call(node.sock, {"op": "status"})["networks"][0]["policy_status"]
+        assert any("ovl0" in w and "not policed" in w for w in st["warnings"]), st
+    finally:
+        ip("ip", "link", "del", "ovl0", ns=node.host)
 
 
 def test_invalid_policy_rejected_whole(node: Node, tmp_path: Path) -> None:
