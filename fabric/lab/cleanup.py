@@ -89,6 +89,29 @@ def _records(state_dir: Path, data: dict[str, Any]) -> list[ProcRecord]:
     return recs
 
 
+def _strangers(namespaces: list[str]) -> list[str]:
+    """Processes not recorded by the lab that still run in its namespaces (never killed
+    here: reported, so nothing leaks silently)."""
+    inodes = {}
+    for ns in namespaces:
+        try:
+            inodes[os.stat(f"/run/netns/{ns}").st_ino] = ns
+        except OSError:
+            continue
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ino = os.stat(entry / "ns" / "net").st_ino
+            if ino in inodes:
+                cmd = (entry / "comm").read_text().strip()
+                found.append(f"pid {entry.name} ({cmd}) in {inodes[ino]}")
+        except OSError:
+            continue
+    return found
+
+
 def _ns_order(name: str, namespaces: list[str]) -> list[str]:
     infra = {switch_ns(name), router_ns(name)}
     pods = [n for n in namespaces if n not in infra and "p" in n.rsplit("-", 1)[-1]]
@@ -123,6 +146,7 @@ def teardown(name: str, root: Path = STATE_ROOT) -> DownReport:
     end([r for r in recs if r.role.startswith("agent:")])  # agents first, etcd still up
     end([r for r in recs if not r.role.startswith("agent:")])
     namespaces = _ns_order(name, list_ns(ns_prefix(name)))
+    leftover += _strangers(namespaces)
     for ns in namespaces:
         del_ns(ns)
     leftover += list_ns(ns_prefix(name))

@@ -152,7 +152,7 @@ def cmd_down(args: argparse.Namespace) -> int:
     print(f"lab {rep.name}: stopped {len(rep.stopped)} process(es), "
           f"deleted {len(rep.namespaces)} namespace(s)")
     if rep.leftover:
-        print(f"could not remove: {', '.join(rep.leftover)}", file=sys.stderr)
+        print(f"left behind: {', '.join(rep.leftover)}", file=sys.stderr)
         return 1
     return 0
 

@@ -149,4 +149,6 @@ class DownReport:
     name: str
     stopped: tuple[str, ...]  # roles of processes ended
     namespaces: tuple[str, ...]  # namespaces deleted
-    leftover: tuple[str, ...] = ()  # what could not be removed
+    # what could not be removed, and processes the lab did not start that still ran in
+    # its namespaces (reported, never killed: end them by pid yourself)
+    leftover: tuple[str, ...] = ()

@@ -11,8 +11,6 @@ import pytest
 
 from fabric.lab.topology import STATE_ROOT, ns_prefix
 
-pytestmark = [pytest.mark.root, pytest.mark.lab]
-
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
 
 

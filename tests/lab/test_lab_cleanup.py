@@ -76,3 +76,17 @@ def test_cli_down_after_crash(lab_name: str, mode: str) -> None:
     again = subprocess.run(["fabric", "lab", "down", "--name", lab_name],
                            capture_output=True, text=True, timeout=60)
     assert again.returncode == 0 and "stopped 0 process(es)" in again.stdout
+
+
+def test_unrecorded_process_in_a_lab_namespace_is_reported_not_killed(lab_name: str) -> None:
+    lab = Lab(Topology(lab_name, "vxlan", hosts=1), agents=False).up()
+    stranger = subprocess.Popen(["ip", "netns", "exec", lab.hosts["h1"].ns, "sleep", "60"])
+    try:
+        lab.wait(lambda: Path(f"/proc/{stranger.pid}/comm").read_text().strip() == "sleep", 5)
+        report = lab.down()
+        assert any(f"pid {stranger.pid} (sleep)" in x for x in report.leftover), report
+        assert stranger.poll() is None  # not ours to kill by namespace
+        assert lab_namespaces(lab_name) == []
+    finally:
+        stranger.kill()
+        stranger.wait()
