@@ -8,6 +8,7 @@ process, even if this object is abandoned.
 from __future__ import annotations
 
 import contextlib
+import logging
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -34,6 +35,8 @@ from fabric.lab.topology import MAX_HOSTS, STATE_ROOT, Topology, switch_ns
 from fabric.lab.underlay import build_host, build_switch, etcd_url, start_etcd
 
 __all__ = ["Lab", "Hook"]
+
+log = logging.getLogger("fabric.lab")
 
 Hook = Callable[["Lab"], None]
 
@@ -73,6 +76,7 @@ class Lab:
         if self.state_dir.exists() or list_ns(self.topo.prefix):
             raise ConfigError(f"lab {name!r} exists already",
                               fix=f"take it down first: fabric lab down --name {name}")
+        self._warn_l2()
         self.state_dir.mkdir(parents=True)
         self._save()
         try:
@@ -108,6 +112,21 @@ class Lab:
         self._popen.clear()
         self.procs.clear()
         return report
+
+    def _warn_l2(self) -> None:
+        if self.topo.segments < 2 or not self.with_agents:
+            return
+        from fabric.plugins import load_plugin
+
+        for b in self.topo.backends:
+            try:
+                needs_l2 = load_plugin("backend", b).capabilities.needs_l2
+            except Exception:  # an unknown backend fails clearly in its agent
+                continue
+            if needs_l2:
+                log.warning("backend %s needs one L2 segment; with %d segments hosts on "
+                            "different segments will not reach each other's pods",
+                            b, self.topo.segments)
 
     @classmethod
     def attach(cls, name: str, root: Path = STATE_ROOT) -> Lab:

@@ -135,3 +135,24 @@ def test_pid_records_never_hit_another_process(tmp_path) -> None:
         proc.wait()
     with pytest.raises(LabError, match="marker"):
         spawn("x", None, ["true"], tmp_path / "x.log", marker)
+
+
+def test_hook_runs_after_underlay_and_its_process_is_ended() -> None:
+    seen: dict = {}
+
+    def hook(lab: Lab) -> None:  # e.g. BIRD in the switch namespace
+        seen["etcd_alive"] = is_alive(lab.procs["etcd"])
+        seen["hosts"] = len(lab.hosts)
+        seen["rec"] = lab.spawn("helper", lab.switch_ns, [
+            "python3", "-c", "import time; time.sleep(60)", str(lab.state_dir / "helper")])
+
+    name = f"u{secrets.token_hex(2)}"
+    lab = Lab(Topology(name, "vxlan", hosts=1), hooks=[hook], agents=False)
+    try:
+        lab.up()
+        assert seen["etcd_alive"] and seen["hosts"] == 0  # before any host or agent
+        assert lab.procs["helper"] == seen["rec"] and is_alive(seen["rec"])
+        assert Lab.attach(name).procs["helper"] == seen["rec"]  # recorded on disk
+    finally:
+        report = lab.down()
+    assert "helper" in report.stopped and not is_alive(seen["rec"])
