@@ -24,7 +24,16 @@ from collections.abc import Mapping
 from ipaddress import IPv4Address, IPv4Network, summarize_address_range
 from typing import Any
 
-from fabric.api import IPAM, Allocation, Handle, NetworkContext, Peer, PeerEvent, PeersCallback
+from fabric.api import (
+    IPAM,
+    Allocation,
+    ChunksCallback,
+    Handle,
+    NetworkContext,
+    Peer,
+    PeerEvent,
+    PeersCallback,
+)
 from fabric.errors import ConfigError, IPAMError, PoolExhausted
 from fabric.ipam.ring_alloc import RingAllocator
 from fabric.mesh.db import MeshDB
@@ -98,6 +107,8 @@ class RingIPAM(IPAM):
         self.db: MeshDB | None = None
         self._known: dict[str, Peer] = {}
         self._on_peers: PeersCallback | None = None
+        self._on_chunks: ChunksCallback | None = None
+        self._my_chunks: tuple[IPv4Network, ...] = ()
 
     # ---- lifecycle --------------------------------------------------------------------
     def start(self, backend_data: Mapping[str, Any]) -> tuple[IPv4Network, ...]:
@@ -129,11 +140,18 @@ class RingIPAM(IPAM):
             time.sleep(0.05)
         return self.chunks()
 
-    def subscribe(self, on_peers: PeersCallback, on_chunks=None) -> None:
-        assert self.node is not None
-        self._on_peers = on_peers
-        self.node.call(lambda: self.node.router.on_peers_changed.append(self._peers_changed))
-        self.node.call(self._peers_changed)
+    def subscribe(self, on_peers: PeersCallback, on_chunks: ChunksCallback | None = None) -> None:
+        """Peer events on topology or ring changes; ``on_chunks`` when our ranges change
+        (a donation given or received). Both run on the mesh thread."""
+        assert self.node is not None and self.alloc is not None
+        self._on_peers, self._on_chunks = on_peers, on_chunks
+        self._my_chunks = self.chunks()
+
+        def hook() -> None:
+            self.node.router.on_peers_changed.append(self._peers_changed)
+            self.alloc.on_change.append(self._peers_changed)
+            self._peers_changed()
+        self.node.call(hook)
 
     def _peers_changed(self) -> None:  # on the loop thread
         assert self.node is not None and self.alloc is not None
@@ -156,6 +174,14 @@ class RingIPAM(IPAM):
             now[fmt_name(name)] = Peer(fmt_name(name), ip, ranges_to_cidrs(owned.get(name, [])),
                                        self.ctx.spec.backend, {"nickname":
                                                                router.peer_nickname(name)})
+        mine = ranges_to_cidrs(self.alloc.owned())
+        if mine != self._my_chunks:
+            self._my_chunks = mine
+            if self._on_chunks is not None:
+                try:
+                    self._on_chunks(mine)
+                except Exception:
+                    self.ctx.log.exception("ring ipam: chunks callback failed")
         events = [PeerEvent("added", p) for k, p in now.items() if self._known.get(k) != p]
         events += [PeerEvent("removed", p) for k, p in self._known.items() if k not in now]
         self._known = now

@@ -137,3 +137,29 @@ def test_kill9_peer_restarts_from_its_database(tmp_path: Path, peers: list[Peer]
                   for p in peers]
         return len(set(owners)) == 1
     until(agree)
+
+
+def test_two_ring_ipams_observer_gets_space_and_events(tmp_path: Path) -> None:
+    a = RingIPAM(ctx(tmp_path / "a"))
+    a.start({})
+    a_events: list = []
+    a.subscribe(a_events.extend)
+    addr = a.status()["connections"]  # noqa: F841 - status works before peers exist
+    port = a.node.port
+    b_ctx = ctx(tmp_path / "b", init="observer", peers=[f"127.77.1.1:{port}"])
+    b_ctx.node = Node("n2", IPv4Address("127.77.1.2"), "lo", 1500)
+    b = RingIPAM(b_ctx)
+    try:
+        assert b.start({}) == ()  # an observer owns nothing until it asks
+        chunk_events: list = []
+        b.subscribe(lambda ev: None, chunk_events.append)
+        got = b.allocate(Handle("x", "eth0"), timeout=10)
+        assert got.ip in IPv4Network("10.32.0.0/16")
+        until(lambda: chunk_events and got.ip in chunk_events[-1][0].supernet(0))
+        assert any(got.ip in c for c in b.chunks())
+        until(lambda: any(e.kind == "added" and e.peer.data["nickname"] == "n2"
+                          for e in a_events))
+        assert all(got.ip not in c for c in a.chunks())
+    finally:
+        b.stop()
+        a.stop()

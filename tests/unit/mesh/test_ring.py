@@ -134,3 +134,17 @@ def test_parse_init_and_cidrs() -> None:
             parse_init(bad)
     assert [str(c) for c in ranges_to_cidrs([(START - 1, START + 255)])] == ["10.32.0.0/24"]
     assert END > START and Entry(1, 2, 3, 4).key() == (3, 2)
+
+
+def test_separately_initialised_rings_are_reported() -> None:
+    net, routers = build(2, edges=[])
+    a, b = (allocators([r], mode="consensus", quorum=1)[0] for r in routers)
+    net.run_until(1.0)  # each decides alone, then they meet
+    routers[0].connect([f"sim:{routers[1].name}"])
+    net.run_until(3.0)
+    assert a.ready() and b.ready() and a.ring.ring_id != b.ring.ring_id
+    assert any(i["kind"] == "ring-mismatch" for i in a.inconsistencies)
+    from fabric.mesh.status import mesh_status, render_ipam
+    text = render_ipam(mesh_status(routers[0], a))
+    assert "ring-mismatch" in text and "reset" in text
+    assert converged(routers)  # the mesh itself is not partitioned by it
