@@ -20,7 +20,7 @@ from fabric.api import (
     Route,
     Workload,
 )
-from fabric.errors import BackendError
+from fabric.errors import BackendError, ConfigError
 from fabric.net import (
     LINK_LOCAL_GATEWAY,
     attach_routed,
@@ -57,6 +57,8 @@ def pin_gateway(workload: Workload, gateway: IPv4Address) -> None:
                      lladdr=HOST_VETH_MAC, ifindex=idx[0], state="permanent")
 
 SWEEP_AFTER = 5.0  # s after a session is up, unrefreshed stale routes go
+_SPEAKERS: dict[tuple[IPv4Address, int], str] = {}  # (address, port) -> network, this process
+_SPEAKERS_LOCK = threading.Lock()
 
 
 class CalicoBgpBackend(Backend):
@@ -104,6 +106,16 @@ class CalicoBgpBackend(Backend):
         return data
 
     def start(self, chunks: tuple[IPv4Network, ...]) -> None:
+        key = (self.router_id, self.cfg.listen_port)
+        with _SPEAKERS_LOCK:
+            other = _SPEAKERS.get(key)
+            if other not in (None, self.ctx.spec.name):
+                raise ConfigError(
+                    f"calico-bgp: network {other} already runs a BGP speaker on "
+                    f"{key[0]}:{key[1]} in this agent",
+                    fix="serve one calico-bgp network per node (Calico has one BGP speaker "
+                        "per node too)")
+            _SPEAKERS[key] = self.ctx.spec.name
         self.dp.start()
         with self._lock:
             self.chunks = tuple(chunks)
@@ -128,6 +140,9 @@ class CalicoBgpBackend(Backend):
         )
 
     def stop(self) -> None:
+        with _SPEAKERS_LOCK:
+            if _SPEAKERS.get((self.router_id, self.cfg.listen_port)) == self.ctx.spec.name:
+                del _SPEAKERS[(self.router_id, self.cfg.listen_port)]
         self._stop.set()
         if self.speaker is not None:
             self.speaker.stop()  # routes stay in the kernel: pods keep working
