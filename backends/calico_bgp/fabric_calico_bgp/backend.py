@@ -36,6 +36,7 @@ from fabric_calico_bgp.exabgp import BgpNeighbor, Speaker, render_config
 from fabric_calico_bgp.messages import Message, PeerState, RouteUpdate
 from fabric_calico_bgp.reflect import Reflector
 from fabric_calico_bgp.rib import RouteTable
+from fabric_calico_bgp.status import build_status
 
 __all__ = ["CalicoBgpBackend", "pin_gateway"]
 
@@ -353,51 +354,4 @@ class CalicoBgpBackend(Backend):
     # -- status (like `calicoctl node status`) --
     def status(self) -> dict[str, Any]:
         with self._lock:
-            counts = self.table.counts()
-            sessions = []
-            for addr, nb in sorted(self.neighbors.items()):
-                s = self.sessions.get(addr, {})
-                received, stale = counts.get(addr, (0, 0))
-                up = s.get("state") == "Established"
-                sent = len(self.chunks) + (self.reflector.sent_to(addr) if self.reflector else 0)
-                sessions.append({
-                    "peer": str(addr), "asn": nb.peer_as, "type": nb.kind,
-                    "node": nb.description, "state": s.get("state", "Idle"),
-                    "since": s.get("since"), "info": s.get("info", ""),
-                    "routes_received": received, "routes_stale": stale,
-                    "routes_sent": sent if up else 0,
-                })
-            sp = self.speaker
-            return {
-                # rendered as a table by `fabric status` (same columns as other backends)
-                "peers": [{
-                    "name": f"{x['node']} ({x['type']})" if x["type"] != "global" else "global",
-                    "public_ip": x["peer"],
-                    "subnets": [str(p) for p in sorted(self.table.routes_of(
-                        IPv4Address(x["peer"])))],
-                    "state": f"{x['state']} {_since(x['since'])}, {x['routes_received']} "
-                             f"received / {x['routes_sent']} sent"
-                             + (f", {x['routes_stale']} held" if x["routes_stale"] else "")
-                             + (f" ({x['info']})" if x["info"] else ""),
-                } for x in sessions],
-                "bgp": {
-                    "asn": self.cfg.asn, "router_id": str(self.router_id),
-                    "mode": ("route-reflector" if self.cfg.rr_cluster_id else
-                             "node-to-node mesh" if self.cfg.mesh else "peers only"),
-                    "speaker": {"pid": sp.pid if sp else None,
-                                "connected": bool(sp and sp.connected.is_set()),
-                                "restarts": sp.restarts if sp else 0,
-                                "malformed_messages": sp.malformed if sp else 0,
-                                "last_error": sp.last_error if sp else ""},
-                    "peers": sessions,
-                },
-                "encapsulation": self.cfg.encapsulation + (
-                    " (CrossSubnet)" if self.cfg.cross_subnet else ""),
-                "blocks": [str(c) for c in self.chunks],
-                "routes": [{"dst": str(p), "via": str(self.dp.installed.get(p, ("-",))[0]),
-                            "state": st} for p, st in sorted(self.route_state.items())],
-            }
-
-
-def _since(ts: float | None) -> str:
-    return time.strftime("since %H:%M:%S", time.localtime(ts)) if ts else ""
+            return build_status(self)
