@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from fabric.lab import Lab, Topology
+from fabric.lab import Lab, LabError, Topology
+from fabric.plugins import list_plugins
 from fabric.policy.probe import Probe, probe_many
+from tests.lab import test_backends
 from tests.lab.conftest import needs_root, stack_missing
-from tests.lab.test_backends import SETUP, _backends, _up
 
 pytestmark = [pytest.mark.root, pytest.mark.lab, needs_root]
 
@@ -65,6 +66,28 @@ spec:
   ingress: [{from: [{namespaceSelector: {matchLabels: {team: b}}}]}]
 """, [("cli", "db", "tcp", True), ("web2", "db", "tcp", False), ("web1", "db", "udp", False)]),
 }
+
+
+SETUP: dict = getattr(test_backends, "SETUP", {})  # per-backend lab settings, shared
+
+
+def _backends() -> list[str]:
+    """Installed backends except `fake`; aliases of one class once."""
+    seen: dict[str, str] = {}
+    for p in sorted(list_plugins("backend"), key=lambda p: (len(p.name), p.name)):
+        if p.name != "fake" and p.target not in seen:
+            seen[p.target] = p.name
+    return sorted(seen.values())
+
+
+def _up(topo: Topology) -> Lab:
+    lab = Lab(topo)
+    try:
+        return lab.up()
+    except LabError as exc:
+        if "the running kernel lacks" in str(exc):
+            pytest.skip(f"{topo.backends[0]}: {exc}")
+        raise
 
 
 def _policy(lab: Lab, *args: str) -> subprocess.CompletedProcess:
