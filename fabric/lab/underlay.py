@@ -38,7 +38,15 @@ def build_switch(topo: Topology) -> list[str]:
         cmds.insert(2 * topo.segments, f"link set rt{s} master br{s} up")
     ip_batch(rt, rcmds)
     ip_batch(sw, cmds)
+    _no_bridge_netfilter(sw)
     return created
+
+
+def _no_bridge_netfilter(ns: str) -> None:
+    """A switch does not filter: keep br_netfilter (when loaded) off the underlay bridges."""
+    keys = [f"/proc/sys/net/bridge/bridge-nf-call-{k}" for k in ("iptables", "ip6tables",
+                                                                "arptables")]
+    run(["sh", "-c", "; ".join(f"[ ! -e {k} ] || echo 0 > {k}" for k in keys)], ns=ns)
 
 
 def build_host(topo: Topology, host: HostSpec) -> None:
