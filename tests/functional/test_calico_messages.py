@@ -166,5 +166,11 @@ def test_route_table_holds_stale_routes_then_sweeps():
     assert t.best(p1) == (b, b)  # fresh beats stale
     assert t.expire(sweep_after=5) == {p1}
     assert t.best(p1) == (b, b) and t.counts() == {a: (0, 0), b: (1, 0)}
+    t.apply(RouteUpdate(a, ((p2, a),)))
+    t.session_down(a, hold=0.2)
+    time.sleep(0.1)
+    t.session_down(a, hold=0.2)  # down again before the session came back: hold not extended
+    time.sleep(0.15)
+    assert t.expire(sweep_after=5) == {p2} and t.best(p2) is None
 
 

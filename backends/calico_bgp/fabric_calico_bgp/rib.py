@@ -65,7 +65,8 @@ class RouteTable:
             routes = self._routes.get(peer, {})
             if routes:
                 self._stale[peer] = set(routes)
-                self._deadline[peer] = time.monotonic() + hold
+                # repeated downs (a speaker crashing in a loop) never extend the hold
+                self._deadline.setdefault(peer, time.monotonic() + hold)
 
     def drop_peer(self, peer: IPv4Address) -> set[IPv4Network]:
         with self._lock:
