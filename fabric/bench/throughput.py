@@ -73,7 +73,9 @@ def run(backend: str, *, hosts: int = 2, duration: int = 5, repeat: int = 1,
                 out.append(res.gbps)
                 runs.append({"run": i + 1, "kind": kind, "src": src, "dst": dst,
                              "dst_ip": str(res.dst_ip), "gbps": res.gbps,
-                             "retransmits": res.retransmits})
+                             "retransmits": res.retransmits,
+                             "cpu_sender_pct": res.cpu_sender,
+                             "cpu_receiver_pct": res.cpu_receiver})
     u, p = statistics.median(under), statistics.median(pod)
     per_round = [b / a for a, b in zip(under, pod, strict=True) if a]
     ratio = round(statistics.median(per_round), 3) if per_round else None
@@ -108,7 +110,7 @@ def cmd_throughput(args: argparse.Namespace) -> int:
     data = run(args.backend, hosts=args.hosts, duration=args.duration, repeat=args.repeat,
                streams=args.streams, backend_opts=_opts(args.backend_opt), name=args.name,
                pin=args.pin)
-    columns = ["run", "kind", "src", "dst", "gbps", "retransmits"]
+    columns = ["run", "kind", "src", "dst", "gbps", "retransmits", "cpu_sender_pct"]
     summary = {"run": "median", "kind": "pod/underlay", "src": "", "dst": "",
                "gbps": data["ratio"], "retransmits": ""}
     emit(data, rows=[*data["runs"], summary], columns=columns, json_file=args.json_file)

@@ -87,6 +87,10 @@ def tcp_echo(src_ns: str, dst_ns: str, dst_ip: IPv4Address, *, src: str = "", ds
         server.communicate()
 
 
+def _pct(value: object) -> float | None:
+    return round(float(value), 1) if isinstance(value, int | float) else None
+
+
 def iperf3(src_ns: str, dst_ns: str, dst_ip: IPv4Address, *, src: str = "", dst: str = "",
            seconds: float = 2, streams: int = 1, port: int = 5201,
            cpus: tuple[int, int] | None = None) -> IperfResult:
@@ -122,8 +126,10 @@ def iperf3(src_ns: str, dst_ns: str, dst_ip: IPv4Address, *, src: str = "", dst:
         bps = float(end["sum_received"]["bits_per_second"])
         retr = int(end.get("sum_sent", {}).get("retransmits", 0) or 0)
         took = float(end["sum_received"].get("seconds", secs))
+        cpu = end.get("cpu_utilization_percent") or {}
         return IperfResult(src or src_ns, dst or dst_ns, dst_ip, round(bps / 1e9, 3), retr,
-                           took, streams)
+                           took, streams, _pct(cpu.get("host_total")),
+                           _pct(cpu.get("remote_total")))
     finally:
         server.terminate()  # `timeout` passes SIGTERM on to iperf3
         try:

@@ -139,6 +139,8 @@ class IperfResult:
     retransmits: int
     seconds: float
     streams: int = 1
+    cpu_sender: float | None = None  # iperf3's % CPU of the client (host_total)
+    cpu_receiver: float | None = None  # ... and of the server (remote_total)
 
     def to_json(self) -> dict[str, Any]:
         return _json(self)
