@@ -291,6 +291,18 @@ def test_restart_reconciles_routes_withdrawn_meanwhile(cluster):
     assert c.block(1) in routes(c.hosts[0]) and ping(c.pods[0], c.pod_ip(1))
 
 
+def test_agent_killed_takes_its_exabgp_along(cluster):
+    c = cluster(2)
+    c.start({})
+    wait_for(c.all_routes_ok, 20, "routes")
+    pid = c.drivers[0].ok(op="status")["bgp"]["speaker"]["pid"]
+    c.drivers[0].proc.kill()  # the "agent" of h1 dies with SIGKILL (our own child)
+    c.drivers[0].proc.wait(5)
+    wait_for(lambda: not Path(f"/proc/{pid}").exists(), 10, "exabgp to end with its agent")
+    assert c.block(0) in routes(c.hosts[1])  # h2 holds h1's routes (graceful hold)
+    assert ping(c.pods[1], c.pod_ip(0))  # kernel state on h1 kept: pods still talk
+
+
 def test_ipip_is_refused_on_this_kernel(cluster):
     c = cluster(1)
     res = c.drivers[0](op="init", cidr=CIDR, node="h1", ip=c.ip(0),

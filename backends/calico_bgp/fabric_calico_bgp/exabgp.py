@@ -105,7 +105,7 @@ def exabgp_env(bind: IPv4Address, port: int = 179) -> dict[str, str]:
             "exabgp.api.cli": "false",
             "exabgp.api.ack": "false",
             "exabgp.api.respawn": "false",
-            "exabgp.api.terminate": "true",  # the relay ends with the agent: so does exabgp
+            "exabgp.api.terminate": "true",
             "exabgp.log.destination": "stdout",
             "exabgp.log.level": "INFO",
             "exabgp.log.short": "false",

@@ -3,14 +3,15 @@
 exabgp talks to API processes it spawns itself over stdin/stdout. The agent
 wants to be that process, so exabgp's ``run`` line starts this tiny relay,
 which connects to the socket the agent listens on and copies bytes both ways.
-It exits when either side closes, so exabgp respawns it or the agent restarts
-exabgp. Standard library only (it runs under exabgp's interpreter).
+When the agent side closes (the agent stopped or was killed) it ends its parent
+exabgp too, which would otherwise outlive the agent. Standard library only.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import sys
 import threading
@@ -61,7 +62,22 @@ def main(argv: list[str] | None = None) -> int:
             os.write(stdout, data)
     except OSError:
         pass
+    _end_parent_exabgp()
     return 0
+
+
+def _end_parent_exabgp() -> None:
+    """The agent is gone (even killed with -9): end the exabgp that runs us, so it
+    never outlives its agent. exabgp does not exit by itself when its API process ends."""
+    ppid = os.getppid()
+    try:
+        with open(f"/proc/{ppid}/cmdline", "rb") as fh:
+            cmdline = fh.read()
+    except OSError:
+        return
+    if ppid > 1 and b"exabgp" in cmdline:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(ppid, signal.SIGTERM)
 
 
 if __name__ == "__main__":
