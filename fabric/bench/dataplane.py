@@ -47,6 +47,10 @@ def register(subparsers: Any) -> None:
                    help="also measure the per-packet fallback in the same run")
     p.add_argument("--partial-checksum", action="store_true",
                    help="tun: leave inner checksums partial on the wire (not flannel-compatible)")
+    p.add_argument("--split", action="store_true",
+                   help="one process per direction instead of one thread per direction")
+    p.add_argument("--bidir", action="store_true",
+                   help="traffic both ways at once (iperf3 --bidir; sum of both directions)")
     p.add_argument("--duration", type=float, default=5, help="seconds per iperf3 run")
     p.add_argument("--repeat", type=int, default=1, help="rounds of (underlay, engine)")
     p.add_argument("--json", type=Path, dest="json_file", help="also write the JSON here")
@@ -95,7 +99,7 @@ class EnginePair:
     def start_engines(self, mode: str, *, encrypt: bool = False, cipher: str = "aesgcm",
                       offload: bool | tuple[bool, bool] = True, partial: bool = False,
                       device: str = "nfdp0", port: int = 8285,
-                      extra_peers: tuple[str, ...] = ()) -> list[int]:
+                      extra_peers: tuple[str, ...] = (), split: bool = False) -> list[int]:
         """Start an engine in each namespace (``offload`` may differ per side: (a, b))."""
         from fabric.dataplane.crypto import KeyPair
 
@@ -132,6 +136,8 @@ class EnginePair:
                     cmd += ["--peer", extra]
             if partial:
                 cmd.append("--partial-checksum")
+            if split:
+                cmd.append("--split")
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
             self.procs.append(proc)
             line = proc.stdout.readline() if proc.stdout else ""
@@ -142,6 +148,8 @@ class EnginePair:
             if not ready.get("ready"):
                 raise FabricError(f"engine in {ns} failed: {ready.get('error')}")
             pids.append(proc.pid)
+            if ready.get("helper_pid"):
+                pids.append(ready["helper_pid"])
         dst = INNER[mode][1].split("/")[0]
         for _ in range(50):  # ARP / first packets
             if _sh("ping", "-c", "1", "-W", "0.2", dst, ns=self.a, check=False).returncode == 0:
@@ -172,14 +180,15 @@ class EnginePair:
         self.procs = []
         return status
 
-    def iperf(self, dst: str, seconds: float, pids: list[int]) -> dict[str, Any]:
+    def iperf(self, dst: str, seconds: float, pids: list[int],
+              bidir: bool = False) -> dict[str, Any]:
         server = subprocess.Popen(["ip", "netns", "exec", self.b, "iperf3", "-s", "-1", "-B", dst],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             time.sleep(0.3)
             j0, p0, t0 = _busy_jiffies(), _proc_jiffies(pids), time.monotonic()
-            res = _sh("iperf3", "-c", dst, "-t", str(max(1, round(seconds))), "-J", ns=self.a,
-                      check=False,
+            res = _sh("iperf3", "-c", dst, "-t", str(max(1, round(seconds))), "-J",
+                      *(["--bidir"] if bidir else []), ns=self.a, check=False,
                       timeout=seconds + 30)
             j1, p1, t1 = _busy_jiffies(), _proc_jiffies(pids), time.monotonic()
         finally:
@@ -188,8 +197,12 @@ class EnginePair:
             server.wait(timeout=5)
         try:
             data = json.loads(res.stdout)
-            recv = data["end"]["sum_received"]
+            recv = dict(data["end"]["sum_received"])
             sent = data["end"]["sum_sent"]
+            back = data["end"].get("sum_received_bidir_reverse")
+            if bidir and back:
+                recv["bytes"] += back["bytes"]
+                recv["bits_per_second"] += back["bits_per_second"]
         except (ValueError, KeyError) as exc:
             raise FabricError(f"iperf3 to {dst} failed: {res.stdout[-300:]} {res.stderr[-300:]}") \
                 from exc
@@ -213,7 +226,8 @@ def _median(values: list[float]) -> float | None:
 
 def run(mode: str = "tun", *, encrypt: bool = False, cipher: str = "aesgcm",
         offload: bool = True, with_fallback: bool = False, partial: bool = False,
-        duration: float = 5, repeat: int = 1) -> dict[str, Any]:
+        duration: float = 5, repeat: int = 1, split: bool = False,
+        bidir: bool = False) -> dict[str, Any]:
     """Build the pair, measure, remove everything; returns the result mapping."""
     if mode not in TARGETS:
         raise ConfigError(f"--mode {mode!r} is invalid", fix="use tun or tap")
@@ -234,21 +248,21 @@ def run(mode: str = "tun", *, encrypt: bool = False, cipher: str = "aesgcm",
     fb_status: list[dict] = []
     try:
         pids = pair.start_engines(mode, encrypt=encrypt, cipher=cipher, offload=offload,
-                                  partial=partial)
+                                  partial=partial, split=split)
         pair.iperf(UNDER_B, 1, [])  # warm-up
         pair.iperf(dst, 1, pids)
         for i in range(repeat):
             order = ("underlay", "engine") if i % 2 == 0 else ("engine", "underlay")
             for kind in order:
                 res = pair.iperf(UNDER_B if kind == "underlay" else dst, duration,
-                                 [] if kind == "underlay" else pids)
+                                 [] if kind == "underlay" else pids, bidir)
                 runs.append({"run": i + 1, "kind": kind, **res})
         status = pair.stop_engines()
         if with_fallback and offload:
             pids = pair.start_engines(mode, encrypt=encrypt, cipher=cipher, offload=False,
-                                      partial=partial, port=8286)
+                                      partial=partial, port=8286, split=split)
             for i in range(repeat):
-                res = pair.iperf(dst, duration, pids)
+                res = pair.iperf(dst, duration, pids, bidir)
                 runs.append({"run": i + 1, "kind": "fallback", **res})
             fb_status = pair.stop_engines()
     finally:
@@ -271,6 +285,8 @@ def run(mode: str = "tun", *, encrypt: bool = False, cipher: str = "aesgcm",
         "inner_checksum": "partial" if partial and mode == "tun" else "full",
         "duration_s": duration,
         "repeat": repeat,
+        "workers": "process per direction" if split else "thread per direction",
+        "bidir": bidir,
         "underlay_gbps": _median(under),
         "engine_gbps": gbps,
         "ratio": _median(per_round),
@@ -299,7 +315,8 @@ def cmd_dataplane(args: argparse.Namespace) -> int:
 
     data = run(args.mode, encrypt=args.encrypt, cipher=args.cipher, offload=not args.no_offload,
                with_fallback=args.with_fallback, partial=args.partial_checksum,
-               duration=args.duration, repeat=args.repeat)
+               duration=args.duration, repeat=args.repeat, split=args.split,
+               bidir=args.bidir)
     columns = ["run", "kind", "gbps", "retransmits", "cpu_s_per_gb", "engine_cpu_s_per_gb"]
     summary = {"run": "median", "kind": "engine/underlay", "gbps": data["ratio"]}
     emit(data, rows=[*data["runs"], summary], columns=columns, json_file=args.json_file)

@@ -10,6 +10,7 @@ Prints one JSON line ``{"ready": true, ...}`` once forwarding, writes status to
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -31,6 +32,14 @@ def _peer(text: str, mode: str) -> tuple[IPv4Network | None, PeerAddr]:
         subnet = IPv4Network(net)
     ip, port, *rest = text.split(":")
     return subnet, PeerAddr(ip, int(port), bytes.fromhex(rest[0]) if rest else b"")
+
+
+def _die_with_parent() -> None:
+    """PR_SET_PDEATHSIG: the receive process ends when the send process does (even on -9)."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)
 
 
 def configure_device(name: str, address: str | None, mtu: int) -> None:
@@ -62,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--underlay-mtu", type=int, default=1500)
     p.add_argument("--icmp-source", default="")
     p.add_argument("--status", type=Path)
+    p.add_argument("--split", action="store_true",
+                   help="one process per direction (fork) instead of one thread per direction")
     args = p.parse_args(argv)
     try:
         cfg = EngineConfig(mode=args.mode, device=args.device, listen_ip=args.listen,
@@ -80,30 +91,50 @@ def main(argv: list[str] | None = None) -> int:
         else:
             table = MacTable([peer for _s, peer in peers])
         engine = Engine(cfg, table, key)
-        engine.start()
+        engine.open()
         configure_device(args.device, args.address, cfg.mtu)
     except (FabricError, ValueError, OSError) as exc:
         print(json.dumps({"ready": False, "error": str(exc)}), flush=True)
         return 1
+    child = 0
+    status_file = args.status
+    if args.split:  # no threads exist yet, so forking is safe
+        sys.stdout.flush()
+        child = os.fork()
+        if child == 0:
+            _die_with_parent()
+            engine.start(("rx",))
+            status_file = args.status.with_name(args.status.stem + "-rx.json") \
+                if args.status else None
+        else:
+            engine.start(("tx",))
+    else:
+        engine.start()
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())
 
     def dump() -> None:
-        if args.status:
-            tmp = args.status.with_suffix(".tmp")
+        if status_file:
+            tmp = status_file.with_suffix(".tmp")
             tmp.write_text(json.dumps(engine.status()))
-            os.replace(tmp, args.status)
+            os.replace(tmp, status_file)
 
-    print(json.dumps({"ready": True, "pid": os.getpid(),
-                      "public_key": key.public.hex() if key else "",
-                      "status": engine.status()}), flush=True)
+    if child >= 0 and (child or not args.split):
+        print(json.dumps({"ready": True, "pid": os.getpid(), "helper_pid": child,
+                          "public_key": key.public.hex() if key else "",
+                          "status": engine.status()}), flush=True)
     while not done.wait(0.5):
         dump()
         if not engine.running:
             break
+    if child:
+        os.kill(child, signal.SIGTERM)
+        os.waitpid(child, 0)
     engine.stop()
     dump()
+    if args.split and not child:
+        os._exit(0 if not engine.errors else 1)
     return 0 if not engine.errors else 1
 
 

@@ -96,7 +96,8 @@ class Engine:
         self.started = 0.0
 
     # -- lifecycle --
-    def start(self) -> None:
+    def open(self) -> None:
+        """Create the device and the UDP port (no forwarding yet)."""
         cfg = self.config
         self.device = open_tun(cfg.device, tap=cfg.mode == "tap", offload=cfg.offload,
                                persist=cfg.persist)
@@ -106,12 +107,24 @@ class Engine:
             self.device.close()
             raise
         self._stop_r, self._stop_w = os.pipe()
+
+    def start(self, directions: tuple[str, ...] = ("tx", "rx")) -> None:
+        """Open (if needed) and start one forwarding thread per direction.
+
+        A caller may fork between :meth:`open` and :meth:`start` to run each
+        direction in its own process (``python -m fabric.dataplane --split``).
+        """
+        cfg = self.config
+        if self.device is None:
+            self.open()
         self._stopping.clear()
         if cfg.mode == "tun":
             from fabric.dataplane.fwd_l3 import rx_loop, tx_loop
         else:
             from fabric.dataplane.fwd_l2 import rx_loop, tx_loop
         for name, fn in (("tx", tx_loop), ("rx", rx_loop)):
+            if name not in directions:
+                continue
             t = threading.Thread(target=self._guard, args=(fn,), daemon=True,
                                  name=f"{cfg.device}-{name}")
             self._threads.append(t)

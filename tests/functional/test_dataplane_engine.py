@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -162,3 +163,12 @@ def test_sealed_l2_drops_replayed_modified_and_garbage(pair: EnginePair, tmp_pat
     assert grew("auth_failed") >= 2 * len(captured), after
     assert grew("garbage") >= 1 and grew("truncated") >= 1, after
     assert _ping(pair.a, DST["tap"])  # the engine kept forwarding
+
+
+def test_process_per_direction_forwards_both_ways(pair: EnginePair) -> None:
+    pair.start_engines("tun", split=True)
+    tcp_transfer(pair, DST["tun"], 8 << 20)
+    parent = pair.status("a")  # device -> UDP only
+    child = json.loads((pair.tmp / "a-nfdp0-rx.json").read_text())  # UDP -> device only
+    assert parent["tx"]["bytes"] >= 8 << 20 and parent["rx"]["batches"] == 0
+    assert child["rx"]["batches"] > 0 and child["tx"]["reads"] == 0
