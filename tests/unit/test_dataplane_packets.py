@@ -197,3 +197,30 @@ def test_icmp_unreachable_quotes_the_offender() -> None:
     assert reply[16:20] == pkt[12:16] and reply[12:16] == bytes([10, 250, 1, 0])
     assert reply[28:28 + 28] == bytes(pkt[:28])
     assert ref_sum(reply[:20]) == 0xFFFF and ref_sum(reply[20:]) == 0xFFFF
+
+
+@pytest.mark.skipif(not gro.available(), reason="numpy is not installed")
+def test_receive_batch_drops_malformed_rows_and_merges_the_rest() -> None:
+    from fabric.dataplane import vnet
+    from fabric.dataplane.fwd_l3 import _write_batch
+
+    _pkt, segs = _segments(size=600 * 12, mss=600)  # 12 equal datagrams of 640 bytes
+    rows = [bytearray(s) for s in segs]
+    rows[0][0] = 0x60  # not IPv4
+    rows[5] = bytearray(os.urandom(640))  # garbage in the middle (breaks the run)
+    buf = bytearray(b"".join(rows))
+    r, w = os.pipe()
+    try:
+        stats = {"bytes": 0, "packets": 0, "writes": 0, "datagrams": 0}
+        drops: dict = {}
+        _write_batch(w, buf, memoryview(buf), len(buf), 640, stats, drops)
+        os.close(w)
+        out = b""
+        while chunk := os.read(r, 1 << 16):
+            out += chunk
+    finally:
+        os.close(r)
+    assert drops.get("malformed", 0) >= 1 + (0 if valid_ipv4(rows[5], 640) else 1)
+    assert stats["packets"] == 10 and stats["writes"] == 2  # rows 1-4 and 6-11 merged
+    hdr = vnet.unpack(out)
+    assert hdr[1] == vnet.GSO_TCPV4 and hdr[3] == 600
