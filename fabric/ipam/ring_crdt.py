@@ -59,6 +59,9 @@ class Ring:
                 raise IPAMError(f"token {IPv4Address(e.token)} outside the ring")
             self.entries[e.token] = e
         self.tokens = sorted(self.entries)
+        # wire tuples of our entries: merge_wire skips identical entries with one set
+        # difference instead of a Python loop over the whole ring
+        self._wire = {(e.token, e.peer, e.version, e.free) for e in self.entries.values()}
 
     @classmethod
     def for_cidr(cls, cidr: IPv4Network) -> Ring:
@@ -72,9 +75,13 @@ class Ring:
     def _put(self, e: Entry) -> None:
         if not self.start <= e.token < self.end:
             raise IPAMError(f"token {IPv4Address(e.token)} outside the ring")
-        if e.token not in self.entries:
+        old = self.entries.get(e.token)
+        if old is None:
             bisect.insort(self.tokens, e.token)
+        else:
+            self._wire.discard((old.token, old.peer, old.version, old.free))
         self.entries[e.token] = e
+        self._wire.add((e.token, e.peer, e.version, e.free))
 
     def range_end(self, token: int) -> int:
         i = bisect.bisect_right(self.tokens, token)
@@ -174,11 +181,14 @@ class Ring:
         size = end - start
         newer = []
         cur_get = self.entries.get
-        for item in entries:
-            try:
-                tok, peer, ver, free = item
-            except (TypeError, ValueError) as exc:
-                raise ValueError("malformed ring entry") from exc
+        try:
+            fresh = set(map(tuple, entries)) - self._wire
+        except TypeError as exc:
+            raise ValueError("malformed ring entry") from exc
+        for item in fresh:
+            if len(item) != 4:
+                raise ValueError("malformed ring entry")
+            tok, peer, ver, free = item
             cur = cur_get(tok)
             if cur is not None and (cur.version, cur.peer) >= (ver, peer):
                 continue
@@ -216,6 +226,7 @@ class Ring:
                     raise ValueError("entry out of range")
                 r.entries[tok] = Entry(tok, peer, ver, free)
             r.tokens = sorted(r.entries)
+            r._wire = {(e.token, e.peer, e.version, e.free) for e in r.entries.values()}
         except (KeyError, TypeError, ValueError, IPAMError) as exc:
             raise ValueError(f"malformed ring: {exc}") from exc
         return r

@@ -128,6 +128,7 @@ class Topology:
         self._bcast: dict[int, list[int]] = {}
         self._full: TopologyUpdate | None = None
         self._full_digest = -1
+        self._adj: dict[int, list[int]] | None = None
 
     def _digest_add(self, rec: PeerRecord, sign: int = 1) -> None:
         self.digest = (self.digest + sign * hash((rec.name, rec.version))) & ((1 << 64) - 1)
@@ -139,6 +140,7 @@ class Topology:
         self.records[rec.name] = rec
         self._digest_add(rec)
         self._unicast = None
+        self._adj = None
         self._bcast.clear()
 
     def update_self(self, rec: PeerRecord) -> None:
@@ -192,27 +194,29 @@ class Topology:
             self._digest_add(self.records.pop(n), -1)
         if gone:
             self._unicast = None
+            self._adj = None
             self._bcast.clear()
         return gone
 
+    def _adjacency(self) -> dict[int, list[int]]:
+        """Symmetric connections of every known peer, sorted; cached until a change."""
+        if self._adj is None:
+            declared = {n: {p for p, _a, _o in r.conns} for n, r in self.records.items()}
+            self._adj = {n: sorted(p for p in ps if n in declared.get(p, ()))
+                         for n, ps in declared.items()}
+        return self._adj
+
     def neighbours(self, name: int) -> list[int]:
         """Peers with a symmetric connection to ``name``, in name order."""
-        rec = self.records.get(name)
-        if rec is None:
-            return []
-        out = []
-        for p, _a, _o in rec.conns:
-            other = self.records.get(p)
-            if other is not None and any(q == name for q, _b, _c in other.conns):
-                out.append(p)
-        return sorted(out)
+        return self._adjacency().get(name, [])
 
     def _bfs(self, root: int) -> dict[int, int]:
+        adj = self._adjacency()
         parent = {root: root}
         q = deque([root])
         while q:
             n = q.popleft()
-            for p in self.neighbours(n):
+            for p in adj.get(n, ()):
                 if p not in parent:
                     parent[p] = n
                     q.append(p)
