@@ -61,6 +61,7 @@ def run(backend: str, *, hosts: int = 2, duration: int = 5, repeat: int = 1,
     runs: list[dict[str, Any]] = []
     cpus = (0, 1) if pin and (os.cpu_count() or 1) >= 2 else None
     kinds = {"underlay": ("h1", "h2", under), "pod": ("h1p1", "h2p1", pod)}
+    load_before = os.getloadavg()[0]
     with Lab(topo) as lab:
         mtu = lab.exec("h1p1", ["cat", "/sys/class/net/eth0/mtu"]).stdout.strip()
         for src, dst, _ in kinds.values():  # warm-up: neighbours, routes, caches
@@ -99,6 +100,7 @@ def run(backend: str, *, hosts: int = 2, duration: int = 5, repeat: int = 1,
         "underlay_mtu": topo.mtu,
         "runs": runs,
         "cpus": os.cpu_count(),
+        "loadavg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],  # before, after
         "kernel": platform.release(),
     }
 
