@@ -32,10 +32,11 @@ def build(n: int, *, seed: int = 1, edges: list[tuple[int, int]] | None = None,
     return net, routers
 
 
-def allocators(routers: list[Router], mode: str = "seed", **kw) -> list[RingAllocator]:
+def allocators(routers: list[Router], mode: str = "seed", start: int = START, end: int = END,
+               **kw) -> list[RingAllocator]:
     if mode == "seed":
         kw.setdefault("seeds", [routers[0].name])
-    out = [RingAllocator(r, START, END, mode=mode, retry=0.3, **kw) for r in routers]
+    out = [RingAllocator(r, start, end, mode=mode, retry=0.3, **kw) for r in routers]
     for a in out:
         a.start()
     return out

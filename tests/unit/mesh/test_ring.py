@@ -148,3 +148,21 @@ def test_separately_initialised_rings_are_reported() -> None:
     text = render_ipam(mesh_status(routers[0], a))
     assert "ring-mismatch" in text and "reset" in text
     assert converged(routers)  # the mesh itself is not partitioned by it
+
+
+def test_concurrent_donations_tell_the_range_end() -> None:
+    """Two peers ask one donor at once; the second must learn where its new range ends
+    (the first one's token) from the donation itself, before any gossip relays it."""
+    net, (d, r1, r2) = build(3, edges=[(1, 0), (2, 0)])  # r1, r2 only know d
+    a_d, a_1, a_2 = allocators([d, r1, r2], start=START, end=START + 16, seeds=[d.name])
+    assert net.run_until(2.0, lambda: converged([d, r1, r2]) and a_2.ready())
+    assert a_1.try_allocate("a0") is None and a_2.try_allocate("b0") is None  # both ask
+    assert net.run_until(net.now() + 1, lambda: bool(a_2.owned()) and bool(a_1.owned()),
+                         check_every=0.001)
+    got = [a_2.try_allocate(f"b{i}") for i in range(16)]  # before the relay arrives
+    net.run_until(net.now() + 1)
+    got += [a_1.try_allocate(f"a{i}") for i in range(16)]
+    mine2 = [g for g in got[:16] if g is not None]
+    mine1 = [g for g in got[16:] if g is not None]
+    assert mine1 and mine2 and not set(mine1) & set(mine2)
+    assert all(a_2.ring.owner_entry(x).peer == r2.name for x in mine2)
