@@ -196,6 +196,10 @@ def throughput_bench(backend: str = "vxlan", duration: float = 3,
     configs = ("engine-none", "no-policy", "allow-all", "allow-pods")
     runs: list[dict[str, Any]] = []
     with _lab(backend, "none") as base, _lab(backend, "nftables") as lab:
+        for one in (base, lab):  # every pod reaches every other before measuring
+            res = one.converge(timeout=30)
+            if not res.ok:
+                raise FabricError(f"lab {one.topo.name} did not converge: {res.summary()}")
         lab.wait(lambda: _remote_known(lab, 2), timeout=30)
         _measure(base, 0.5, cpus)  # warm-up: neighbours, routes
         _measure(lab, 0.5, cpus)
