@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -37,6 +38,8 @@ from fabric.lab.underlay import build_host, build_switch, etcd_url, start_etcd
 __all__ = ["Lab", "Hook"]
 
 log = logging.getLogger("fabric.lab")
+_POD_NAME = re.compile(r"^[a-z0-9]{1,12}$")
+_RESERVED = re.compile(r"^(sw|rt|h\d+)$")
 
 Hook = Callable[["Lab"], None]
 
@@ -232,13 +235,20 @@ class Lab:
             while f"{h.name}p{n}" in self.pods:
                 n += 1
             name = f"{h.name}p{n}"
+        if not _POD_NAME.match(name) or _RESERVED.match(name):
+            raise ConfigError(f"pod name {name!r} is invalid",
+                              fix="use 1-12 of [a-z0-9], not sw, rt or hN (e.g. h1p3, web1)")
         if name in self.pods:
             raise ConfigError(f"pod {name} exists already")
         ns = f"{self.topo.prefix}{name}"
         add_ns(ns)
         net = network or self.topo.pod_network or self.topo.network_names()[0]
-        pod = agents.cni_add(h, name, ns, net, labels or {"pod": name, "host": h.name},
-                             namespace)
+        try:
+            pod = agents.cni_add(h, name, ns, net, labels or {"pod": name, "host": h.name},
+                                 namespace)
+        except BaseException:
+            run(["ip", "netns", "del", ns], check=False)
+            raise
         self.pods[name] = pod
         self._save()
         return pod

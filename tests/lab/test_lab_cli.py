@@ -86,3 +86,24 @@ def test_two_networks_per_host(lab_name: str) -> None:
         assert lab.pods["h1p1"].ip in topo.cidr
         res = lab.converge(timeout=15, pods=["h1p1", "h2p1", "h1p9", "h2p9"])
         assert res.ok, res.summary()
+
+
+def test_pod_names_are_checked_and_failed_adds_leave_nothing(lab_name: str) -> None:
+    if why := stack_missing("vxlan"):
+        pytest.skip(why)
+    from fabric.errors import ConfigError
+    from fabric.lab import LabError
+
+    with Lab(Topology(lab_name, "vxlan", hosts=1, pods_per_host=1)) as lab:
+        for bad in ("sw", "h2", "Web", "a-b", "x" * 13):
+            with pytest.raises(ConfigError, match="pod name"):
+                lab.add_pod("h1", bad)
+        with pytest.raises(LabError, match="fabric-cni ADD failed"):
+            lab.add_pod("h1", "web1", network="nosuchnet")
+        assert f"{lab.topo.prefix}web1" not in lab_namespaces(lab_name)
+        web = lab.add_pod("h1", "web1", labels={"app": "web"}, namespace="shop")
+        assert web.labels == {"app": "web"} and web.namespace == "shop"
+        assert lab.ping("web1", "h1p1").ok
+        lab.remove_pod("web1")
+        assert f"{lab.topo.prefix}web1" not in lab_namespaces(lab_name)
+        assert "web1" not in lab.pods
