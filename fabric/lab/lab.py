@@ -334,6 +334,12 @@ class Lab:
                 return res
             time.sleep(0.3)
 
+    def ping_stream(self, src: str, dst: str, interval: float = 0.2) -> ops.PingStream:
+        """A started continuous ping ``src`` -> ``dst``; ``.stop()`` gives (sent, received)."""
+        ns, _ = self.target(src)
+        _, ip = self.target(dst)
+        return ops.PingStream(ns, ip, interval).start()
+
     def tcp_check(self, src: str, dst: str, timeout: float = 5) -> TcpResult:
         src_ns, _ = self.target(src)
         dst_ns, ip = self.target(dst)

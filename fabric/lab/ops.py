@@ -16,7 +16,7 @@ from ipaddress import IPv4Address
 from fabric.lab.netns import LabError, ns_exec_argv, run
 from fabric.lab.results import IperfResult, PingPair, TcpResult
 
-__all__ = ["ping", "tcp_echo", "iperf3"]
+__all__ = ["ping", "tcp_echo", "iperf3", "PingStream"]
 
 _RTT = re.compile(r"time[=<]([\d.]+) ms")
 
@@ -58,6 +58,38 @@ def ping(src_ns: str, dst_ip: IPv4Address, *, src: str = "", dst: str = "",
         rtt = float(m.group(1))
     err = "" if ok else (proc.stderr.strip() or "no reply")[:200]
     return PingPair(src or src_ns, dst or str(dst_ip), dst_ip, ok, rtt if ok else None, err)
+
+
+class PingStream:
+    """A continuous ping (every ``interval`` s, bounded by ``limit`` s) from ``src_ns``:
+    ``start()``, do something, ``stop()`` -> (sent, received)."""
+
+    def __init__(self, src_ns: str, dst_ip: IPv4Address, interval: float = 0.2,
+                 limit: float = 120) -> None:
+        self.argv = ns_exec_argv(src_ns, ["ping", "-n", "-q", "-i", str(interval), "-W", "1",
+                                          "-w", str(int(limit)), str(dst_ip)])
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> PingStream:
+        self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+        return self
+
+    def stop(self) -> tuple[int, int]:
+        if self.proc is None:
+            raise LabError("ping stream was not started")
+        self.proc.send_signal(2)  # SIGINT: ping prints its statistics
+        out, _ = self.proc.communicate(timeout=10)
+        m = re.search(r"(\d+) packets transmitted, (\d+) received", out)
+        if not m:
+            raise LabError(f"ping printed no statistics: {out[-300:]}")
+        return int(m.group(1)), int(m.group(2))
+
+    def close(self) -> None:
+        """End the ping if still running (after a failure)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.communicate()
 
 
 def tcp_echo(src_ns: str, dst_ns: str, dst_ip: IPv4Address, *, src: str = "", dst: str = "",

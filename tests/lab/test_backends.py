@@ -56,6 +56,7 @@ def test_backend_in_lab(backend: str, lab_name: str) -> None:
         pytest.skip(why)
     topo = Topology(lab_name, backend, hosts=3, pods_per_host=2, **SETUP.get(backend, {}))
     lab = _up(topo)
+    stream = None
     try:
         # every pod reaches every other pod, addresses are unique and in the network
         res = lab.converge(timeout=20)
@@ -84,6 +85,8 @@ def test_backend_in_lab(backend: str, lab_name: str) -> None:
         lease = _chunks(lab, "h2")
         assert lease
         rec = lab.procs["agent:h2"]
+        stream = lab.ping_stream("h1p1", "h2p1")
+        time.sleep(0.5)
         stop(rec, kill9=True)
         assert not is_alive(rec)
         userspace = load_plugin("backend", backend).capabilities.userspace
@@ -92,6 +95,9 @@ def test_backend_in_lab(backend: str, lab_name: str) -> None:
             for src, dst in (("h1p1", "h2p1"), ("h2p2", "h3p1")):
                 assert lab.ping(src, dst).ok, f"{src}->{dst} broke while the agent was dead"
         lab.restart_agent("h2")
+        sent, received = stream.stop()
+        print(f"{backend}: {received}/{sent} pings through kill -9 and restart")
+        assert sent >= 3 and (userspace or received >= sent - 1), (sent, received)
         assert _chunks(lab, "h2") == lease
         st = lab.agent_call("h2", {"op": "status"})["networks"][0]
         assert st["workloads"] == 2  # persisted allocations were re-read
@@ -103,4 +109,6 @@ def test_backend_in_lab(backend: str, lab_name: str) -> None:
         res = lab.converge(timeout=10) if userspace else lab.ping_all()
         assert res.ok and len(res.pairs) == 8 * 7, res.summary()
     finally:
+        if stream is not None:
+            stream.close()
         lab.down()
