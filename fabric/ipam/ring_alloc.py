@@ -91,6 +91,8 @@ class RingAllocator(Gossiper):
         self.requesting = False
         self.on_change: list[Callable[[], None]] = []
         self._timer: Any = None
+        self._owned: list[tuple[int, int]] = []
+        self._owned_gen: tuple[int, int] = (0, -1)
         self.stats = {"donated": 0, "requests": 0, "allocated": 0}
         if db is not None:
             raw = db.get("ring")
@@ -172,7 +174,7 @@ class RingAllocator(Gossiper):
     def _refresh_free(self) -> list[int]:
         """Update our tokens' free counts; return tokens that changed."""
         changed = []
-        for t, hi in self.ring.owned(self.me):
+        for t, hi in list(self.owned()):
             free = hi - t - self._used_in(t, hi)
             if self.ring.entries[t].free != free:
                 self.ring.set_entry(t, self.me, free)
@@ -180,7 +182,11 @@ class RingAllocator(Gossiper):
         return changed
 
     def owned(self) -> list[tuple[int, int]]:
-        return self.ring.owned(self.me)
+        """Our ranges (cached per ring generation: the ring may hold thousands of tokens)."""
+        if self._owned_gen != (id(self.ring), self.ring.gen):
+            self._owned = self.ring.owned(self.me)
+            self._owned_gen = (id(self.ring), self.ring.gen)
+        return self._owned
 
     def ready(self) -> bool:
         return not self.ring.empty()

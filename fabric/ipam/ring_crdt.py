@@ -52,6 +52,7 @@ class Ring:
         if not 0 <= start < end <= 1 << 32:
             raise IPAMError(f"ring range {start}-{end} is invalid")
         self.start, self.end, self.ring_id = start, end, ring_id
+        self.gen = 0  # bumped on every change, for callers' caches
         self.entries: dict[int, Entry] = {}
         self.tokens: list[int] = []
         for e in entries:
@@ -75,6 +76,7 @@ class Ring:
     def _put(self, e: Entry) -> None:
         if not self.start <= e.token < self.end:
             raise IPAMError(f"token {IPv4Address(e.token)} outside the ring")
+        self.gen += 1
         old = self.entries.get(e.token)
         if old is None:
             bisect.insort(self.tokens, e.token)
