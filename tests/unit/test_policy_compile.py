@@ -146,3 +146,21 @@ spec:
     chain = c.state.chains[("inet", f"in-{short_id('db/eth0')}")]
     assert len(chain.rules) == 1002
     assert len([x for x in diff_batch(None, c.state) if "rule" in x.get("add", {})]) > 1000
+
+
+def test_combined_selectors_are_anded() -> None:
+    from fabric.policy.compile import peer_addresses
+    from fabric.policy.model import LabelSelector, Namespace, PolicyPeer, Requirement
+
+    nss = {"team": Namespace("team", (("t", "b"),))}
+    everyone = [*LOCAL, *REMOTE, ep("z", "10.9.1.9", {"app": "web"}, ns="team", node="n2")]
+    both = PolicyPeer(pod_selector=LabelSelector((("app", "web"),)),
+                      namespace_selector=LabelSelector((("t", "b"),)))
+    assert [str(n) for n in peer_addresses(both, "default", everyone, nss)] == ["10.9.1.9/32"]
+    by_name = PolicyPeer(namespace_selector=LabelSelector(match_expressions=(
+        Requirement("kubernetes.io/metadata.name", "In", ("other",)),)))
+    assert [str(n) for n in peer_addresses(by_name, "default", everyone, nss)] == ["10.9.1.4/32"]
+    not_web = PolicyPeer(pod_selector=LabelSelector(match_expressions=(
+        Requirement("app", "NotIn", ("web",)),)))
+    assert {str(n) for n in peer_addresses(not_web, "default", everyone, nss)} == {
+        "10.9.0.2/32", "10.9.0.4/32"}
