@@ -34,7 +34,10 @@ def register(subparsers: Any) -> None:
                     help="config entry of the (first) backend, JSON values allowed")
     up.add_argument("--agent-arg", action="append", default=[], metavar="ARG",
                     help="extra `fabric up` argument ({node}, {ip}, {lab} expand per host)")
-    up.add_argument("--no-etcd", action="store_true", help="do not start etcd")
+    etcd = up.add_mutually_exclusive_group()
+    etcd.add_argument("--etcd", dest="etcd", action="store_true", default=None,
+                      help="start etcd (default: when a backend's IPAM needs a datastore)")
+    etcd.add_argument("--no-etcd", dest="etcd", action="store_false", help="do not start etcd")
     up.add_argument("--timeout", type=float, default=90, help="seconds to wait for agents")
     up.add_argument("--converge", type=float, default=20, metavar="SECONDS",
                     help="wait until every pod pings every other (0: do not wait)")
@@ -82,7 +85,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     topo = Topology(name=args.name, backends=tuple(args.backend), hosts=args.hosts,
                     pods_per_host=args.pods_per_host, segments=args.segments,
                     cidr=args.network, subnet_len=args.subnet_len,
-                    agent_args=tuple(args.agent_arg), etcd=not args.no_etcd,
+                    agent_args=tuple(args.agent_arg), etcd=args.etcd,
                     backend_opts={args.backend[0]: _opts(args.backend_opt)})
     lab = Lab(topo, ready_timeout=args.timeout).up()
     converged = None

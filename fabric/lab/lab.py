@@ -84,7 +84,7 @@ class Lab:
         self._save()
         try:
             build_switch(self.topo)
-            if self.topo.etcd:
+            if self.topo.needs_etcd():
                 self._etcd_handle, rec = start_etcd(self.topo, self.state_dir)
                 self._record(rec)
                 self.etcd = etcd_url()

@@ -94,7 +94,7 @@ class Topology:
     subnet_len: int = 24
     agent_args: tuple[str, ...] = attrs.field(default=(), converter=tuple)
     backend_opts: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict)  # per backend
-    etcd: bool = True
+    etcd: bool | None = None  # None: start etcd when a backend's IPAM needs a datastore
     pod_network: str = ""
     mtu: int = 1500
 
@@ -113,6 +113,21 @@ class Topology:
     @property
     def state_dir(self) -> Path:
         return STATE_ROOT / self.name
+
+    def needs_etcd(self) -> bool:
+        """``etcd`` if set; else True unless every backend's default IPAM is the
+        gossip-based ``ring`` (weave style: no datastore)."""
+        if self.etcd is not None:
+            return self.etcd
+        from fabric.plugins import load_plugin
+
+        for b in self.backends:
+            try:
+                if load_plugin("backend", b).default_ipam != "ring":
+                    return True
+            except Exception:  # unknown backend: its agent reports that clearly
+                return True
+        return False
 
     def network_cidr(self, i: int) -> IPv4Network:
         base = int(self.cidr.network_address) + i * self.cidr.num_addresses

@@ -55,3 +55,10 @@ def test_public_surface_is_declared() -> None:
         assert m.__all__ and all(hasattr(m, n) for n in m.__all__), mod
     with pytest.raises(AttributeError):
         fabric.lab.Nope  # noqa: B018
+
+
+def test_etcd_started_when_an_ipam_needs_a_datastore() -> None:
+    assert Topology("ok1", "vxlan").needs_etcd()  # subnet leases live in etcd
+    assert not Topology("ok1", "vxlan", etcd=False).needs_etcd()
+    assert Topology("ok1", "nosuchbackend").needs_etcd()  # its agent will say what is wrong
+    assert Topology.from_json(Topology("ok1", "vxlan").to_json()).etcd is None
