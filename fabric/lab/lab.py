@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 import subprocess
 import time
@@ -76,6 +77,9 @@ class Lab:
 
     def up(self) -> Lab:
         name = self.topo.name
+        if os.geteuid() != 0:
+            raise LabError("the lab needs root: it creates network namespaces",
+                           fix="run it as root (e.g. sudo fabric lab up ...)")
         if self.state_dir.exists() or list_ns(self.topo.prefix):
             raise ConfigError(f"lab {name!r} exists already",
                               fix=f"take it down first: fabric lab down --name {name}")
