@@ -264,7 +264,8 @@ def test_unexpected_routes_from_a_peer_are_filtered(cluster, tmp_path):
         assert "announced 0.0.0.0/0 outside" in logged and "198.18.0.0/16 outside" in logged
         st = c.drivers[0].ok(op="status")
         assert st["bgp"]["speaker"]["restarts"] == 0
-        wait_for(c.all_routes_ok, 20, "node routes next to the rogue ones")
+        wait_for(lambda: c.block(1) in routes(c.hosts[0]) and c.block(0) in routes(c.hosts[1]),
+                 20, "node routes next to the rogue ones")
         assert ping(c.pods[0], c.pod_ip(1))
     finally:
         proc.terminate()
