@@ -24,6 +24,22 @@ def _peers_table(peers: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def _value(key: str, value: Any, indent: int) -> list[str]:
+    """Scalars on one line; mappings and lists of mappings nested below their key."""
+    pad = " " * indent
+    if isinstance(value, dict):
+        out = [f"{pad}{key}:"]
+        for k, v in value.items():
+            out += _value(str(k), v, indent + 2)
+        return out
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        out = [f"{pad}{key}:"]
+        for item in value:
+            out.append(f"{pad}  - " + ", ".join(f"{k}={v}" for k, v in item.items()))
+        return out
+    return [f"{pad}{key}: {value}"]
+
+
 def render_status(status: dict[str, Any]) -> str:
     node = status.get("node", {})
     lines = ["Node:"]
@@ -54,7 +70,7 @@ def render_status(status: dict[str, Any]) -> str:
             lines += _peers_table([p if isinstance(p, dict) else {"name": p} for p in peers])
         for key, value in backend.items():
             if key != "peers":
-                lines.append(f"  {key}: {value}")
+                lines += _value(key, value, 2)
         if net.get("last_peer_error"):
             lines.append(f"  last peer error: {net['last_peer_error']}")
     return "\n".join(lines)

@@ -1,6 +1,14 @@
 """Kernel helpers for backends (public API): links, routes, neighbours, FDB, workload veths."""
 
-from fabric.net.kernel import kernel_supports, require_kind, sysctl_set
+from fabric.net.kernel import (
+    NetlinkError,
+    ipr,
+    kernel_supports,
+    netlink_call,
+    netns,
+    require_kind,
+    sysctl_set,
+)
 from fabric.net.links import (
     delete_link,
     ensure_bridge,
@@ -24,6 +32,7 @@ from fabric.net.routes import (
     replace_route,
 )
 from fabric.net.workload import (
+    HOST_VETH_MAC,
     LINK_LOCAL_GATEWAY,
     PodInterface,
     attach_bridged,
@@ -34,6 +43,10 @@ from fabric.net.workload import (
 )
 
 __all__ = [
+    "NetlinkError",
+    "ipr",
+    "netlink_call",
+    "netns",
     "kernel_supports",
     "require_kind",
     "sysctl_set",
@@ -55,6 +68,7 @@ __all__ = [
     "replace_fdb",
     "replace_neigh",
     "replace_route",
+    "HOST_VETH_MAC",
     "LINK_LOCAL_GATEWAY",
     "PodInterface",
     "attach_bridged",

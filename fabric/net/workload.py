@@ -22,6 +22,7 @@ from fabric.net.routes import RTPROT_FABRIC
 
 __all__ = [
     "LINK_LOCAL_GATEWAY",
+    "HOST_VETH_MAC",
     "PodInterface",
     "host_ifname",
     "attach_bridged",
@@ -31,6 +32,7 @@ __all__ = [
 ]
 
 LINK_LOCAL_GATEWAY = IPv4Address("169.254.1.1")
+HOST_VETH_MAC = "ee:ee:ee:ee:ee:ee"  # every routed host-side veth, as in Calico
 
 
 @attrs.frozen
@@ -163,7 +165,7 @@ def attach_routed(
             idx = sock.link_lookup(ifname=host)[0]
             netlink_call(
                 f"setting {host} up", sock.link, "set", index=idx, state="up",
-                address="ee:ee:ee:ee:ee:ee",
+                address=HOST_VETH_MAC,
             )
         sysctl_set(f"net/ipv4/conf/{host}/proxy_arp", 1)
         sysctl_set(f"net/ipv4/neigh/{host}/proxy_delay", 0)
@@ -173,16 +175,32 @@ def attach_routed(
                 f"route to pod {ip}", sock.route, "replace", dst=f"{ip}/32", oif=idx,
                 scope=253, proto=RTPROT_FABRIC,
             )
-        if found is not None:
-            return found
-        routes = [
-            (IPv4Network(f"{gateway}/32"), None, True),
-            (IPv4Network("0.0.0.0/0"), gateway, False),
-        ]
-        return _configure_pod(workload, address, mtu, routes)
+        if found is None:
+            routes = [
+                (IPv4Network(f"{gateway}/32"), None, True),
+                (IPv4Network("0.0.0.0/0"), gateway, False),
+            ]
+            found = _configure_pod(workload, address, mtu, routes)
+        _pin_gateway(workload, gateway)
+        return found
     except BaseException:
         detach_veth(host, workload)
         raise
+
+
+def _pin_gateway(workload: Workload, gateway: IPv4Address) -> None:
+    """Permanent neighbour entry gateway -> host veth MAC inside the pod.
+
+    Proxy ARP answers only for addresses the host can route elsewhere; a host
+    with no default route has none to 169.254.1.1, so the pod's ARP would go
+    unanswered. Pinning the entry (as Calico's static ARP does) removes the doubt.
+    """
+    with netns(workload.netns) as pod:
+        idx = pod.link_lookup(ifname=workload.ifname)
+        if not idx:
+            raise BackendError(f"{workload.ifname} vanished from {workload.netns}")
+        netlink_call(f"pinning {gateway} in the pod", pod.neigh, "replace", dst=str(gateway),
+                     lladdr=HOST_VETH_MAC, ifindex=idx[0], state="permanent")
 
 
 def detach_veth(host: str, workload: Workload) -> None:

@@ -29,7 +29,6 @@ from fabric.net import (
     link_index,
     pod_interface,
 )
-from fabric.net.kernel import netlink_call, netns
 from fabric_calico_bgp.config import parse_config
 from fabric_calico_bgp.dataplane import Dataplane
 from fabric_calico_bgp.exabgp import BgpNeighbor, Speaker, render_config
@@ -38,24 +37,7 @@ from fabric_calico_bgp.reflect import Reflector
 from fabric_calico_bgp.rib import RouteTable
 from fabric_calico_bgp.status import build_status
 
-__all__ = ["CalicoBgpBackend", "pin_gateway"]
-
-HOST_VETH_MAC = "ee:ee:ee:ee:ee:ee"  # attach_routed gives every host-side veth this MAC
-
-
-def pin_gateway(workload: Workload, gateway: IPv4Address) -> None:
-    """Permanent neighbour entry gateway -> host veth MAC inside the pod.
-
-    Proxy ARP only answers for addresses the host can route elsewhere; a host
-    without a default route (a lab host on one segment) has no route to
-    169.254.1.1, so the pod's ARP for its gateway would go unanswered.
-    """
-    with netns(workload.netns) as pod:
-        idx = pod.link_lookup(ifname=workload.ifname)
-        if not idx:
-            raise BackendError(f"{workload.ifname} vanished from {workload.netns}")
-        netlink_call(f"pinning {gateway} in the pod", pod.neigh, "replace", dst=str(gateway),
-                     lladdr=HOST_VETH_MAC, ifindex=idx[0], state="permanent")
+__all__ = ["CalicoBgpBackend"]
 
 SWEEP_AFTER = 5.0  # s after a session is up, unrefreshed stale routes go
 _SPEAKERS: dict[tuple[IPv4Address, int], str] = {}  # (address, port) -> network, this process
@@ -329,7 +311,6 @@ class CalicoBgpBackend(Backend):
         host = host_ifname(self.veth_prefix, workload)
         pod = attach_routed(workload, host=host, ip=allocation.ip, mtu=self.mtu)
         gw = LINK_LOCAL_GATEWAY
-        pin_gateway(workload, gw)
         return Endpoint(
             workload=workload, host_ifname=host, mac=pod.mac,
             addresses=(IPv4Interface(f"{allocation.ip}/32"),), gateway=gw,

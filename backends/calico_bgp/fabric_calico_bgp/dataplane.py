@@ -20,12 +20,14 @@ from ipaddress import IPv4Address, IPv4Network
 from fabric.api import NetworkContext
 from fabric.errors import BackendError
 from fabric.net import (
+    NetlinkError,
     delete_fdb,
     delete_link,
     delete_neigh,
     delete_route,
     ensure_vxlan,
     fabric_routes,
+    ipr,
     link_addresses,
     link_index,
     link_info,
@@ -37,7 +39,6 @@ from fabric.net import (
     set_up,
     sysctl_set,
 )
-from fabric.net.kernel import NetlinkError, ipr
 from fabric_calico_bgp.config import BgpConfig
 
 __all__ = ["Dataplane", "VXLAN_OVERHEAD", "IPIP_OVERHEAD", "vtep_mac"]
