@@ -2,8 +2,9 @@
 
 One table of cases (policies -> expected reachability), one test body per backend:
 2 hosts; on h1 the target ``db`` and a same-host client ``web1``; on h2 ``web2``
-(app=web) and ``cli`` in namespace team-b. Policies go to every host's agent with
-`fabric policy apply --lab`, so the CLI's lab targeting is exercised too.
+(app=web) and ``cli`` in namespace team-b; h2's own address is an egress ipBlock
+target. Policies go to every host's agent with `fabric policy apply --lab`, so the
+CLI's lab targeting is exercised too.
 """
 
 from __future__ import annotations
@@ -56,6 +57,12 @@ spec:
   policyTypes: [Egress]
 """, [("db", "web2", "tcp", False), ("db", "web1", "udp", False),
       ("web2", "db", "tcp", True), ("web1", "db", "udp", True)]),
+    "egress-ipblock": (HEAD + """metadata: {name: egress-h2}
+spec:
+  podSelector: {matchLabels: {app: db}}
+  policyTypes: [Egress]
+  egress: [{to: [{ipBlock: {cidr: "{h2ip}/32"}}], ports: [{protocol: TCP}]}]
+""", [("db", "h2", "tcp", True), ("db", "h2", "udp", False), ("db", "web2", "tcp", False)]),
     "namespace-selector": ("""apiVersion: v1
 kind: Namespace
 metadata: {name: team-b, labels: {team: b}}
@@ -124,7 +131,8 @@ def test_policy_matrix(backend: str, lab_name: str, tmp_path: Path) -> None:
         failures = []
         for name, (text, expected) in CASES.items():
             path = tmp_path / f"{name}.yaml"
-            path.write_text(text.replace("{h2net}", str(h2net)))
+            path.write_text(text.replace("{h2net}", str(h2net))
+                            .replace("{h2ip}", str(lab.hosts["h2"].ip)))
             _policy(lab, "apply", "-f", str(path))
             probes = []
             for src, dst, what, _ in expected:
