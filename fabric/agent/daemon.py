@@ -22,13 +22,14 @@ from fabric.errors import (
     KernelFeatureMissing,
     NotFound,
     PluginError,
+    PolicyError,
 )
 from fabric.net.links import underlay_of
 
 __all__ = ["Agent", "offline_teardown"]
 
 log = logging.getLogger("fabric.agent")
-_FATAL = (ConfigError, PluginError, KernelFeatureMissing)
+_FATAL = (ConfigError, PluginError, KernelFeatureMissing, PolicyError)
 
 
 def _node(config: AgentConfig) -> Node:

@@ -202,7 +202,15 @@ class Network:
                 raise
             self._workloads[workload.handle.key()] = _record(ep, alloc)
             self._save_workloads()
-        self._guard("policy endpoint_added", self.policy.endpoint_added, ep)
+            try:
+                # A pod that policy should isolate must not come up open: fail the ADD.
+                self.policy.endpoint_added(ep)
+            except BaseException:
+                self._workloads.pop(workload.handle.key(), None)
+                self._save_workloads()
+                self._guard("rollback detach", self.backend.detach, workload)
+                self.ipam.release(workload.handle)
+                raise
         return endpoint_to_result(ep)
 
     def delete(self, workload: Workload) -> None:

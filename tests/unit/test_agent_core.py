@@ -201,3 +201,26 @@ def test_check_compares_what_the_runtime_expects(tmp_path: Path) -> None:
     finally:
         agent.request_stop()
         t.join(5)
+
+
+def test_add_fails_and_rolls_back_when_policy_cannot_protect_the_pod(tmp_path: Path) -> None:
+    from fabric.errors import PolicyError
+
+    agent = make_agent(tmp_path)
+    t = start(agent)
+    net = agent.networks["fk"]
+
+    def refuse(_ep):
+        raise PolicyError("nft failed: simulated")
+
+    try:
+        net.policy.endpoint_added = refuse
+        with pytest.raises(PolicyError):
+            agent.dispatch(add_req("c1"))
+        assert net.ipam.allocations() == {}
+        assert net.backend.endpoints == {}
+        rec = json.loads((tmp_path / "n1/networks/fk/workloads.json").read_text())
+        assert "c1/eth0" not in rec
+    finally:
+        agent.request_stop()
+        t.join(5)
