@@ -92,6 +92,7 @@ class RingAllocator(Gossiper):
         self.on_change: list[Callable[[], None]] = []
         self._timer: Any = None
         self._owned: list[tuple[int, int]] = []
+        self._free_dirty = db is not None  # loaded free counts may be stale
         self._owned_gen: tuple[int, int] = (0, -1)
         self.stats = {"donated": 0, "requests": 0, "allocated": 0}
         if db is not None:
@@ -232,8 +233,21 @@ class RingAllocator(Gossiper):
         self.allocs[handle] = addr
         bisect.insort(self.used, addr)
         self.stats["allocated"] += 1
-        self._changed(self._refresh_free())
+        self._free_hint_changed(addr)
         return addr
+
+    def _free_hint_changed(self, addr: int) -> None:
+        """Free counts are hints for donor choice: gossip them at once only when a range
+        becomes full or stops being full; otherwise with the next full gossip."""
+        owner = self.ring.owner_entry(addr)
+        if owner is None:
+            return
+        hi = self.ring.range_end(owner.token)
+        free = hi - owner.token - self._used_in(owner.token, hi)
+        if (free == 0) != (owner.free == 0):
+            self._changed(self._refresh_free())
+        else:
+            self._free_dirty = True
 
     def release(self, handle: str) -> int | None:
         addr = self.allocs.pop(handle, None)
@@ -242,7 +256,7 @@ class RingAllocator(Gossiper):
         if self.db is not None:
             self.db.del_alloc(handle)
         self.used.remove(addr)
-        self._changed(self._refresh_free())
+        self._free_hint_changed(addr)
         return addr
 
     # ---- space requests and donation --------------------------------------------------
@@ -297,6 +311,10 @@ class RingAllocator(Gossiper):
     # ---- Gossiper ---------------------------------------------------------------------
     def gossip(self) -> GossipData | None:
         if not self.ring.empty():
+            if self._free_dirty:
+                self._free_dirty = False
+                if self._refresh_free() and self.db is not None:
+                    self.db.put("ring", self.ring.to_wire())
             return IpamData(self.ring)
         if self.paxos is not None:
             return IpamData(paxos=self.paxos.to_wire())
