@@ -57,6 +57,13 @@ def render_status(status: dict[str, Any]) -> str:
                       ("chunks", ", ".join(net.get("chunks") or []) or "-"),
                       ("mtu", net.get("mtu")), ("workloads", net.get("workloads"))])
         ipam = net.get("ipam_status") or {}
+        if isinstance(ipam.get("ipam"), dict) and "connections" in ipam:
+            # weave-style ring IPAM: render like `weave status` / `weave status ipam`
+            from fabric.mesh.status import render_ipam
+            from fabric.mesh.status import render_status as render_mesh
+
+            for block in (render_mesh(ipam), render_ipam(ipam)):
+                lines += ["  " + line for line in block.splitlines()]
         if ipam.get("lease"):
             lines += _kv([("lease", ipam.get("lease")), ("expires", ipam.get("expiry", "-"))])
         peers = ipam.get("peers")
