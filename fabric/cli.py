@@ -90,21 +90,8 @@ def _extend(module: str, fn: str, sub: Any) -> None:
     getattr(mod, fn)(sub)
 
 
-def _backend_opts(items: list[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--backend-opt {item!r} is not KEY=VALUE")
-        try:
-            out[key] = json.loads(value)
-        except ValueError:
-            out[key] = value
-    return out
-
-
 def agent_config_from_args(args: argparse.Namespace):
-    from fabric.agent.config import AgentConfig, load_config_file
+    from fabric.agent.config import AgentConfig, load_config_file, parse_key_values
 
     data: dict[str, Any] = load_config_file(args.config) if args.config else {}
     data.setdefault("networks", [])
@@ -114,7 +101,7 @@ def agent_config_from_args(args: argparse.Namespace):
                               fix="e.g. fabric up --backend vxlan --network 10.244.0.0/16")
         net: dict[str, Any] = {"backend": args.backend, "network": args.network,
                                "subnetLen": args.subnet_len,
-                               "backendConfig": _backend_opts(args.backend_opt),
+                               "backendConfig": parse_key_values(args.backend_opt),
                                "ipam": args.ipam, "policy": args.policy,
                                "etcdPrefix": args.etcd_prefix, "ipMasq": args.ipmasq}
         if args.name:

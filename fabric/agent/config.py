@@ -32,7 +32,13 @@ import attrs
 from fabric.api import NetworkSpec
 from fabric.errors import ConfigError
 
-__all__ = ["AgentConfig", "load_config_file", "network_from_mapping", "DEFAULT_STATE_DIR"]
+__all__ = [
+    "AgentConfig",
+    "DEFAULT_STATE_DIR",
+    "load_config_file",
+    "network_from_mapping",
+    "parse_key_values",
+]
 
 DEFAULT_STATE_DIR = Path("/run/netfabric")
 _NETWORK_KEYS = {
@@ -183,6 +189,20 @@ def _spec_to_mapping(spec: NetworkSpec) -> dict[str, Any]:
         out["subnetMax"] = str(spec.subnet_max)
     if spec.mtu:
         out["mtu"] = spec.mtu
+    return out
+
+
+def parse_key_values(items: list[str], option: str = "--backend-opt") -> dict[str, Any]:
+    """KEY=VALUE command-line items to a mapping; values are JSON when they parse as JSON."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{option} {item!r} is not KEY=VALUE")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
     return out
 
 

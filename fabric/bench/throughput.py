@@ -106,11 +106,12 @@ def run(backend: str, *, hosts: int = 2, duration: int = 5, repeat: int = 1,
 
 
 def cmd_throughput(args: argparse.Namespace) -> int:
+    from fabric.agent.config import parse_key_values
     from fabric.bench.report import emit, format_table
-    from fabric.lab.cli import _opts
 
     data = run(args.backend, hosts=args.hosts, duration=args.duration, repeat=args.repeat,
-               streams=args.streams, backend_opts=_opts(args.backend_opt), name=args.name,
+               streams=args.streams, backend_opts=parse_key_values(args.backend_opt),
+               name=args.name,
                pin=args.pin)
     columns = ["run", "kind", "src", "dst", "gbps", "retransmits", "cpu_sender_pct"]
     summary = {"run": "median", "kind": "pod/underlay", "src": "", "dst": "",

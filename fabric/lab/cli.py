@@ -63,22 +63,8 @@ def register(subparsers: Any) -> None:
     ls.set_defaults(func=cmd_list)
 
 
-def _opts(items: list[str]) -> dict[str, Any]:
-    from fabric.errors import ConfigError
-
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--backend-opt {item!r} is not KEY=VALUE")
-        try:
-            out[key] = json.loads(value)
-        except ValueError:
-            out[key] = value
-    return out
-
-
 def cmd_up(args: argparse.Namespace) -> int:
+    from fabric.agent.config import parse_key_values
     from fabric.lab.lab import Lab
     from fabric.lab.topology import Topology
 
@@ -86,7 +72,7 @@ def cmd_up(args: argparse.Namespace) -> int:
                     pods_per_host=args.pods_per_host, segments=args.segments,
                     cidr=args.network, subnet_len=args.subnet_len,
                     agent_args=tuple(args.agent_arg), etcd=args.etcd,
-                    backend_opts={args.backend[0]: _opts(args.backend_opt)})
+                    backend_opts={args.backend[0]: parse_key_values(args.backend_opt)})
     lab = Lab(topo, ready_timeout=args.timeout).up()
     converged = None
     if args.converge > 0 and len(lab.pods) > 1:

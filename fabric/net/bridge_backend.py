@@ -27,7 +27,7 @@ from fabric.errors import BackendError
 from fabric.net.kernel import ipr, netlink_call, sysctl_set
 from fabric.net.links import delete_link, ensure_bridge, set_address
 from fabric.net.routes import RTPROT_FABRIC, delete_route, fabric_routes
-from fabric.net.workload import attach_bridged, detach_veth, host_ifname, pod_interface
+from fabric.net.workload import attach_bridged, check_pod, detach_veth, host_ifname
 
 __all__ = ["BridgeBackend", "route_is_direct"]
 
@@ -143,15 +143,8 @@ class BridgeBackend(Backend):
         detach_veth(host_ifname(self.veth_prefix, workload), workload)
 
     def check(self, workload: Workload, allocation: Allocation) -> None:
-        pod = pod_interface(workload)
         want = IPv4Interface(f"{allocation.ip}/{allocation.chunk.prefixlen}")
-        if pod is None:
-            raise BackendError(f"{workload.ifname} is missing in {workload.netns}")
-        if want not in pod.addresses:
-            raise BackendError(f"{workload.ifname} lacks address {want} (has "
-                               f"{', '.join(map(str, pod.addresses)) or 'none'})")
-        if pod.default_gateway != next(allocation.chunk.hosts()):
-            raise BackendError(f"{workload.ifname} default route is not via the bridge")
+        check_pod(workload, want, next(allocation.chunk.hosts()))
         with ipr() as sock:
             host = sock.link_lookup(ifname=host_ifname(self.veth_prefix, workload))
             bridge = sock.link_lookup(ifname=self.bridge)

@@ -29,6 +29,7 @@ __all__ = [
     "attach_routed",
     "detach_veth",
     "pod_interface",
+    "check_pod",
 ]
 
 LINK_LOCAL_GATEWAY = IPv4Address("169.254.1.1")
@@ -91,6 +92,19 @@ def _configure_pod(workload: Workload, address: IPv4Interface, mtu: int, routes)
             netlink_call(f"pod route {dst}", pod.route, "replace", **kw)
         mac = pod.get_links(idx)[0].get_attr("IFLA_ADDRESS")
     return PodInterface(workload.ifname, mac, (address,), mtu, gateway)
+
+
+def check_pod(workload: Workload, address: IPv4Interface, gateway: IPv4Address) -> PodInterface:
+    """CNI CHECK of the pod side: interface present, address and default gateway as given."""
+    pod = pod_interface(workload)
+    if pod is None:
+        raise BackendError(f"{workload.ifname} is missing in {workload.netns}")
+    if address not in pod.addresses:
+        raise BackendError(f"{workload.ifname} lacks address {address} (has "
+                           f"{', '.join(map(str, pod.addresses)) or 'none'})")
+    if pod.default_gateway != gateway:
+        raise BackendError(f"{workload.ifname} default route is not via {gateway}")
+    return pod
 
 
 def pod_interface(workload: Workload) -> PodInterface | None:

@@ -24,10 +24,10 @@ from fabric.errors import BackendError, ConfigError
 from fabric.net import (
     LINK_LOCAL_GATEWAY,
     attach_routed,
+    check_pod,
     detach_veth,
     host_ifname,
     link_index,
-    pod_interface,
 )
 from fabric_calico_bgp.config import parse_config
 from fabric_calico_bgp.dataplane import Dataplane
@@ -321,14 +321,7 @@ class CalicoBgpBackend(Backend):
         detach_veth(host_ifname(self.veth_prefix, workload), workload)
 
     def check(self, workload: Workload, allocation: Allocation) -> None:
-        pod = pod_interface(workload)
-        want = IPv4Interface(f"{allocation.ip}/32")
-        if pod is None:
-            raise BackendError(f"{workload.ifname} is missing in {workload.netns}")
-        if want not in pod.addresses:
-            raise BackendError(f"{workload.ifname} lacks address {want}")
-        if pod.default_gateway != LINK_LOCAL_GATEWAY:
-            raise BackendError(f"{workload.ifname} default route is not via {LINK_LOCAL_GATEWAY}")
+        check_pod(workload, IPv4Interface(f"{allocation.ip}/32"), LINK_LOCAL_GATEWAY)
         if link_index(host_ifname(self.veth_prefix, workload)) is None:
             raise BackendError("host-side veth is missing")
 
