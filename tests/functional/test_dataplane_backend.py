@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.functional.conftest_netns import add_ns, namespaces, needs_root, sh, wire
-from tests.functional.test_backends_kernel import Driver, bring_up, ping
+from tests.functional.conftest_netns import needs_root, sh
+from tests.functional.test_backends_kernel import bring_up, ping, two_host_env
 from tests.functional.test_dataplane_engine import transfer
 
 pytestmark = [needs_root, pytest.mark.root]
@@ -18,22 +17,8 @@ pytestmark = [needs_root, pytest.mark.root]
 
 @pytest.fixture
 def hosts(tmp_path: Path):
-    with namespaces("nfdp-k") as tag:
-        sw, h1, h2, p1, p2 = (f"{tag}-{n}" for n in ("sw", "h1", "h2", "p1", "p2"))
-        for ns in (sw, h1, h2, p1, p2):
-            add_ns(ns)
-        sh("ip", "link", "add", "br0", "type", "bridge", ns=sw)
-        sh("ip", "link", "set", "br0", "up", ns=sw)
-        wire(sw, "br0", h1, "198.18.200.11/24", "s1")
-        wire(sw, "br0", h2, "198.18.200.12/24", "s2")
-        drivers = [Driver(h1), Driver(h2)]
-        try:
-            yield {"ns": (h1, h2), "pods": (p1, p2), "drivers": drivers, "tmp": tmp_path}
-        finally:
-            for d in drivers:
-                with contextlib.suppress(AssertionError, OSError, ValueError):
-                    d(op="teardown")
-                d.close()
+    with two_host_env("nfdp-k", tmp_path, teardown=True) as env:
+        yield env
 
 
 def _status(env, i: int = 0) -> dict:

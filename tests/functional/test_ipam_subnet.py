@@ -16,17 +16,9 @@ from fabric.ipam.subnet import SubnetLeaseIPAM
 from fabric.plugins import load_plugin
 from fabric.store import connect
 from fabric.testing.etcd import EtcdServer
+from tests.util import wait_for
 
 PREFIX = "/netfabric/t"
-
-
-def wait_for(pred, timeout: float = 5.0, step: float = 0.01) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(step)
-    return pred()
 
 
 class Peers:

@@ -13,15 +13,7 @@ from fabric.store.base import WatchEvent
 from fabric.store.etcd import prefix_end
 from fabric.store.sync import PrefixMirror
 from fabric.testing.etcd import EtcdServer, free_port
-
-
-def wait_for(pred, timeout: float = 5.0, step: float = 0.01) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(step)
-    return pred()
+from tests.util import wait_for
 
 
 class Recorder:

@@ -58,3 +58,27 @@ def lab_name() -> str:
     teardown(name)
     assert lab_namespaces(name) == []
     assert not (STATE_ROOT / name).exists()
+
+
+def installed_backends() -> list[str]:
+    """Installed backend entry points except `fake`; aliases of one class run once."""
+    from fabric.plugins import list_plugins
+
+    seen: dict[str, str] = {}
+    for p in sorted(list_plugins("backend"), key=lambda p: (len(p.name), p.name)):
+        if p.name != "fake" and p.target not in seen:
+            seen[p.target] = p.name
+    return sorted(seen.values())
+
+
+def up_or_skip(topo):
+    """Bring a lab up; skip (with the kernel's reason) when a backend needs a missing feature."""
+    from fabric.lab import Lab, LabError
+
+    lab = Lab(topo)
+    try:
+        return lab.up()
+    except LabError as exc:
+        if "the running kernel lacks" in str(exc):
+            pytest.skip(f"{topo.backends[0]}: {exc.message.splitlines()[-1]}")
+        raise

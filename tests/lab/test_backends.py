@@ -13,21 +13,12 @@ from ipaddress import IPv4Network
 
 import pytest
 
-from fabric.lab import Lab, LabError, Topology
+from fabric.lab import Lab, Topology
 from fabric.lab.procs import is_alive, stop
-from fabric.plugins import list_plugins, load_plugin
-from tests.lab.conftest import needs_root, stack_missing
+from fabric.plugins import load_plugin
+from tests.lab.conftest import installed_backends, needs_root, stack_missing, up_or_skip
 
 pytestmark = [pytest.mark.root, pytest.mark.lab, needs_root]
-
-
-def _backends() -> list[str]:
-    """Installed backend entry points except `fake`; aliases of one class run once."""
-    seen: dict[str, str] = {}
-    for p in sorted(list_plugins("backend"), key=lambda p: (len(p.name), p.name)):
-        if p.name != "fake" and p.target not in seen:
-            seen[p.target] = p.name
-    return sorted(seen.values())
 
 
 # Extra topology settings a backend needs in a lab (agent args, backend options).
@@ -40,22 +31,12 @@ def _chunks(lab: Lab, host: str) -> list[str]:
     return sorted(c for n in nets for c in n.get("chunks") or [])
 
 
-def _up(topo: Topology) -> Lab:
-    lab = Lab(topo)
-    try:
-        return lab.up()
-    except LabError as exc:
-        if "the running kernel lacks" in str(exc):
-            pytest.skip(f"{topo.backends[0]}: {exc.message.splitlines()[-1]}")
-        raise
-
-
-@pytest.mark.parametrize("backend", _backends())
+@pytest.mark.parametrize("backend", installed_backends())
 def test_backend_in_lab(backend: str, lab_name: str) -> None:
     if why := stack_missing(backend):
         pytest.skip(why)
     topo = Topology(lab_name, backend, hosts=3, pods_per_host=2, **SETUP.get(backend, {}))
-    lab = _up(topo)
+    lab = up_or_skip(topo)
     stream = None
     try:
         # every pod reaches every other pod, addresses are unique and in the network

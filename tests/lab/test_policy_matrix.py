@@ -16,11 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from fabric.lab import Lab, LabError, Topology
-from fabric.plugins import list_plugins
+from fabric.lab import Lab, Topology
 from fabric.policy.probe import Probe, probe_many
 from tests.lab import test_backends
-from tests.lab.conftest import needs_root, stack_missing
+from tests.lab.conftest import installed_backends, needs_root, stack_missing, up_or_skip
 
 pytestmark = [pytest.mark.root, pytest.mark.lab, needs_root]
 
@@ -78,25 +77,6 @@ spec:
 SETUP: dict = getattr(test_backends, "SETUP", {})  # per-backend lab settings, shared
 
 
-def _backends() -> list[str]:
-    """Installed backends except `fake`; aliases of one class once."""
-    seen: dict[str, str] = {}
-    for p in sorted(list_plugins("backend"), key=lambda p: (len(p.name), p.name)):
-        if p.name != "fake" and p.target not in seen:
-            seen[p.target] = p.name
-    return sorted(seen.values())
-
-
-def _up(topo: Topology) -> Lab:
-    lab = Lab(topo)
-    try:
-        return lab.up()
-    except LabError as exc:
-        if "the running kernel lacks" in str(exc):
-            pytest.skip(f"{topo.backends[0]}: {exc}")
-        raise
-
-
 def _policy(lab: Lab, *args: str) -> subprocess.CompletedProcess:
     res = subprocess.run([FABRIC, "policy", *args, "--lab", lab.topo.name], capture_output=True,
                          text=True, timeout=120)
@@ -112,13 +92,13 @@ def _remote_known(lab: Lab, want: int) -> bool:
     return True
 
 
-@pytest.mark.parametrize("backend", _backends())
+@pytest.mark.parametrize("backend", installed_backends())
 def test_policy_matrix(backend: str, lab_name: str, tmp_path: Path) -> None:
     if why := stack_missing(backend):
         pytest.skip(why)
     setup = dict(SETUP.get(backend, {}))
     setup["agent_args"] = (*setup.get("agent_args", ()), "--policy", "nftables")
-    lab = _up(Topology(lab_name, backend, hosts=2, pods_per_host=1, **setup))
+    lab = up_or_skip(Topology(lab_name, backend, hosts=2, pods_per_host=1, **setup))
     try:
         lab.add_pod("h1", "db", labels={"app": "db"})
         lab.add_pod("h1", "web1", labels={"app": "web"})
