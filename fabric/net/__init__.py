@@ -1,5 +1,11 @@
 """Kernel helpers for backends (public API): links, routes, neighbours, FDB, workload veths."""
 
+from fabric.net.fastpath import (
+    FastPath,
+    fast_path_from_config,
+    remove_fast_path,
+    sync_fast_path,
+)
 from fabric.net.kernel import (
     NetlinkError,
     ipr,
@@ -16,6 +22,7 @@ from fabric.net.links import (
     link_addresses,
     link_index,
     link_info,
+    link_names,
     set_address,
     set_up,
     underlay_of,
@@ -44,6 +51,10 @@ from fabric.net.workload import (
 )
 
 __all__ = [
+    "FastPath",
+    "fast_path_from_config",
+    "remove_fast_path",
+    "sync_fast_path",
     "NetlinkError",
     "ipr",
     "netlink_call",
@@ -57,6 +68,7 @@ __all__ = [
     "link_addresses",
     "link_index",
     "link_info",
+    "link_names",
     "set_address",
     "set_up",
     "underlay_of",

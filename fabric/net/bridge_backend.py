@@ -24,6 +24,7 @@ from fabric.api import (
     Workload,
 )
 from fabric.errors import BackendError
+from fabric.net.fastpath import fast_path_from_config, remove_fast_path, sync_fast_path
 from fabric.net.kernel import ipr, netlink_call, sysctl_set
 from fabric.net.links import delete_link, ensure_bridge, set_address
 from fabric.net.routes import RTPROT_FABRIC, delete_route, fabric_routes
@@ -54,6 +55,7 @@ class BridgeBackend(Backend):
         self.peers: dict[IPv4Network, Peer] = {}
         self.peer_state: dict[IPv4Network, str] = {}
         self._lock = threading.RLock()
+        self.fast = fast_path_from_config(ctx)  # option FastPath (fabric.net.fastpath)
 
     # -- subclass hooks --
     def program_peer(self, peer: Peer, subnet: IPv4Network) -> None:
@@ -61,6 +63,10 @@ class BridgeBackend(Backend):
 
     def unprogram_peer(self, peer: Peer, subnet: IPv4Network) -> None:
         delete_route(subnet)
+
+    def uplinks(self) -> list[str]:
+        """Devices where pod traffic from other nodes arrives (for the fast path)."""
+        return [self.ctx.node.iface]
 
     # -- node --
     def start(self, chunks: tuple[IPv4Network, ...]) -> None:
@@ -71,6 +77,7 @@ class BridgeBackend(Backend):
         ensure_bridge(self.bridge, self.mtu)
         chunk = chunks[0]
         set_address(self.bridge, IPv4Interface(f"{next(chunk.hosts())}/{chunk.prefixlen}"))
+        self._start_fast_path(chunk)
         # After a restart, peers that left meanwhile still have routes: once the IPAM has
         # delivered the current peers, remove what no longer belongs to one.
         timer = threading.Timer(self.reconcile_delay, self.reconcile)
@@ -78,6 +85,20 @@ class BridgeBackend(Backend):
         timer.start()
 
     reconcile_delay = 3.0
+
+    def _start_fast_path(self, chunk: IPv4Network) -> None:
+        if self.fast is not None:
+            self.fast.local = chunk  # same-node pods stay switched by the bridge
+        pods = [dev for dev in self._bridge_ports() if dev.startswith(self.veth_prefix)]
+        sync_fast_path(self.fast, self.ctx, self.uplinks(), pods)
+
+    def _bridge_ports(self) -> list[str]:
+        with ipr() as sock:
+            bridge = sock.link_lookup(ifname=self.bridge)
+            if not bridge:
+                return []
+            return [link.get_attr("IFLA_IFNAME") for link in sock.get_links()
+                    if link.get_attr("IFLA_MASTER") == bridge[0]]
 
     def reconcile(self) -> None:
         """Delete our routes into the network that match no current peer."""
@@ -134,6 +155,8 @@ class BridgeBackend(Backend):
         host = host_ifname(self.veth_prefix, workload)
         pod = attach_bridged(workload, bridge=self.bridge, host=host, address=address,
                              gateway=gateway, mtu=self.mtu)
+        if self.fast is not None:
+            self.fast.attach(host, "pod")
         return Endpoint(
             workload=workload, host_ifname=host, mac=pod.mac, addresses=(address,),
             gateway=gateway, routes=(Route(IPv4Network("0.0.0.0/0"), gateway),), mtu=self.mtu,
@@ -161,7 +184,8 @@ class BridgeBackend(Backend):
                  "state": self.peer_state.get(s, "?")}
                 for s, p in sorted(self.peers.items())
             ]
-        return {"bridge": self.bridge, "peers": peers}
+        fast = self.fast.status() if self.fast is not None else {"enabled": False}
+        return {"bridge": self.bridge, "peers": peers, "fast_path": fast}
 
     def remove_routes(self) -> None:
         """Delete every route we installed into this network's CIDR (also after a crash)."""
@@ -169,7 +193,12 @@ class BridgeBackend(Backend):
             if r["dst"].subnet_of(self.ctx.spec.cidr) and r["type"] != 6:
                 delete_route(r["dst"])
 
+    def stop(self) -> None:
+        if self.fast is not None:
+            self.fast.close(detach=False)  # filters stay: pods keep their fast path
+
     def teardown(self) -> None:
+        remove_fast_path(self.ctx, self.uplinks())  # pod veths go with their pods
         self.remove_routes()
         delete_link(self.bridge)
 

@@ -9,6 +9,7 @@ from fabric.errors import BackendError
 from fabric.net.kernel import ipr, netlink_call
 
 __all__ = [
+    "link_names",
     "link_index",
     "link_info",
     "ensure_bridge",
@@ -113,6 +114,7 @@ def ensure_vxlan(
                 vxlan_local=str(local),
                 vxlan_link=underlay_index,
                 vxlan_learning=1 if learning else 0,
+                vxlan_udp_csum=0,  # as flannel and Calico: no outer UDP checksum
             )
             if mac:
                 kw["address"] = mac
@@ -120,6 +122,12 @@ def ensure_vxlan(
         idx = sock.link_lookup(ifname=name)[0]
         netlink_call(f"setting {name} up", sock.link, "set", index=idx, mtu=mtu, state="up")
         return idx
+
+
+def link_names() -> list[str]:
+    """Names of every device in the caller's namespace."""
+    with ipr() as sock:
+        return [link.get_attr("IFLA_IFNAME") for link in sock.get_links()]
 
 
 def delete_link(name: str) -> bool:

@@ -26,8 +26,12 @@ from fabric.net import (
     attach_routed,
     check_pod,
     detach_veth,
+    fast_path_from_config,
     host_ifname,
     link_index,
+    link_names,
+    remove_fast_path,
+    sync_fast_path,
 )
 from fabric_calico_bgp.config import parse_config
 from fabric_calico_bgp.dataplane import Dataplane
@@ -56,6 +60,7 @@ class CalicoBgpBackend(Backend):
         super().__init__(ctx)
         self.cfg = parse_config(ctx.spec.backend_config)
         self.dp = Dataplane(ctx, self.cfg)
+        self.fast = fast_path_from_config(ctx)  # option FastPath (fabric.net.fastpath)
         self.table = RouteTable()
         self.chunks: tuple[IPv4Network, ...] = ()
         self.nodes: dict[str, Peer] = {}
@@ -100,6 +105,8 @@ class CalicoBgpBackend(Backend):
                         "per node too)")
             _SPEAKERS[key] = self.ctx.spec.name
         self.dp.start()
+        pods = [d for d in link_names() if d.startswith(self.veth_prefix)]
+        sync_fast_path(self.fast, self.ctx, self.dp.uplinks(), pods)
         with self._lock:
             self.chunks = tuple(chunks)
             self.dp.set_local_blocks(self.chunks)
@@ -131,9 +138,12 @@ class CalicoBgpBackend(Backend):
             self.speaker.stop()  # routes stay in the kernel: pods keep working
         if self._ticker is not None:
             self._ticker.join(5)
+        if self.fast is not None:
+            self.fast.close(detach=False)  # filters stay: pods keep their fast path
 
     def teardown(self) -> None:
         self.stop()
+        remove_fast_path(self.ctx, self.dp.uplinks())  # pod veths go with their pods
         self.dp.teardown()
 
     # -- peers (nodes from the IPAM) and BGP neighbours --
@@ -310,6 +320,8 @@ class CalicoBgpBackend(Backend):
     def attach(self, workload: Workload, allocation: Allocation) -> Endpoint:
         host = host_ifname(self.veth_prefix, workload)
         pod = attach_routed(workload, host=host, ip=allocation.ip, mtu=self.mtu)
+        if self.fast is not None:
+            self.fast.attach(host, "pod")
         gw = LINK_LOCAL_GATEWAY
         return Endpoint(
             workload=workload, host_ifname=host, mac=pod.mac,

@@ -17,6 +17,7 @@ _MODES = ("Never", "Always", "CrossSubnet")
 _OPTIONS = {
     "Type", "ASNumber", "NodeToNodeMesh", "RouteReflectorClusterID", "Peers", "IPIPMode",
     "VXLANMode", "VXLANVNI", "VXLANPort", "HoldTime", "GracefulRestartTime", "ListenPort",
+    "FastPath",  # validated by fabric.net.fastpath
 }
 
 

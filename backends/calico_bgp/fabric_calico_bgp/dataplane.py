@@ -87,6 +87,10 @@ class Dataplane:
             return {"VtepMAC": self.mac}
         return {}
 
+    def uplinks(self) -> list[str]:
+        """Devices where pod traffic from other nodes arrives (for the fast path)."""
+        return [self.ctx.node.iface] + ([self.vx] if self.mode == "vxlan" else [])
+
     def start(self) -> None:
         sysctl_set("net/ipv4/ip_forward", 1)
         if self.mode == "vxlan":

@@ -55,6 +55,7 @@ def build_status(b: CalicoBgpBackend) -> dict[str, Any]:
         "encapsulation": b.cfg.encapsulation + (
             " (CrossSubnet)" if b.cfg.cross_subnet else ""),
         "blocks": [str(c) for c in b.chunks],
+        "fast_path": b.fast.status() if b.fast is not None else {"enabled": False},
         "routes": [{"dst": str(p), "via": str(b.dp.installed.get(p, ("-",))[0]),
                     "state": st} for p, st in sorted(b.route_state.items())],
     }

@@ -21,10 +21,10 @@ class HostGwBackend(BridgeBackend):
 
     def __init__(self, ctx: NetworkContext) -> None:
         super().__init__(ctx)
-        unknown = set(ctx.spec.backend_config) - {"Type"}
+        unknown = set(ctx.spec.backend_config) - {"Type", "FastPath"}
         if unknown:
             raise ConfigError(f"hostgw backend: unknown option(s) {', '.join(sorted(unknown))}",
-                              fix="host-gw takes no options")
+                              fix="host-gw takes one option, FastPath")
 
     @property
     def mtu(self) -> int:

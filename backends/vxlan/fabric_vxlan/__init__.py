@@ -37,7 +37,7 @@ from fabric.net.bridge_backend import BridgeBackend, route_is_direct
 __all__ = ["VxlanBackend", "VXLAN_OVERHEAD"]
 
 VXLAN_OVERHEAD = 50  # outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14
-_OPTIONS = {"Type", "VNI", "Port", "DirectRouting", "GBP", "Learning"}
+_OPTIONS = {"Type", "VNI", "Port", "DirectRouting", "GBP", "Learning", "FastPath"}
 
 
 def _int_option(cfg: dict, key: str, default: int, low: int, high: int) -> int:
@@ -138,6 +138,8 @@ class VxlanBackend(BridgeBackend):
                 self._ensure_device()
                 self._address_device()
                 self.reprogram_all()
+                if self.fast is not None:
+                    self.fast.attach(self.device, "uplink")
                 self.recreated += 1
             except BackendError as exc:
                 self.ctx.log.error("re-creating %s failed: %s", self.device, exc)
@@ -171,10 +173,14 @@ class VxlanBackend(BridgeBackend):
                    direct_routing=self.direct_routing, recreated=self.recreated)
         return out
 
+    def uplinks(self) -> list[str]:
+        return [self.device, self.ctx.node.iface] if self.direct_routing else [self.device]
+
     def stop(self) -> None:
         self._stop.set()
         if self._watchdog is not None:
             self._watchdog.join(timeout=2)
+        super().stop()
 
     def teardown(self) -> None:
         self.stop()
