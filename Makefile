@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-DEBS = etcd-server bird2 iperf3 nftables iproute2 iputils-ping netcat-openbsd tcpdump \
+DEBS = etcd-server etcd-client bird2 iperf3 nftables iproute2 iputils-ping netcat-openbsd tcpdump \
        containernetworking-plugins procps
 BACKENDS = $(wildcard backends/*/pyproject.toml)
 
