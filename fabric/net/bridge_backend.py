@@ -26,7 +26,7 @@ from fabric.api import (
 from fabric.errors import BackendError
 from fabric.net.fastpath import fast_path_from_config, remove_fast_path, sync_fast_path
 from fabric.net.kernel import ipr, netlink_call, sysctl_set
-from fabric.net.links import delete_link, ensure_bridge, set_address
+from fabric.net.links import delete_link, ensure_bridge, link_index, set_address
 from fabric.net.routes import RTPROT_FABRIC, delete_route, fabric_routes
 from fabric.net.workload import attach_bridged, check_pod, detach_veth, host_ifname
 
@@ -89,6 +89,8 @@ class BridgeBackend(Backend):
     def _start_fast_path(self, chunk: IPv4Network) -> None:
         if self.fast is not None:
             self.fast.local = chunk  # same-node pods stay switched by the bridge
+            bridge = link_index(self.bridge)
+            self.fast.source_iif = bridge or 0  # pods' sources route back via the bridge
         pods = [dev for dev in self._bridge_ports() if dev.startswith(self.veth_prefix)]
         sync_fast_path(self.fast, self.ctx, self.uplinks(), pods)
 
@@ -163,7 +165,10 @@ class BridgeBackend(Backend):
         )
 
     def detach(self, workload: Workload) -> None:
-        detach_veth(host_ifname(self.veth_prefix, workload), workload)
+        host = host_ifname(self.veth_prefix, workload)
+        detach_veth(host, workload)
+        if self.fast is not None:
+            self.fast.forget(host)
 
     def check(self, workload: Workload, allocation: Allocation) -> None:
         want = IPv4Interface(f"{allocation.ip}/{allocation.chunk.prefixlen}")

@@ -75,6 +75,9 @@ class Program:
     def jmpi(self, cond: str, dst: int, imm: int, target: str, *, bits: int = 64) -> None:
         self._emit((0x05 if bits == 64 else 0x06) | _JMP[cond], dst, off=target, imm=imm)
 
+    def jmp_reg(self, cond: str, dst: int, src: int, target: str) -> None:
+        self._emit(0x05 | 0x08 | _JMP[cond], dst, src, off=target)
+
     def call(self, helper: str) -> None:
         self._emit(0x85, imm=HELPERS[helper])
 

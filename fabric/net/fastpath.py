@@ -41,6 +41,7 @@ _SCRATCH = -72  # stack: 2-byte scratch for the new TTL
 _FIB = -64  # stack: struct bpf_fib_lookup (64 bytes)
 _AF_INET = 2
 _SKB_PROTOCOL, _SKB_IFINDEX = 16, 40  # offsets in struct __sk_buff
+_FIB_NO_NEIGH = 7  # BPF_FIB_LKUP_RET_NO_NEIGH: route found, neighbour not resolved
 
 
 def _le32(net: IPv4Network) -> tuple[int, int]:
@@ -50,9 +51,17 @@ def _le32(net: IPv4Network) -> tuple[int, int]:
     return addr, mask
 
 
-def build_program(pods: IPv4Network, exclude: IPv4Network | None = None) -> bytes:
+def build_program(pods: IPv4Network, exclude: IPv4Network | None = None,
+                  source_iif: int | None = None) -> bytes:
     """Bytecode forwarding packets to ``pods`` (except ``exclude``, e.g. a bridged
-    node's own subnet, which stays switched by the bridge)."""
+    node's own subnet, which stays switched by the bridge).
+
+    ``source_iif`` (pod-facing programs) adds strict reverse-path filtering, as
+    ``rp_filter`` would do on the stack path the program skips: the route back to
+    the source must leave through that interface (0: the one the packet came in
+    on, for routed pods; a bridge's index for bridged pods). Failing packets go up
+    the stack, where the node's own rp_filter setting decides.
+    """
     p = Program()
     p.mov(R6, R1)
     p.ldx(4, R2, R6, _SKB_PROTOCOL)
@@ -74,23 +83,18 @@ def build_program(pods: IPv4Network, exclude: IPv4Network | None = None) -> byte
             p.ldx(4, R2, FP, _IPH + 16)
             p.alui("&", R2, mask, bits=32)
             p.jmpi(cond, R2, addr, "pass", bits=32)
-    for off in range(_FIB, 0, 8):
-        p.st(8, FP, off, 0)
-    p.st(1, FP, _FIB, _AF_INET)
-    for src, size, dst in ((_IPH + 9, 1, _FIB + 1),  # l4 protocol
-                           (_IPH + 1, 1, _FIB + 12),  # tos
-                           (_IPH + 12, 4, _FIB + 16),  # source address
-                           (_IPH + 16, 4, _FIB + 32)):  # destination address
-        p.ldx(size, R2, FP, src)
-        p.stx(size, FP, dst, R2)
-    p.ldx(4, R2, R6, _SKB_IFINDEX)
-    p.stx(4, FP, _FIB + 8, R2)  # input interface for the lookup
-    p.mov(R1, R6)
-    p.mov(R2, FP)
-    p.alui("+", R2, _FIB)
-    p.movi(R3, 64)
-    p.movi(R4, 0)
-    p.call("fib_lookup")
+    if source_iif is not None:
+        _fib_lookup(p, src=_IPH + 16, dst=_IPH + 12)  # the route back to the source
+        p.jmpi("==", R0, 0, "rpf")
+        p.jmpi("!=", R0, _FIB_NO_NEIGH, "pass")
+        p.label("rpf")
+        p.ldx(4, R2, FP, _FIB + 8)
+        if source_iif:
+            p.jmpi("!=", R2, source_iif, "pass", bits=32)
+        else:
+            p.ldx(4, R3, R6, _SKB_IFINDEX)
+            p.jmp_reg("!=", R2, R3, "pass")
+    _fib_lookup(p, src=_IPH + 12, dst=_IPH + 16)
     p.jmpi("!=", R0, 0, "pass")  # not BPF_FIB_LKUP_RET_SUCCESS
     # TTL and protocol share one 16-bit word; TTL is its first byte (low on little-endian)
     p.ldx(2, R7, FP, _IPH + 8)
@@ -114,6 +118,27 @@ def build_program(pods: IPv4Network, exclude: IPv4Network | None = None) -> byte
     p.movi(R0, -1)  # TC_ACT_UNSPEC: next tc filter, then the normal stack
     p.exit()
     return p.assemble()
+
+
+def _fib_lookup(p: Program, *, src: int, dst: int) -> None:
+    """bpf_fib_lookup for the header copy's addresses at ``src``/``dst``; result in R0."""
+    for off in range(_FIB, 0, 8):
+        p.st(8, FP, off, 0)
+    p.st(1, FP, _FIB, _AF_INET)
+    for from_off, size, to_off in ((_IPH + 9, 1, _FIB + 1),  # l4 protocol
+                                   (_IPH + 1, 1, _FIB + 12),  # tos
+                                   (src, 4, _FIB + 16),
+                                   (dst, 4, _FIB + 32)):
+        p.ldx(size, R2, FP, from_off)
+        p.stx(size, FP, to_off, R2)
+    p.ldx(4, R2, R6, _SKB_IFINDEX)
+    p.stx(4, FP, _FIB + 8, R2)  # input interface for the lookup
+    p.mov(R1, R6)
+    p.mov(R2, FP)
+    p.alui("+", R2, _FIB)
+    p.movi(R3, 64)
+    p.movi(R4, 0)
+    p.call("fib_lookup")
 
 
 def _store(p: Program, pkt_off: int, stack_off: int, size: int) -> None:
@@ -176,6 +201,7 @@ class FastPath:
     def __init__(self, pods: IPv4Network, local: IPv4Network | None = None, *,
                  name: str = "net") -> None:
         self.pods, self.local = pods, local
+        self.source_iif = 0  # reverse-path check on pod devices: 0 = the pod's own veth
         self.filter_name = f"netfabric-{name}"
         self.prio = 0x4000 + (zlib.crc32(name.encode()) & 0x0FFF)
         self._fds: dict[str, int] = {}
@@ -185,9 +211,11 @@ class FastPath:
     def _fd(self, role: str) -> int:
         with self._lock:
             if role not in self._fds:
-                exclude = self.local if role == "pod" else None
+                pod = role == "pod"
+                code = build_program(self.pods, self.local if pod else None,
+                                     self.source_iif if pod else None)
                 try:
-                    self._fds[role] = _load(build_program(self.pods, exclude), f"nf_fast_{role}")
+                    self._fds[role] = _load(code, f"nf_fast_{role}")
                 except BpfError as exc:
                     detail = f"\n{exc.log.strip()[-2000:]}" if exc.log else ""
                     raise KernelFeatureMissing(
@@ -216,6 +244,10 @@ class FastPath:
             sock.tc("add-filter", "bpf", index, ":1", fd=fd, name=self.filter_name,
                     parent=_INGRESS, classid=1, direct_action=True, prio=self.prio)
         self.attached.add(ifname)
+
+    def forget(self, ifname: str) -> None:
+        """``ifname`` was deleted (with its filter)."""
+        self.attached.discard(ifname)
 
     def detach(self, ifname: str) -> None:
         """Remove our filter from ``ifname`` (other tc filters stay)."""

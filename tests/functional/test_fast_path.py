@@ -111,3 +111,20 @@ def test_filters_removed_when_option_off_and_on_teardown(two_hosts) -> None:
     assert r["ok"] and PRIO.search(_filters(h1, veth))
     assert d1(op="teardown")["ok"]
     assert not PRIO.search(_filters(h1, "eth0"))
+
+
+def test_spoofed_pod_source_is_left_to_the_stack(two_hosts) -> None:
+    """A pod sending from an address its node would not route back to it is not
+    fast-forwarded (the program's reverse-path check); the stack's rp_filter decides."""
+    bring_up(two_hosts, "hostgw", {"FastPath": True})
+    h1, h2 = two_hosts["ns"]
+    p1 = two_hosts["pods"][0]
+    assert ping(p1, "10.99.2.5")
+    _count_forwarding((h1,))
+    sh("ip", "addr", "add", "10.99.2.77/32", "dev", "eth0", ns=p1)  # h2's subnet: spoofed
+    sh("ping", "-c", "3", "-i", "0.2", "-W", "1", "-I", "10.99.2.77", "10.99.2.5", ns=p1,
+       check=False)
+    assert _forwarded(h1) >= 3  # went up h1's stack (the fast path would not count)
+    before = _forwarded(h1)
+    assert ping(p1, "10.99.2.5")  # its real address still takes the fast path
+    assert _forwarded(h1) == before

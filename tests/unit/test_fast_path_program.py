@@ -88,3 +88,15 @@ def test_networks_get_distinct_filter_priorities(tmp_path: Path) -> None:
 
     prios = {FastPath(IPv4Network("10.0.0.0/8"), name=n).prio for n in ("a", "b", "pods")}
     assert len(prios) == 3 and all(0x4000 <= p < 0x5000 for p in prios)
+
+
+def test_pod_programs_check_the_reverse_path() -> None:
+    pods = IPv4Network("10.244.0.0/16")
+    routed = _insns(build_program(pods, source_iif=0))
+    bridged = _insns(build_program(pods, IPv4Network("10.244.7.0/24"), source_iif=9))
+    uplink = _insns(build_program(pods))
+    fib_calls = [sum(1 for op, _r, _o, imm in p if op == 0x85 and imm == 69)
+                 for p in (routed, bridged, uplink)]
+    assert fib_calls == [2, 2, 1]  # reverse lookup, then forward lookup
+    assert any(op == 0x5D for op, *_ in routed)  # result != skb->ifindex (register compare)
+    assert (0x56, 9) in [(op, imm) for op, _r, _o, imm in bridged]  # != the bridge's index

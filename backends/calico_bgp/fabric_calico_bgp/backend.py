@@ -330,7 +330,10 @@ class CalicoBgpBackend(Backend):
         )
 
     def detach(self, workload: Workload) -> None:
-        detach_veth(host_ifname(self.veth_prefix, workload), workload)
+        host = host_ifname(self.veth_prefix, workload)
+        detach_veth(host, workload)
+        if self.fast is not None:
+            self.fast.forget(host)
 
     def check(self, workload: Workload, allocation: Allocation) -> None:
         check_pod(workload, IPv4Interface(f"{allocation.ip}/32"), LINK_LOCAL_GATEWAY)
