@@ -33,8 +33,9 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("throughput", help="pod-to-pod iperf3 vs the underlay (lab)")
     p.add_argument("--backend", required=True, help="backend to measure (e.g. vxlan)")
     p.add_argument("--hosts", type=int, default=2, help="emulated hosts (>= 2)")
-    p.add_argument("--duration", type=int, default=5, help="seconds per iperf3 run")
-    p.add_argument("--repeat", type=int, default=1, help="alternating runs of each kind")
+    p.add_argument("--duration", type=int, default=3, help="seconds per iperf3 run")
+    p.add_argument("--repeat", type=int, default=5,
+                   help="alternating rounds (one round = one run of each kind)")
     p.add_argument("--streams", type=int, default=1, help="parallel TCP streams")
     p.add_argument("--pin", action="store_true", help="pin iperf3 client/server to CPUs 0/1")
     p.add_argument("--backend-opt", action="append", default=[], metavar="KEY=VALUE")
@@ -44,7 +45,7 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=cmd_throughput)
 
 
-def run(backend: str, *, hosts: int = 2, duration: int = 5, repeat: int = 1,
+def run(backend: str, *, hosts: int = 2, duration: int = 3, repeat: int = 5,
         streams: int = 1, backend_opts: dict[str, Any] | None = None,
         name: str = "", pin: bool = False) -> dict[str, Any]:
     """Bring up a lab, measure, take it down; returns the result mapping."""
