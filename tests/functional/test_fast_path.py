@@ -9,6 +9,7 @@ forwarded traffic at all.
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 
@@ -128,3 +129,20 @@ def test_spoofed_pod_source_is_left_to_the_stack(two_hosts) -> None:
     before = _forwarded(h1)
     assert ping(p1, "10.99.2.5")  # its real address still takes the fast path
     assert _forwarded(h1) == before
+
+
+def test_recreated_vxlan_device_gets_the_program_again(two_hosts) -> None:
+    bring_up(two_hosts, "vxlan", {"FastPath": True})
+    h1 = two_hosts["ns"][0]
+    p1 = two_hosts["pods"][0]
+    sh("ip", "link", "del", "t.vx", ns=h1)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not PRIO.search(_filters(h1, "t.vx") if
+                                                          _exists(h1, "t.vx") else ""):
+        time.sleep(0.2)
+    assert PRIO.search(_filters(h1, "t.vx"))
+    assert ping(p1, "10.99.2.5")
+
+
+def _exists(ns: str, dev: str) -> bool:
+    return sh("ip", "link", "show", dev, ns=ns, check=False).returncode == 0
