@@ -27,7 +27,7 @@ import zlib
 from ipaddress import IPv4Network
 from typing import Any
 
-from fabric.errors import ConfigError, KernelFeatureMissing
+from fabric.errors import BackendError, ConfigError, KernelFeatureMissing
 from fabric.net.ebpf import FP, R0, R1, R2, R3, R4, R5, R6, R7, R8, BpfError, Program
 from fabric.net.ebpf import load_sched_cls as _load
 from fabric.net.kernel import NetlinkError, ipr
@@ -236,13 +236,19 @@ class FastPath:
                 return
             index = found[0]
             try:
-                sock.tc("add", "clsact", index)
+                try:
+                    sock.tc("add", "clsact", index)
+                except NetlinkError as exc:
+                    if exc.code != 17:  # EEXIST: the hook is already there
+                        raise
+                _delete_filter(sock, index, self.prio)
+                sock.tc("add-filter", "bpf", index, ":1", fd=fd, name=self.filter_name,
+                        parent=_INGRESS, classid=1, direct_action=True, prio=self.prio)
             except NetlinkError as exc:
-                if exc.code != 17:  # EEXIST: the hook is already there
-                    raise
-            _delete_filter(sock, index, self.prio)
-            sock.tc("add-filter", "bpf", index, ":1", fd=fd, name=self.filter_name,
-                    parent=_INGRESS, classid=1, direct_action=True, prio=self.prio)
+                raise BackendError(
+                    f"cannot attach the fast path to {ifname}: {exc}",
+                    fix="check `tc qdisc show dev IF` (a plain ingress qdisc blocks clsact), "
+                        "or turn FastPath off") from exc
         self.attached.add(ifname)
 
     def forget(self, ifname: str) -> None:
