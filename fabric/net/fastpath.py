@@ -33,7 +33,7 @@ from fabric.net.ebpf import load_sched_cls as _load
 from fabric.net.kernel import NetlinkError, ipr
 
 __all__ = ["FastPath", "build_program", "fast_path_from_config", "sync_fast_path",
-           "remove_fast_path"]
+           "remove_fast_path", "probe"]
 _INGRESS = "ffff:fff2"  # clsact ingress (TC_H_MIN_INGRESS under TC_H_CLSACT)
 _ETH_HLEN = 14
 _IPH = -96  # stack: copy of the IPv4 header (20 bytes)
@@ -149,6 +149,18 @@ def _store(p: Program, pkt_off: int, stack_off: int, size: int) -> None:
     p.movi(R4, size)
     p.movi(R5, 0)
     p.call("skb_store_bytes")
+
+
+def probe() -> str | None:
+    """Why this kernel cannot run the fast path (None when it loads both programs)."""
+    fast = FastPath(IPv4Network("10.0.0.0/8"), IPv4Network("10.1.0.0/24"), name="probe")
+    try:
+        fast.check()
+    except KernelFeatureMissing as exc:
+        return str(exc).split("\n")[0]
+    finally:
+        fast.close(detach=False)
+    return None
 
 
 def fast_path_from_config(ctx: Any, key: str = "FastPath") -> FastPath | None:

@@ -22,6 +22,10 @@ PRIO = re.compile(r"pref (\d+) bpf .*netfabric-t ")
 
 @pytest.fixture
 def two_hosts(tmp_path):
+    from fabric.net.fastpath import probe
+
+    if why := probe():
+        pytest.skip(why)
     with two_host_env("nffp", tmp_path, teardown=True) as env:
         yield env
 

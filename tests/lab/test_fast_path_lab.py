@@ -26,7 +26,9 @@ def _forwarded(lab, host: str) -> int:
 
 @pytest.mark.parametrize("backend", FAST_PATH_BACKENDS)
 def test_fast_path_lab(backend: str, lab_name: str) -> None:
-    if why := stack_missing(backend):
+    from fabric.net.fastpath import probe
+
+    if why := stack_missing(backend) or probe():
         pytest.skip(why)
     topo = Topology(lab_name, backend, hosts=2, pods_per_host=2,
                     backend_opts={backend: {"FastPath": True}})

@@ -100,3 +100,15 @@ def test_pod_programs_check_the_reverse_path() -> None:
     assert fib_calls == [2, 2, 1]  # reverse lookup, then forward lookup
     assert any(op == 0x5D for op, *_ in routed)  # result != skb->ifindex (register compare)
     assert (0x56, 9) in [(op, imm) for op, _r, _o, imm in bridged]  # != the bridge's index
+
+
+def test_probe_says_why_when_the_kernel_refuses(monkeypatch) -> None:
+    from fabric.net import fastpath
+    from fabric.net.ebpf import BpfError
+
+    def refuse(code: bytes, name: str) -> int:
+        raise BpfError("bpf(BPF_PROG_LOAD) failed: Function not implemented")
+
+    monkeypatch.setattr(fastpath, "_load", refuse)
+    why = fastpath.probe()
+    assert why and "eBPF tc fast path" in why and "not implemented" in why
