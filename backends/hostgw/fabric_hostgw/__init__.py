@@ -2,6 +2,8 @@
 
 Needs every peer on the node's L2 segment (flannel's host-gw rule): a peer
 reachable only through a router is refused with a message and shown in status.
+One option: ``FastPath`` (default false), the eBPF forwarding fast path of
+``fabric.net.fastpath`` on the pod veths and the underlay interface.
 """
 
 from __future__ import annotations

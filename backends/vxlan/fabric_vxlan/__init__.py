@@ -6,6 +6,8 @@ an on-link route ``subnet via <subnet network address> dev vx``, a permanent
 neighbour entry mapping that address to the peer's VtepMAC, and an FDB entry
 sending that MAC to the peer's PublicIP. ``DirectRouting`` routes peers on the
 same L2 segment like host-gw instead. The device is re-created if deleted.
+``FastPath`` (default false) adds the eBPF forwarding fast path of
+``fabric.net.fastpath`` on the pod veths and the VXLAN device.
 """
 
 from __future__ import annotations
