@@ -3,6 +3,7 @@
 from fabric.net.fastpath import (
     FastPath,
     fast_path_from_config,
+    fast_path_status,
     remove_fast_path,
     sync_fast_path,
 )
@@ -16,6 +17,7 @@ from fabric.net.kernel import (
     sysctl_set,
 )
 from fabric.net.links import (
+    bridge_ports,
     delete_link,
     ensure_bridge,
     ensure_vxlan,
@@ -53,6 +55,7 @@ from fabric.net.workload import (
 __all__ = [
     "FastPath",
     "fast_path_from_config",
+    "fast_path_status",
     "remove_fast_path",
     "sync_fast_path",
     "NetlinkError",
@@ -62,6 +65,7 @@ __all__ = [
     "kernel_supports",
     "require_kind",
     "sysctl_set",
+    "bridge_ports",
     "delete_link",
     "ensure_bridge",
     "ensure_vxlan",

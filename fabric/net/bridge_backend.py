@@ -24,9 +24,14 @@ from fabric.api import (
     Workload,
 )
 from fabric.errors import BackendError
-from fabric.net.fastpath import fast_path_from_config, remove_fast_path, sync_fast_path
+from fabric.net.fastpath import (
+    fast_path_from_config,
+    fast_path_status,
+    remove_fast_path,
+    sync_fast_path,
+)
 from fabric.net.kernel import ipr, netlink_call, sysctl_set
-from fabric.net.links import delete_link, ensure_bridge, link_index, set_address
+from fabric.net.links import bridge_ports, delete_link, ensure_bridge, link_index, set_address
 from fabric.net.routes import RTPROT_FABRIC, delete_route, fabric_routes
 from fabric.net.workload import attach_bridged, check_pod, detach_veth, host_ifname
 
@@ -91,16 +96,8 @@ class BridgeBackend(Backend):
             self.fast.local = chunk  # same-node pods stay switched by the bridge
             bridge = link_index(self.bridge)
             self.fast.source_iif = bridge or 0  # pods' sources route back via the bridge
-        pods = [dev for dev in self._bridge_ports() if dev.startswith(self.veth_prefix)]
+        pods = [dev for dev in bridge_ports(self.bridge) if dev.startswith(self.veth_prefix)]
         sync_fast_path(self.fast, self.ctx, self.uplinks(), pods)
-
-    def _bridge_ports(self) -> list[str]:
-        with ipr() as sock:
-            bridge = sock.link_lookup(ifname=self.bridge)
-            if not bridge:
-                return []
-            return [link.get_attr("IFLA_IFNAME") for link in sock.get_links()
-                    if link.get_attr("IFLA_MASTER") == bridge[0]]
 
     def reconcile(self) -> None:
         """Delete our routes into the network that match no current peer."""
@@ -189,8 +186,7 @@ class BridgeBackend(Backend):
                  "state": self.peer_state.get(s, "?")}
                 for s, p in sorted(self.peers.items())
             ]
-        fast = self.fast.status() if self.fast is not None else {"enabled": False}
-        return {"bridge": self.bridge, "peers": peers, "fast_path": fast}
+        return {"bridge": self.bridge, "peers": peers, "fast_path": fast_path_status(self.fast)}
 
     def remove_routes(self) -> None:
         """Delete every route we installed into this network's CIDR (also after a crash)."""

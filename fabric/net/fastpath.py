@@ -32,8 +32,8 @@ from fabric.net.ebpf import FP, R0, R1, R2, R3, R4, R5, R6, R7, R8, BpfError, Pr
 from fabric.net.ebpf import load_sched_cls as _load
 from fabric.net.kernel import NetlinkError, ipr
 
-__all__ = ["FastPath", "build_program", "fast_path_from_config", "sync_fast_path",
-           "remove_fast_path", "probe"]
+__all__ = ["FastPath", "build_program", "fast_path_from_config", "fast_path_status",
+           "sync_fast_path", "remove_fast_path", "probe"]
 _INGRESS = "ffff:fff2"  # clsact ingress (TC_H_MIN_INGRESS under TC_H_CLSACT)
 _ETH_HLEN = 14
 _IPH = -96  # stack: copy of the IPv4 header (20 bytes)
@@ -66,12 +66,7 @@ def build_program(pods: IPv4Network, exclude: IPv4Network | None = None,
     p.mov(R6, R1)
     p.ldx(4, R2, R6, _SKB_PROTOCOL)
     p.jmpi("!=", R2, socket.htons(0x0800), "pass")
-    p.mov(R1, R6)
-    p.movi(R2, _ETH_HLEN)
-    p.mov(R3, FP)
-    p.alui("+", R3, _IPH)
-    p.movi(R4, 20)
-    p.call("skb_load_bytes")
+    _skb_bytes(p, "skb_load_bytes", _ETH_HLEN, _IPH, 20)
     p.jmpi("!=", R0, 0, "pass")
     p.ldx(1, R2, FP, _IPH)  # version 4, header length 5 words (no options)
     p.jmpi("!=", R2, 0x45, "pass")
@@ -101,15 +96,15 @@ def build_program(pods: IPv4Network, exclude: IPv4Network | None = None,
     p.mov(R8, R7)
     p.alui("-", R8, 1)
     p.stx(2, FP, _SCRATCH, R8)
-    _store(p, _ETH_HLEN + 8, _SCRATCH, 2)
+    _skb_bytes(p, "skb_store_bytes", _ETH_HLEN + 8, _SCRATCH, 2)
     p.mov(R1, R6)
     p.movi(R2, _ETH_HLEN + 10)  # IPv4 header checksum
     p.mov(R3, R7)
     p.mov(R4, R8)
     p.movi(R5, 2)
     p.call("l3_csum_replace")
-    _store(p, 0, _FIB + 58, 6)  # destination MAC (bpf_fib_lookup.dmac)
-    _store(p, 6, _FIB + 52, 6)  # source MAC (bpf_fib_lookup.smac)
+    _skb_bytes(p, "skb_store_bytes", 0, _FIB + 58, 6)  # destination MAC (fib dmac)
+    _skb_bytes(p, "skb_store_bytes", 6, _FIB + 52, 6)  # source MAC (fib smac)
     p.ldx(4, R1, FP, _FIB + 8)  # egress ifindex
     p.movi(R2, 0)
     p.call("redirect")
@@ -141,14 +136,16 @@ def _fib_lookup(p: Program, *, src: int, dst: int) -> None:
     p.call("fib_lookup")
 
 
-def _store(p: Program, pkt_off: int, stack_off: int, size: int) -> None:
+def _skb_bytes(p: Program, helper: str, pkt_off: int, stack_off: int, size: int) -> None:
+    """Copy ``size`` bytes between the packet and the stack with ``helper``
+    (skb_load_bytes or skb_store_bytes; the latter's flags argument is 0)."""
     p.mov(R1, R6)
     p.movi(R2, pkt_off)
     p.mov(R3, FP)
     p.alui("+", R3, stack_off)
     p.movi(R4, size)
     p.movi(R5, 0)
-    p.call("skb_store_bytes")
+    p.call(helper)
 
 
 def probe() -> str | None:
@@ -161,6 +158,11 @@ def probe() -> str | None:
     finally:
         fast.close(detach=False)
     return None
+
+
+def fast_path_status(fast: FastPath | None) -> dict[str, Any]:
+    """The ``fast_path`` entry of a backend's status."""
+    return fast.status() if fast is not None else {"enabled": False}
 
 
 def fast_path_from_config(ctx: Any, key: str = "FastPath") -> FastPath | None:

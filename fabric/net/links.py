@@ -9,6 +9,7 @@ from fabric.errors import BackendError
 from fabric.net.kernel import ipr, netlink_call
 
 __all__ = [
+    "bridge_ports",
     "link_names",
     "link_index",
     "link_info",
@@ -128,6 +129,16 @@ def link_names() -> list[str]:
     """Names of every device in the caller's namespace."""
     with ipr() as sock:
         return [link.get_attr("IFLA_IFNAME") for link in sock.get_links()]
+
+
+def bridge_ports(bridge: str) -> list[str]:
+    """Names of the devices enslaved to ``bridge`` (empty if it does not exist)."""
+    with ipr() as sock:
+        idx = sock.link_lookup(ifname=bridge)
+        if not idx:
+            return []
+        return [link.get_attr("IFLA_IFNAME") for link in sock.get_links()
+                if link.get_attr("IFLA_MASTER") == idx[0]]
 
 
 def delete_link(name: str) -> bool:

@@ -52,14 +52,9 @@ def _bridge_of(ifname: str) -> tuple[str, str]:
 def _bridge_ports(bridge: str) -> set[str]:
     """Names of the interfaces enslaved to ``bridge`` (empty if it is gone)."""
     try:
-        from fabric.net.kernel import ipr
+        from fabric.net.links import bridge_ports
 
-        with ipr() as sock:
-            idx = sock.link_lookup(ifname=bridge)
-            if not idx:
-                return set()
-            return {link.get_attr("IFLA_IFNAME") for link in sock.get_links()
-                    if link.get_attr("IFLA_MASTER") == idx[0]}
+        return set(bridge_ports(bridge))
     except Exception:  # status must answer even if the kernel lookup fails
         return set()
 

@@ -9,12 +9,12 @@ forwarded traffic at all.
 from __future__ import annotations
 
 import re
-import time
 
 import pytest
 
 from tests.functional.conftest_netns import sh
 from tests.functional.test_backends_kernel import bring_up, needs_root, ping, two_host_env
+from tests.util import FORWARD_COUNTER, FORWARD_COUNTER_LIST, counted_packets, wait_for
 
 pytestmark = [needs_root, pytest.mark.root]
 PRIO = re.compile(r"pref (\d+) bpf .*netfabric-t ")
@@ -32,14 +32,12 @@ def two_hosts(tmp_path):
 
 def _count_forwarding(hosts: tuple[str, ...]) -> None:
     for ns in hosts:
-        sh("nft", "add table ip nffpcount", ns=ns)
-        sh("nft", "add chain ip nffpcount fw { type filter hook forward priority 0 ; }", ns=ns)
-        sh("nft", "add rule ip nffpcount fw counter", ns=ns)
+        for cmd in FORWARD_COUNTER:
+            sh("nft", cmd, ns=ns)
 
 
 def _forwarded(ns: str) -> int:
-    out = sh("nft", "list chain ip nffpcount fw", ns=ns).stdout
-    return int(re.search(r"counter packets (\d+)", out).group(1))
+    return counted_packets(sh("nft", FORWARD_COUNTER_LIST, ns=ns).stdout)
 
 
 def _bulk_tcp(src: str, dst: str, dst_ip: str) -> None:
@@ -140,11 +138,8 @@ def test_recreated_vxlan_device_gets_the_program_again(two_hosts) -> None:
     h1 = two_hosts["ns"][0]
     p1 = two_hosts["pods"][0]
     sh("ip", "link", "del", "t.vx", ns=h1)
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and not PRIO.search(_filters(h1, "t.vx") if
-                                                          _exists(h1, "t.vx") else ""):
-        time.sleep(0.2)
-    assert PRIO.search(_filters(h1, "t.vx"))
+    assert wait_for(lambda: _exists(h1, "t.vx") and bool(PRIO.search(_filters(h1, "t.vx"))),
+                    timeout=5, step=0.2)
     assert ping(p1, "10.99.2.5")
 
 

@@ -8,20 +8,18 @@ netfilter ``forward`` hook (it took the eBPF fast path), and an agent restart
 
 from __future__ import annotations
 
-import re
-
 import pytest
 
 from fabric.lab import Topology
 from tests.lab.conftest import installed_backends, needs_root, stack_missing, up_or_skip
+from tests.util import FORWARD_COUNTER, FORWARD_COUNTER_LIST, counted_packets
 
 pytestmark = [pytest.mark.root, pytest.mark.lab, needs_root]
 FAST_PATH_BACKENDS = [b for b in ("hostgw", "vxlan", "calico-bgp") if b in installed_backends()]
 
 
 def _forwarded(lab, host: str) -> int:
-    out = lab.exec(host, ["nft", "list", "chain", "ip", "nffpcount", "fw"]).stdout
-    return int(re.search(r"counter packets (\d+)", out).group(1))
+    return counted_packets(lab.exec(host, ["nft", FORWARD_COUNTER_LIST]).stdout)
 
 
 @pytest.mark.parametrize("backend", FAST_PATH_BACKENDS)
@@ -39,9 +37,7 @@ def test_fast_path_lab(backend: str, lab_name: str) -> None:
         for src, dst in (("h1p1", "h2p1"), ("h1p1", "h1p2")):
             assert lab.tcp_check(src, dst).ok
         for host in ("h1", "h2"):
-            for cmd in ("add table ip nffpcount",
-                        "add chain ip nffpcount fw { type filter hook forward priority 0 ; }",
-                        "add rule ip nffpcount fw counter"):
+            for cmd in FORWARD_COUNTER:
                 lab.exec(host, ["nft", cmd])
         result = lab.iperf("h1p1", "h2p2", seconds=1)
         assert result.gbps > 0
