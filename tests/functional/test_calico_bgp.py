@@ -180,6 +180,29 @@ def test_mesh_native_routes_and_withdraw(cluster):
     assert "blackhole" not in routes(c.hosts[1])
 
 
+def _context_switches(pid: int) -> int:
+    """Voluntary + involuntary context switches of every thread of ``pid`` so far."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for line in (task / "status").read_text().splitlines():
+            if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                total += int(line.split()[1])
+    return total
+
+
+def test_idle_speaker_wakes_rarely(cluster):
+    """An established, idle exabgp must not poll at its default 100 Hz: on a small VM those
+    wake-ups cost the host ~20 % of its TCP throughput (docs/benchmarks.md)."""
+    c = cluster(2)
+    c.start({})
+    wait_for(c.all_routes_ok, 20, "routes")
+    pid = c.drivers[0].ok(op="status")["bgp"]["speaker"]["pid"]
+    before = _context_switches(pid)
+    time.sleep(3)
+    rate = (_context_switches(pid) - before) / 3
+    assert rate < 40, f"idle exabgp woke {rate:.0f} times a second"
+
+
 def test_vxlan_always_encapsulates(cluster):
     c = cluster(2)
     datas = c.start({"VXLANMode": "Always"})

@@ -94,6 +94,12 @@ def render_config(
     return "\n".join(line for line in lines if line) + "\n"
 
 
+REACTOR_SPEED = 10.0  # exabgp.reactor.speed: poll at most every 100 ms when idle
+RELOAD_CONFIRM = 1.0  # s to wait for exabgp to log a reload before signalling again
+RELOAD_DONE = "performing reload of exabgp"  # exabgp logs this (INFO) as it reloads
+RELOAD_FAILED = "could not load/reload configuration"
+
+
 def exabgp_env(bind: IPv4Address, port: int = 179) -> dict[str, str]:
     """Environment for exabgp: stay root, no CLI pipes, listen on the node address."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("exabgp")}
@@ -113,6 +119,11 @@ def exabgp_env(bind: IPv4Address, port: int = 179) -> dict[str, str]:
             "exabgp.tcp.bind": str(bind),
             "exabgp.tcp.port": str(port),
             "exabgp.bgp.passive": "false",
+            # exabgp's reactor polls every speed/100 s: 10 ms by default, 100 wake-ups a
+            # second, which cost the lab's hosts ~20 % of their TCP throughput on a 2-vCPU VM
+            # (docs/benchmarks.md). Sockets and the API pipe still wake it at once; timers
+            # and accept() are served within 100 ms.
+            "exabgp.reactor.speed": str(REACTOR_SPEED),
         }
     )
     return env
@@ -161,6 +172,9 @@ class Speaker:
         self._listener: socket.socket | None = None
         self._send_lock = threading.Lock()
         self._reload_pending = False
+        self._reload_sent_at: float | None = None  # SIGUSR1 sent, reload not yet logged
+        self._reload_log_offset = 0
+        self.reload_retries = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -185,17 +199,56 @@ class Speaker:
         os.replace(tmp, self.config_path)
 
     def reload(self, config_text: str) -> None:
-        """New neighbor set: rewrite the config and ask exabgp to reload it (SIGUSR1)."""
+        """New neighbor set: rewrite the config and ask exabgp to reload it (SIGUSR1).
+
+        exabgp 4.2-5.0 drops a SIGUSR1 that arrives while updates wait in its
+        adj-rib-out (it re-arms the signal, then skips the reload), so a reload
+        counts only once exabgp logs that it performed it; until then it is
+        signalled again every RELOAD_CONFIRM seconds (see :meth:`_confirm_reload`).
+        """
         self.write_config(config_text)
         # Before exabgp is up its SIGUSR1 handler may not be installed yet (the signal
         # would kill it): signal only a connected exabgp, else once it connects.
         with self._send_lock:
             proc = self.proc
             if self._conn is not None and proc is not None and proc.poll() is None:
-                proc.send_signal(signal.SIGUSR1)
-                self._reload_pending = False
+                self._signal_reload(proc)
             else:
                 self._reload_pending = True
+
+    def _signal_reload(self, proc: subprocess.Popen) -> None:
+        """SIGUSR1 exabgp and remember where its log stood (called with _send_lock held)."""
+        try:
+            self._reload_log_offset = self.log_path.stat().st_size
+        except OSError:
+            self._reload_log_offset = 0
+        self._reload_pending = False
+        self._reload_sent_at = time.monotonic()
+        proc.send_signal(signal.SIGUSR1)
+
+    def _confirm_reload(self) -> None:
+        """Signal again if exabgp has not performed the last reload asked of it."""
+        with self._send_lock:
+            sent, proc = self._reload_sent_at, self.proc
+            if sent is None or proc is None or proc.poll() is not None \
+                    or time.monotonic() - sent < RELOAD_CONFIRM:
+                return
+            try:
+                with open(self.log_path, "rb") as f:
+                    f.seek(self._reload_log_offset)
+                    logged = f.read(1024 * 1024).decode(errors="replace")
+            except OSError:
+                logged = ""
+            if RELOAD_DONE in logged:
+                self._reload_sent_at = None
+                if RELOAD_FAILED in logged:
+                    self.last_error = f"exabgp rejected its new configuration; see {self.log_path}"
+                    self.log.error("%s", self.last_error)
+                return
+            self.reload_retries += 1
+            self.log.info("exabgp has not reloaded within %.0fs of SIGUSR1 (it drops the "
+                          "signal while updates are pending): signalling again", RELOAD_CONFIRM)
+            self._signal_reload(proc)
 
     def send(self, command: str) -> bool:
         """Send one API command (e.g. ``announce route ...``); False if exabgp is not connected."""
@@ -321,12 +374,12 @@ class Speaker:
             delay = min(delay * 2, self.backoff[1])
 
     def _serve(self, conn: socket.socket) -> None:
-        conn.settimeout(None)
+        conn.settimeout(RELOAD_CONFIRM / 2)  # wake up to confirm reloads
         with self._send_lock:
             self._conn = conn
+            self._reload_sent_at = None  # a new exabgp read the current config at start
             if self._reload_pending and self.proc is not None:
-                self._reload_pending = False
-                self.proc.send_signal(signal.SIGUSR1)  # the config changed while it started
+                self._signal_reload(self.proc)  # the config changed while it started
         self.connected.set()
         try:
             self.on_connected()
@@ -337,6 +390,9 @@ class Speaker:
             while not self._stop.is_set():
                 try:
                     data = conn.recv(65536)
+                except TimeoutError:
+                    self._confirm_reload()
+                    continue
                 except OSError:
                     break
                 if not data:
@@ -345,6 +401,7 @@ class Speaker:
                 while b"\n" in buf:
                     line, buf = buf.split(b"\n", 1)
                     self._dispatch(line)
+                self._confirm_reload()  # also when messages never let recv() time out
                 if len(buf) > 4 * 1024 * 1024:
                     self.malformed += 1
                     self.log.error("dropping an over-long line from exabgp")

@@ -50,6 +50,7 @@ def build_status(b: CalicoBgpBackend) -> dict[str, Any]:
             "speaker": {"pid": sp.pid if sp else None,
                         "connected": bool(sp and sp.connected.is_set()),
                         "restarts": sp.restarts if sp else 0,
+                        "reload_retries": sp.reload_retries if sp else 0,
                         "malformed_messages": sp.malformed if sp else 0,
                         "last_error": sp.last_error if sp else ""},
             "peers": sessions,
