@@ -4,8 +4,14 @@ throughput against the underlay, measured in the same lab run with iperf3.
 A lab of ``--hosts`` emulated hosts (one pod each) is built; after a short
 discarded warm-up, ``--repeat`` rounds each measure iperf3 h1 -> h2 over the
 hosts' eth0 (the underlay baseline) and h1p1 -> h2p1 through the backend, in
-alternating order (ABBA); ``--pin`` pins iperf3 client and server to CPUs 0
-and 1 (steadier on an idle machine, slower when other work competes).
+alternating order (ABBA). ``--pin`` (``--pin split``) pins the iperf3 client
+to CPU 0 and the server to CPU 1; ``--pin one`` puts both on CPU 0, so every
+packet of both emulated hosts is handled on that one CPU: the ratio is then the
+per-byte CPU cost of the underlay path over that of the pod path, without the
+cross-CPU artefacts of a veth lab (a flow sent from two CPUs is reordered
+between their backlogs: spurious retransmits; wake-up IPIs). ``--congestion``
+sets the client's TCP congestion control (default: the machine's, inherited
+by the lab's namespaces); see docs/benchmarks.md for how much it matters here.
 ``ratio`` is the median of the per-round pod / underlay ratios (robust to load
 drifting between rounds); ``ratio_of_medians`` is also given.
 Targets (reported, not enforced): vxlan >= 0.85, hostgw and calico-bgp >= 0.95.
@@ -27,6 +33,7 @@ from fabric.errors import ConfigError
 __all__ = ["register", "run", "TARGETS"]
 
 TARGETS = {"vxlan": 0.85, "hostgw": 0.95, "calico-bgp": 0.95}
+PIN_MODES = {"split": (0, 1), "one": (0, 0)}  # (client CPU, server CPU)
 
 
 def register(subparsers: Any) -> None:
@@ -37,7 +44,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--repeat", type=int, default=5,
                    help="alternating rounds (one round = one run of each kind)")
     p.add_argument("--streams", type=int, default=1, help="parallel TCP streams")
-    p.add_argument("--pin", action="store_true", help="pin iperf3 client/server to CPUs 0/1")
+    p.add_argument("--pin", nargs="?", const="split", choices=sorted(PIN_MODES), default=None,
+                   help="pin iperf3: 'split' (default with --pin) client on CPU 0, server on "
+                        "CPU 1; 'one' both on CPU 0")
+    p.add_argument("--congestion", default="", metavar="NAME",
+                   help="client TCP congestion control, e.g. cubic (default: the machine's)")
     p.add_argument("--backend-opt", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--name", default="", help="lab name (default: a random bNNNN)")
     p.add_argument("--json", type=Path, dest="json_file", help="also write the JSON here")
@@ -47,7 +58,8 @@ def register(subparsers: Any) -> None:
 
 def run(backend: str, *, hosts: int = 2, duration: int = 3, repeat: int = 5,
         streams: int = 1, backend_opts: dict[str, Any] | None = None,
-        name: str = "", pin: bool = False) -> dict[str, Any]:
+        name: str = "", pin: str | bool | None = None,
+        congestion: str = "") -> dict[str, Any]:
     """Bring up a lab, measure, take it down; returns the result mapping."""
     from fabric.lab.lab import Lab
     from fabric.lab.topology import Topology
@@ -56,23 +68,32 @@ def run(backend: str, *, hosts: int = 2, duration: int = 3, repeat: int = 5,
         raise ConfigError(f"--hosts {hosts} is too small", fix="the benchmark needs 2 hosts")
     if not 1 <= duration <= 120 or not 1 <= repeat <= 20 or not 1 <= streams <= 16:
         raise ConfigError("--duration must be 1-120 s, --repeat 1-20, --streams 1-16")
+    available = _available_congestion()
+    if congestion and available and congestion not in available:
+        raise ConfigError(f"--congestion {congestion!r} is not available in this kernel",
+                          fix=f"use one of {', '.join(available)}")
     topo = Topology(name or f"b{secrets.token_hex(2)}", backend, hosts=hosts, pods_per_host=1,
                     backend_opts={backend: backend_opts or {}})
     under: list[float] = []
     pod: list[float] = []
     runs: list[dict[str, Any]] = []
-    cpus = (0, 1) if pin and (os.cpu_count() or 1) >= 2 else None
+    mode = "split" if pin is True else pin or None
+    if mode is not None and mode not in PIN_MODES:
+        raise ConfigError(f"--pin {mode!r} is not a pinning mode",
+                          fix=f"use one of {', '.join(sorted(PIN_MODES))}")
+    cpus = PIN_MODES[mode] if mode and (os.cpu_count() or 1) > max(PIN_MODES[mode]) else None
     kinds = {"underlay": ("h1", "h2", under), "pod": ("h1p1", "h2p1", pod)}
     load_before = os.getloadavg()[0]
     with Lab(topo) as lab:
         mtu = lab.exec("h1p1", ["cat", "/sys/class/net/eth0/mtu"]).stdout.strip()
         for src, dst, _ in kinds.values():  # warm-up: neighbours, routes, caches
-            lab.iperf(src, dst, seconds=1, cpus=cpus)
+            lab.iperf(src, dst, seconds=1, cpus=cpus, congestion=congestion)
         for i in range(repeat):
             order = ("underlay", "pod") if i % 2 == 0 else ("pod", "underlay")
             for kind in order:
                 src, dst, out = kinds[kind]
-                res = lab.iperf(src, dst, seconds=duration, streams=streams, cpus=cpus)
+                res = lab.iperf(src, dst, seconds=duration, streams=streams, cpus=cpus,
+                                congestion=congestion)
                 out.append(res.gbps)
                 runs.append({"run": i + 1, "kind": kind, "src": src, "dst": dst,
                              "dst_ip": str(res.dst_ip), "gbps": res.gbps,
@@ -98,7 +119,9 @@ def run(backend: str, *, hosts: int = 2, duration: int = 3, repeat: int = 5,
         # spread of the per-round ratios: on a noisy machine a round can swing +-15 %
         "ratio_quartiles": ([round(q, 3) for q in statistics.quantiles(per_round, n=4)]
                             if len(per_round) >= 2 else None),
-        "pinned_cpus": list(cpus) if cpus else None,
+        "pinned_cpus": list(cpus) if cpus else None,  # [client, server]
+        "pin": mode if cpus else None,
+        "congestion": congestion or _default_congestion(),
         "target_ratio": target,
         "meets_target": None if target is None or ratio is None else ratio >= target,
         "pod_mtu": int(mtu) if mtu.isdigit() else None,
@@ -110,14 +133,27 @@ def run(backend: str, *, hosts: int = 2, duration: int = 3, repeat: int = 5,
     }
 
 
+def _available_congestion() -> list[str]:
+    try:
+        return Path("/proc/sys/net/ipv4/tcp_available_congestion_control").read_text().split()
+    except OSError:
+        return []
+
+
+def _default_congestion() -> str:
+    try:
+        return Path("/proc/sys/net/ipv4/tcp_congestion_control").read_text().strip()
+    except OSError:
+        return ""
+
+
 def cmd_throughput(args: argparse.Namespace) -> int:
     from fabric.agent.config import parse_key_values
     from fabric.bench.report import emit, format_table
 
     data = run(args.backend, hosts=args.hosts, duration=args.duration, repeat=args.repeat,
                streams=args.streams, backend_opts=parse_key_values(args.backend_opt),
-               name=args.name,
-               pin=args.pin)
+               name=args.name, pin=args.pin, congestion=args.congestion)
     columns = ["run", "kind", "src", "dst", "gbps", "retransmits", "cpu_sender_pct"]
     summary = {"run": "median", "kind": "pod/underlay", "src": "", "dst": "",
                "gbps": data["ratio"], "retransmits": ""}

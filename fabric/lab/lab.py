@@ -350,12 +350,13 @@ class Lab:
         return ops.tcp_echo(src_ns, dst_ns, ip, src=src, dst=dst, timeout=timeout)
 
     def iperf(self, src: str, dst: str, seconds: float = 2, streams: int = 1,
-              cpus: tuple[int, int] | None = None) -> IperfResult:
-        """iperf3 TCP ``src`` -> ``dst`` (hosts or pods); ``cpus`` pins client and server."""
+              cpus: tuple[int, int] | None = None, congestion: str = "") -> IperfResult:
+        """iperf3 TCP ``src`` -> ``dst`` (hosts or pods); ``cpus`` pins client and server,
+        ``congestion`` sets the client's TCP congestion control (default: the host's)."""
         src_ns, _ = self.target(src)
         dst_ns, ip = self.target(dst)
         return ops.iperf3(src_ns, dst_ns, ip, src=src, dst=dst, seconds=seconds,
-                          streams=streams, cpus=cpus)
+                          streams=streams, cpus=cpus, congestion=congestion)
 
     def agent_call(self, host: str, request: dict[str, Any], timeout: float = 30) -> Any:
         return agents.agent_call(self._host(host).socket, request, timeout)

@@ -125,10 +125,11 @@ def _pct(value: object) -> float | None:
 
 def iperf3(src_ns: str, dst_ns: str, dst_ip: IPv4Address, *, src: str = "", dst: str = "",
            seconds: float = 2, streams: int = 1, port: int = 5201,
-           cpus: tuple[int, int] | None = None) -> IperfResult:
+           cpus: tuple[int, int] | None = None, congestion: str = "") -> IperfResult:
     """TCP throughput from ``src_ns`` to an iperf3 server on ``dst_ip`` (Gbit/s received).
 
-    ``cpus`` = (client core, server core) pins both ends (iperf3 -A) for steadier numbers."""
+    ``cpus`` = (client core, server core) pins both ends (iperf3 -A) for steadier numbers;
+    ``congestion`` (e.g. "cubic") is the client socket's congestion control (iperf3 -C)."""
     secs = max(1, round(seconds))  # iperf3 -t takes whole seconds
     limit = secs + 30
     pin = ["-A", f"{cpus[1]}"] if cpus else []
@@ -140,7 +141,8 @@ def iperf3(src_ns: str, dst_ns: str, dst_ip: IPv4Address, *, src: str = "", dst:
         data = None
         for _ in range(50):  # wait for the server to listen
             out = run(["iperf3", "-c", str(dst_ip), "-p", str(port), "-t", str(secs),
-                       "-P", str(streams), "-J", *(["-A", str(cpus[0])] if cpus else [])],
+                       "-P", str(streams), "-J", *(["-A", str(cpus[0])] if cpus else []),
+                       *(["-C", congestion] if congestion else [])],
                       ns=src_ns, check=False, timeout=secs + 30)
             try:
                 data = json.loads(out.stdout)

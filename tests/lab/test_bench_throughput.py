@@ -17,7 +17,7 @@ def test_bench_prints_json_and_table(tmp_path) -> None:
         pytest.skip(why)
     out = tmp_path / "bench.json"
     res = subprocess.run(["fabric", "bench", "--backend", "vxlan", "--duration", "1",
-                          "--repeat", "2", "--json", str(out)],
+                          "--repeat", "2", "--pin", "one", "--json", str(out)],
                          capture_output=True, text=True, timeout=180)
     assert res.returncode == 0, res.stderr
     data = json.loads(res.stdout)
@@ -31,3 +31,4 @@ def test_bench_prints_json_and_table(tmp_path) -> None:
     assert data["pod_mtu"] == 1450  # vxlan: 50 bytes of encapsulation under 1500
     assert data["meets_target"] == (data["ratio"] >= 0.85)
     assert "pod/underlay" in res.stderr  # the table
+    assert data["pin"] == "one" and data["pinned_cpus"] == [0, 0]  # both ends on CPU 0

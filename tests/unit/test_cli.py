@@ -41,6 +41,7 @@ def test_plugins_json_lists_distributions() -> None:
     (["up", "--backend", "vxlan", "--network", "10.1.0.0/16", "--backend-opt", "VNI"],
      "KEY=VALUE"),
     (["status", "--state-dir", "/nonexistent-nf"], "agent"),
+    (["bench", "--backend", "vxlan", "--congestion", "no-such-cc"], "is not available"),
 ])
 def test_bad_arguments_give_clear_errors(args, needle, capsys) -> None:
     assert main(args) == 1
@@ -57,3 +58,15 @@ def test_bench_shorthand() -> None:
     assert _normalise_argv(["bench", "--backend", "vxlan"]) == [
         "bench", "throughput", "--backend", "vxlan"]
     assert _normalise_argv(["bench", "mesh", "--peers", "5"]) == ["bench", "mesh", "--peers", "5"]
+
+
+def test_bench_pin_modes() -> None:
+    from fabric.bench.throughput import PIN_MODES
+    from fabric.bench.throughput import run as bench_run
+    from fabric.errors import ConfigError
+
+    assert PIN_MODES == {"split": (0, 1), "one": (0, 0)}
+    with pytest.raises(ConfigError, match="not a pinning mode"):
+        bench_run("vxlan", pin="both")
+    res = run("bench", "--backend", "vxlan", "--pin", "three")
+    assert res.returncode == 2 and "invalid choice" in res.stderr
