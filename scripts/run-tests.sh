@@ -20,7 +20,7 @@ if [ "$(id -u)" = 0 ]; then
   run_tier functional tests/functional
   # Lab tests run whole emulated clusters; a failed one is re-run once and the rerun is
   # reported ("R" / "N rerun") with the first attempt's traceback, so a flake is diagnosable
-  # from the CI log. Known intermittent: calico-bgp lab convergence (see README).
+  # from the CI log (see README, Known issues).
   run_tier lab tests/lab --reruns 1 --reruns-delay 2 --rerun-show-tracebacks
 else
   echo "not root: skipping functional and lab tiers"

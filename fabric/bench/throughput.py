@@ -68,7 +68,7 @@ def run(backend: str, *, hosts: int = 2, duration: int = 3, repeat: int = 5,
         raise ConfigError(f"--hosts {hosts} is too small", fix="the benchmark needs 2 hosts")
     if not 1 <= duration <= 120 or not 1 <= repeat <= 20 or not 1 <= streams <= 16:
         raise ConfigError("--duration must be 1-120 s, --repeat 1-20, --streams 1-16")
-    available = _available_congestion()
+    available = _sysctl("tcp_available_congestion_control").split()
     if congestion and available and congestion not in available:
         raise ConfigError(f"--congestion {congestion!r} is not available in this kernel",
                           fix=f"use one of {', '.join(available)}")
@@ -121,7 +121,7 @@ def run(backend: str, *, hosts: int = 2, duration: int = 3, repeat: int = 5,
                             if len(per_round) >= 2 else None),
         "pinned_cpus": list(cpus) if cpus else None,  # [client, server]
         "pin": mode if cpus else None,
-        "congestion": congestion or _default_congestion(),
+        "congestion": congestion or _sysctl("tcp_congestion_control"),
         "target_ratio": target,
         "meets_target": None if target is None or ratio is None else ratio >= target,
         "pod_mtu": int(mtu) if mtu.isdigit() else None,
@@ -133,16 +133,10 @@ def run(backend: str, *, hosts: int = 2, duration: int = 3, repeat: int = 5,
     }
 
 
-def _available_congestion() -> list[str]:
+def _sysctl(key: str) -> str:
+    """A sysctl of this (the root) namespace, whose TCP settings new namespaces inherit."""
     try:
-        return Path("/proc/sys/net/ipv4/tcp_available_congestion_control").read_text().split()
-    except OSError:
-        return []
-
-
-def _default_congestion() -> str:
-    try:
-        return Path("/proc/sys/net/ipv4/tcp_congestion_control").read_text().strip()
+        return Path("/proc/sys/net/ipv4", key).read_text().strip()
     except OSError:
         return ""
 
