@@ -38,11 +38,14 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import attrs
 
 from fabric.errors import ConfigError
+
+if TYPE_CHECKING:  # the mesh is a leaf library; the API names its type only for checkers
+    from fabric.mesh.tcp import MeshNode
 
 __all__ = [
     "Node",
@@ -204,7 +207,9 @@ class NetworkContext:
     node: Node
     state_dir: Path  # private, persistent directory of this network on this node
     store: Any = None  # fabric.store.Store, or None when no etcd is configured
-    shared: dict[str, Any] = attrs.field(factory=dict)  # backend -> IPAM hand-over (e.g. mesh)
+    # A running gossip mesh (``fabric.mesh.tcp.MeshNode``) a weave backend hands to the
+    # ``ring`` IPAM: set by :meth:`Backend.prepare`, read by :meth:`IPAM.start`. None otherwise.
+    mesh: MeshNode | None = None
     log: logging.Logger = attrs.field(factory=lambda: logging.getLogger("fabric"))
 
     def device_name(self, kind: str) -> str:

@@ -1,8 +1,8 @@
 """``ring`` IPAM: weave's ring allocator on the gossip mesh, behind :class:`fabric.api.IPAM`.
 
 Mesh hand-over: a weave backend puts its running :class:`fabric.mesh.tcp.MeshNode`
-in ``ctx.shared["mesh"]`` before ``IPAM.start``; the IPAM then registers its
-``ipam`` channel on that router and never stops the node. Without one, the
+in ``ctx.mesh`` (:class:`fabric.api.NetworkContext`) before ``IPAM.start``; the IPAM
+then registers its ``ipam`` channel on that router and never stops the node. Without one, the
 IPAM starts its own node from ``ipam_config`` and stops it in :meth:`stop`.
 
 ``ipam_config`` keys (all optional)::
@@ -112,7 +112,7 @@ class RingIPAM(IPAM):
 
     # ---- lifecycle --------------------------------------------------------------------
     def start(self, backend_data: Mapping[str, Any]) -> tuple[IPv4Network, ...]:
-        node = self.ctx.shared.get("mesh")
+        node = self.ctx.mesh
         if node is None:
             node = MeshNode(host=self.host, port=self.port, nickname=self.ctx.node.name,
                             password=self.password, db=MeshDB(self.ctx.state_dir / "mesh.db"),
