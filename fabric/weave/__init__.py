@@ -1,0 +1,1 @@
+"""Shared weave control plane: mesh glue, bridge, sleeve, weaveDNS."""
