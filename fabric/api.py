@@ -63,6 +63,7 @@ __all__ = [
     "IPAM",
     "PolicyEngine",
     "PeersCallback",
+    "NODE_CONTAINER_ID",
     "ChunksCallback",
 ]
 
@@ -94,6 +95,11 @@ class Peer:
 class PeerEvent:
     kind: Literal["added", "removed"]
     peer: Peer
+
+
+# Container id of handles a node allocates for itself (weave's `expose` address on the bridge):
+# CNI GC never releases them.
+NODE_CONTAINER_ID = "_node"
 
 
 @attrs.frozen
@@ -210,6 +216,9 @@ class NetworkContext:
     # A running gossip mesh (``fabric.mesh.tcp.MeshNode``) a weave backend hands to the
     # ``ring`` IPAM: set by :meth:`Backend.prepare`, read by :meth:`IPAM.start`. None otherwise.
     mesh: MeshNode | None = None
+    # This network's IPAM, set by the agent before ``Backend.prepare``. A backend may allocate
+    # node-owned addresses (handles with container id NODE_CONTAINER_ID) from ``start`` on.
+    ipam: IPAM | None = None
     log: logging.Logger = attrs.field(factory=lambda: logging.getLogger("fabric"))
 
     def device_name(self, kind: str) -> str:
@@ -238,6 +247,7 @@ class Backend(abc.ABC):
 
     name: ClassVar[str] = ""
     default_ipam: ClassVar[str] = "subnet"
+    default_network: ClassVar[str] = ""  # CIDR used when the user names none (weave: 10.32.0.0/12)
     capabilities: ClassVar[Capabilities] = Capabilities()
 
     def __init__(self, ctx: NetworkContext) -> None:
@@ -277,6 +287,12 @@ class Backend(abc.ABC):
         """Raise :class:`~fabric.errors.BackendError` if the workload's plumbing is wrong."""
 
     def status(self) -> dict[str, Any]:
+        return {}
+
+    def operations(self) -> Mapping[str, Callable[[Mapping[str, Any]], Any]]:
+        """Named operations the CLI reaches through the agent's ``backend.NAME`` op (weave's
+        ``connect``/``forget``/``rmpeer``, ``dns.add``...). Each takes the request's ``args``
+        mapping, returns JSON-able data, raises :mod:`fabric.errors` types. Default: none."""
         return {}
 
     def stop(self) -> None:

@@ -198,6 +198,8 @@ class Agent:
                 for v in valid if isinstance(v, dict)
             }
             return {"released": self._network(req).gc(handles)}
+        if op.startswith("backend."):  # a backend's own operations (weave connect, dns add...)
+            return self._network(req).backend_op(op[len("backend."):], req)
         if op.startswith("policy."):
             from fabric.policy.ops import handle_policy_op
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from fabric.api import (
     IPAM,
+    NODE_CONTAINER_ID,
     Allocation,
     Backend,
     Endpoint,
@@ -24,7 +25,7 @@ from fabric.api import (
     PolicyEngine,
     Workload,
 )
-from fabric.errors import AgentUnavailable, BackendError, FabricError, NotFound
+from fabric.errors import AgentUnavailable, BackendError, ConfigError, FabricError, NotFound
 from fabric.plugins import load_plugin
 
 __all__ = ["Network", "endpoint_to_result"]
@@ -79,6 +80,7 @@ class Network:
         self.backend: Backend = backend_cls(ctx)
         self.ipam: IPAM = ipam_cls(ctx)
         self.policy: PolicyEngine = policy_cls(ctx)
+        ctx.ipam = self.ipam  # backends may allocate node addresses (weave expose)
         self.ipam_name = ipam_name
         self.ready = False
         self.started_at: float | None = None
@@ -255,7 +257,8 @@ class Network:
         self._require_ready()
         released = []
         with self._lock:
-            known = {Handle.from_key(k) for k in self._workloads} | set(self.ipam.allocations())
+            known = {Handle.from_key(k) for k in self._workloads} | {
+                h for h in self.ipam.allocations() if h.container_id != NODE_CONTAINER_ID}
             for handle in sorted(known - valid, key=lambda h: h.key()):
                 rec = self._workloads.get(handle.key())
                 wl = _workload_from_record(rec) if rec else Workload(
@@ -270,6 +273,20 @@ class Network:
                 released.append(handle.key())
             self._save_workloads()
         return released
+
+    def backend_op(self, name: str, req: dict[str, Any]) -> Any:
+        """Run one of the backend's named operations (:meth:`Backend.operations`)."""
+        self._require_ready()
+        ops = self.backend.operations()
+        fn = ops.get(name)
+        if fn is None:
+            raise ConfigError(
+                f"backend {self.spec.backend} of network {self.spec.name} has no operation "
+                f"{name!r}", fix=f"its operations: {', '.join(sorted(ops)) or 'none'}")
+        args = req.get("args") or {}
+        if not isinstance(args, dict):
+            raise ConfigError("args must be a mapping")
+        return fn(args)
 
     def endpoints(self) -> list[Endpoint]:
         return [ep for r in self._workloads.values() if (ep := _endpoint_from_record(r))]
