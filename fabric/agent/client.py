@@ -21,6 +21,7 @@ import errno
 import json
 import os
 import socket
+import struct
 import time
 from typing import Any
 
@@ -110,8 +111,7 @@ def call(path: str | os.PathLike[str], request: dict[str, Any], timeout: float =
     sent = False
     try:
         try:
-            sock.settimeout(max(timeout, 0.001))
-            sock.connect(spath)
+            _connect(sock, spath, deadline)
             sock.settimeout(max(deadline - time.monotonic(), 0.001))
             sock.sendall(payload)
             sent = True
@@ -139,6 +139,28 @@ def call(path: str | os.PathLike[str], request: dict[str, Any], timeout: float =
     if answer["ok"]:
         return answer.get("result")
     raise error_from_answer(answer.get("error"))
+
+
+def _connect(sock: socket.socket, path: str, deadline: float) -> None:
+    """Connect, waiting until ``deadline`` while the agent's listen backlog is full.
+
+    A non-blocking (timeout-mode) connect to a unix socket whose backlog is full fails
+    at once with EAGAIN: 17-24 % of 200 simultaneous clients failed that way. A blocking
+    connect with SO_SNDTIMEO sleeps in the kernel until the agent accepts (issue 16).
+    """
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("deadline passed while connecting")
+        sock.settimeout(None)
+        sec = int(remaining)
+        usec = max(int((remaining - sec) * 1e6), 1 if sec == 0 else 0)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", sec, usec))
+        try:
+            sock.connect(path)
+            return
+        except BlockingIOError:  # SO_SNDTIMEO ran out (or a spurious wake-up): re-check
+            continue
 
 
 def _read_line(sock: socket.socket, deadline: float) -> bytes:

@@ -3,6 +3,12 @@
 The socket is created with mode 0600 under a 0700 directory: only root talks to
 the agent. Each connection is served on its own thread; a bad request gets an
 error answer and never disturbs the agent.
+
+Bursts (a runtime starting hundreds of pods, `fabric status` loops): the listen
+backlog is large (``BACKLOG``, capped by ``net.core.somaxconn``) and the accept loop
+only accepts and hands off. An accept error (EMFILE, ENOMEM, a thread that cannot
+start) is logged, waited out briefly and retried: the loop ends only on ``close()``.
+Clients wait in the kernel while the backlog is full (``fabric.agent.client``).
 """
 
 from __future__ import annotations
@@ -13,16 +19,18 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from fabric.errors import ConfigError, FabricError
 
-__all__ = ["ControlServer", "MAX_REQUEST"]
+__all__ = ["ControlServer", "MAX_REQUEST", "BACKLOG"]
 
 log = logging.getLogger("fabric.agent")
 MAX_REQUEST = 4 * 1024 * 1024
+BACKLOG = 1024
 
 Handler = Callable[[dict[str, Any]], Any]
 
@@ -61,19 +69,28 @@ class ControlServer:
             sock.bind(str(self.path))
         finally:
             os.umask(old)
-        sock.listen(64)
+        sock.listen(BACKLOG)
         self._sock = sock
         self._thread = threading.Thread(target=self._accept_loop, name="control", daemon=True)
         self._thread.start()
 
     def _accept_loop(self) -> None:
-        assert self._sock is not None
+        sock = self._sock
+        assert sock is not None
         while not self._closing.is_set():
             try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+                conn, _ = sock.accept()
+            except OSError as exc:
+                if self._closing.is_set():
+                    return
+                log.warning("control socket: accept failed (%s); retrying", exc)
+                time.sleep(0.05)  # EMFILE/ENOMEM: give the serving threads time to finish
+                continue
+            try:
+                threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+            except RuntimeError as exc:  # cannot start a thread: answer inline, keep going
+                log.warning("control socket: no thread for a request (%s)", exc)
+                self._serve(conn)
 
     def _serve(self, conn: socket.socket) -> None:
         with conn:
