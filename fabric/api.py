@@ -160,6 +160,8 @@ class Endpoint:
     gateway: IPv4Address | None
     routes: tuple[Route, ...]
     mtu: int
+    # CNI result ``dns`` (nameservers, domain, search, options), e.g. weaveDNS on the bridge
+    dns: Mapping[str, Any] = attrs.field(factory=dict, hash=False)
 
 
 @attrs.frozen

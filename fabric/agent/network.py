@@ -62,7 +62,7 @@ def endpoint_to_result(ep: Endpoint) -> dict[str, Any]:
             {"dst": str(r.dst), **({"gw": str(r.gateway)} if r.gateway else {})}
             for r in ep.routes
         ],
-        "dns": {},
+        "dns": dict(ep.dns),
     }
 
 
