@@ -8,6 +8,8 @@
         lab.add_host(); lab.restart_agent("h2", kill9=True)
         lab.add_pod("h1", "web1", labels={"app": "web"}, namespace="shop")
         lab.exec("h1", ["ip", "route"]); lab.agent_call("h1", {"op": "status"})
+        lab.restart("etcd"); lab.restart("h3"); lab.pause("etcd"); lab.resume("etcd")
+        lab.block("h1", "h2", proto="udp", port=8472); lab.unblock(...); lab.blocks()
 
 ``Lab(topo, hooks=[fn])``: ``fn(lab)`` runs once the switch, router and etcd are up
 and before any host exists; it may start processes with ``lab.spawn(role, ns, argv)``

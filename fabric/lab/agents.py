@@ -8,6 +8,8 @@ import shutil
 import socket
 import sys
 import time
+from collections.abc import Sequence
+from ipaddress import IPv4Address, IPv4Interface
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,12 @@ from fabric.lab.netns import LabError, run
 from fabric.lab.results import HostInfo, PodInfo
 from fabric.lab.topology import Topology
 
-__all__ = ["tool", "agent_argv", "agent_call", "wait_ready", "cni_add", "cni_del"]
+__all__ = ["tool", "agent_argv", "expand", "agent_call", "wait_ready", "cni_add", "cni_del",
+           "write_resolv", "remove_resolv", "ETC_NETNS"]
+
+# `ip netns exec NS` bind-mounts /etc/netns/NS/<file> over /etc/<file>: a pod's resolver
+# config goes there, as a runtime would put it into the container
+ETC_NETNS = Path("/etc/netns")
 
 
 def tool(name: str) -> str:
@@ -30,27 +37,46 @@ def tool(name: str) -> str:
     return found
 
 
-def agent_argv(topo: Topology, host: HostInfo, etcd: str | None) -> list[str]:
+def expand(value: Any, fmt: dict[str, str]) -> Any:
+    """``{node}``, ``{ip}``, ``{lab}``, ``{peers}`` replaced in a string (other braces, as in
+    JSON, stay); lists and dicts are expanded item by item."""
+    if isinstance(value, str):
+        for key, sub in fmt.items():
+            value = value.replace("{" + key + "}", sub)
+        return value
+    if isinstance(value, list | tuple):
+        return [expand(v, fmt) for v in value]
+    if isinstance(value, dict):
+        return {k: expand(v, fmt) for k, v in value.items()}
+    return value
+
+
+def agent_argv(topo: Topology, host: HostInfo, etcd: str | None,
+               peers: Sequence[IPv4Address] = ()) -> list[str]:
+    """`fabric up` for ``host``. ``peers`` (the other hosts' underlay IPs at start time) fill
+    ``{peers}`` (comma-separated) in agent arguments and backend options, e.g. a
+    gossip backend's seed list: ``--agent-arg=--peers={peers}``."""
+    fmt = {"node": host.name, "ip": str(host.ip), "lab": topo.name,
+           "peers": ",".join(str(p) for p in peers)}
     argv = [tool("fabric"), "up", "--state-dir", host.state_dir, "--node-name", host.name,
             "--iface", "eth0"]
     if etcd:
         argv += ["--etcd", etcd]
     names = topo.network_names()
+    opts = {b: expand(dict(topo.backend_opts.get(b, {})), fmt) for b in topo.backends}
     if len(topo.backends) == 1:
         argv += ["--backend", topo.backends[0], "--network", str(topo.cidr),
                  "--name", names[0], "--subnet-len", str(topo.subnet_len)]
-        for key, value in topo.backend_opts.get(topo.backends[0], {}).items():
+        for key, value in opts[topo.backends[0]].items():
             argv += ["--backend-opt", f"{key}={json.dumps(value)}"]
     else:  # several networks: one agent config file (JSON is YAML)
         nets = [{"name": n, "backend": b, "network": str(topo.network_cidr(i)),
-                 "subnetLen": topo.subnet_len,
-                 "backendConfig": dict(topo.backend_opts.get(b, {}))}
+                 "subnetLen": topo.subnet_len, "backendConfig": opts[b]}
                 for i, (n, b) in enumerate(zip(names, topo.backends, strict=True))]
         path = Path(host.state_dir) / "lab-networks.json"
         path.write_text(json.dumps({"networks": nets}))
         argv += ["--config", str(path)]
-    fmt = {"node": host.name, "ip": str(host.ip), "lab": topo.name}
-    argv += [a.format(**fmt) for a in topo.agent_args]
+    argv += [expand(a, fmt) for a in topo.agent_args]
     return argv
 
 
@@ -149,12 +175,11 @@ def cni_add(host: HostInfo, pod: str, pod_ns: str, network: str, labels: dict[st
     ips = result.get("ips") or []
     if not ips:
         raise LabError(f"fabric-cni ADD for {pod} returned no address: {result}")
+    write_resolv(pod_ns, result.get("dns") or {})
     mac = ""
     for i in result.get("interfaces") or []:
         if i.get("sandbox"):
             mac = i.get("mac", "")
-    from ipaddress import IPv4Interface
-
     return PodInfo(pod, host.name, pod_ns, IPv4Interface(ips[0]["address"]), cid, "eth0", mac,
                    network, namespace, dict(labels))
 
@@ -162,3 +187,29 @@ def cni_add(host: HostInfo, pod: str, pod_ns: str, network: str, labels: dict[st
 def cni_del(host: HostInfo, pod: PodInfo) -> None:
     env = _cni_env("DEL", pod.ns, pod.container_id, pod.ifname)
     _cni(host, env, _cni_conf(host, pod.network, dict(pod.labels), pod.namespace))
+
+
+def write_resolv(pod_ns: str, dns: dict[str, Any]) -> Path | None:
+    """Write the CNI result's ``dns`` as the pod's resolv.conf (what `ip netns exec` shows
+    the pod as /etc/resolv.conf); None when the result names no nameserver."""
+    servers = [str(s) for s in dns.get("nameservers") or []]
+    if not servers:
+        return None
+    lines = [f"nameserver {s}" for s in servers]
+    if dns.get("search"):
+        lines.append("search " + " ".join(map(str, dns["search"])))
+    if dns.get("domain") and not dns.get("search"):
+        lines.append(f"domain {dns['domain']}")
+    if dns.get("options"):
+        lines.append("options " + " ".join(map(str, dns["options"])))
+    path = ETC_NETNS / pod_ns / "resolv.conf"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def remove_resolv(ns: str) -> None:
+    """Remove ``/etc/netns/<ns>`` (only a directory the lab names by its namespace)."""
+    if not ns.startswith("nfl-") or "/" in ns:
+        return
+    shutil.rmtree(ETC_NETNS / ns, ignore_errors=True)

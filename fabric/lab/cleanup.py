@@ -119,6 +119,15 @@ def _ns_order(name: str, namespaces: list[str]) -> list[str]:
     return pods + hosts + [n for n in (router_ns(name), switch_ns(name)) if n in namespaces]
 
 
+def _remove_etc_netns(prefix: str) -> None:
+    """Pods' resolv.conf files under /etc/netns/<namespace>/ (written by the lab)."""
+    from fabric.lab.agents import ETC_NETNS, remove_resolv
+
+    if ETC_NETNS.is_dir():
+        for d in ETC_NETNS.glob(f"{prefix}*"):
+            remove_resolv(d.name)
+
+
 def teardown(name: str, root: Path = STATE_ROOT) -> DownReport:
     """Remove lab ``name`` completely; safe to call twice and after a crash."""
     if "/" in name or not name or name.startswith("."):
@@ -150,6 +159,7 @@ def teardown(name: str, root: Path = STATE_ROOT) -> DownReport:
     for ns in namespaces:
         del_ns(ns)
     leftover += list_ns(ns_prefix(name))
+    _remove_etc_netns(ns_prefix(name))
     if state_dir.is_dir() and state_dir.parent == root:
         shutil.rmtree(state_dir, ignore_errors=True)
     return DownReport(name, tuple(stopped), tuple(namespaces), tuple(leftover))

@@ -1,4 +1,5 @@
-"""`fabric lab up|status|exec|down|list`: the lab from the command line.
+"""`fabric lab up|status|exec|down|list|restart|pause|resume|block|unblock`: the lab from the
+command line.
 
 The lab outlives `fabric lab up`; its state under /run/netfabric-lab/NAME lets
 `status`, `exec` and `down` find it from any later process.
@@ -33,7 +34,8 @@ def register(subparsers: Any) -> None:
     up.add_argument("--backend-opt", action="append", default=[], metavar="KEY=VALUE",
                     help="config entry of the (first) backend, JSON values allowed")
     up.add_argument("--agent-arg", action="append", default=[], metavar="ARG",
-                    help="extra `fabric up` argument ({node}, {ip}, {lab} expand per host)")
+                    help="extra `fabric up` argument ({node}, {ip}, {lab}, {peers}: the other "
+                    "hosts' underlay IPs, comma-separated, expand per host)")
     etcd = up.add_mutually_exclusive_group()
     etcd.add_argument("--etcd", dest="etcd", action="store_true", default=None,
                       help="start etcd (default: when a backend's IPAM needs a datastore)")
@@ -61,6 +63,29 @@ def register(subparsers: Any) -> None:
 
     ls = sub.add_parser("list", help="labs with state or namespaces on this machine")
     ls.set_defaults(func=cmd_list)
+
+    for verb, text in (("restart", "end a process (etcd, h3 = its agent) and start it again "
+                                   "with its recorded command line"),
+                       ("stop", "end a process (it stays recorded: `start` starts it again)"),
+                       ("start", "start a stopped process with its recorded command line"),
+                       ("pause", "SIGSTOP a process (a hung server)"),
+                       ("resume", "SIGCONT a paused process")):
+        pr = sub.add_parser(verb, help=text)
+        pr.add_argument("--name", help="lab name (default: the only lab)")
+        pr.add_argument("process", help="etcd, a host (h3: its agent) or another recorded role")
+        if verb in ("restart", "stop"):
+            pr.add_argument("--kill9", action="store_true", help="SIGKILL instead of SIGTERM")
+        pr.set_defaults(func=cmd_process, verb=verb)
+
+    for verb, text in (("block", "drop underlay traffic between two hosts (both directions)"),
+                       ("unblock", "remove exactly the block given with the same arguments")):
+        bl = sub.add_parser(verb, help=text)
+        bl.add_argument("--name", help="lab name (default: the only lab)")
+        bl.add_argument("a", help="host (h1), sw (etcd's address) or rt")
+        bl.add_argument("b", help="the other host")
+        bl.add_argument("--proto", choices=("tcp", "udp", "icmp"), help="only this protocol")
+        bl.add_argument("--port", type=int, help="only this port (source or destination)")
+        bl.set_defaults(func=cmd_block, verb=verb)
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -115,6 +140,44 @@ def cmd_status(args: argparse.Namespace) -> int:
               f"{state or h.get('error', '')}")
     for name, addr in st["pods"].items():
         print(f"  {name:6} {addr}")
+    for role, p in st.get("procs", {}).items():
+        if not role.startswith("agent:") and (p["paused"] or not p["alive"]):
+            print(f"  {role}: {'PAUSED' if p['paused'] else 'DOWN'} (pid {p['pid']})")
+    for b in st.get("blocks", []):
+        what = " ".join(x for x in (b["proto"] or "", f"port {b['port']}" if b["port"] else "")
+                        if x)
+        print(f"  blocked: {b['a']} <-/-> {b['b']}" + (f" ({what})" if what else ""))
+    return 0
+
+
+def cmd_process(args: argparse.Namespace) -> int:
+    from fabric.lab.cleanup import resolve_name
+    from fabric.lab.lab import Lab
+
+    lab = Lab.attach(resolve_name(args.name))
+    kill9 = getattr(args, "kill9", False)
+    if args.verb == "restart":
+        rec = lab.restart(args.process, kill9=kill9)
+        print(f"{rec.role} restarted: pid {rec.pid}")
+    elif args.verb == "stop":
+        ended = lab.stop_process(args.process, kill9=kill9)
+        print(f"{lab.role(args.process)} {'stopped' if ended else 'was not running'}")
+    elif args.verb == "start":
+        rec = lab.start_process(args.process)
+        print(f"{rec.role} started: pid {rec.pid}")
+    else:
+        rec = getattr(lab, args.verb)(args.process)
+        print(f"{rec.role} (pid {rec.pid}) {args.verb}d")
+    return 0
+
+
+def cmd_block(args: argparse.Namespace) -> int:
+    from fabric.lab.cleanup import resolve_name
+    from fabric.lab.lab import Lab
+
+    lab = Lab.attach(resolve_name(args.name))
+    blk = getattr(lab, args.verb)(args.a, args.b, proto=args.proto, port=args.port)
+    print(f"{args.verb}ed: {blk.describe()}")
     return 0
 
 

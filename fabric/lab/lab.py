@@ -12,7 +12,6 @@ import logging
 import os
 import re
 import subprocess
-import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from ipaddress import IPv4Address
@@ -20,20 +19,18 @@ from pathlib import Path
 from typing import Any
 
 from fabric.errors import ConfigError, NotFound
-from fabric.lab import agents, ops
+from fabric.lab import agents
 from fabric.lab.cleanup import load_state, save_state, teardown
+from fabric.lab.control import ControlMixin
 from fabric.lab.netns import LabError, add_ns, list_ns, run
-from fabric.lab.procs import ProcRecord, is_alive, spawn, stop
+from fabric.lab.procs import ProcRecord, is_alive, is_paused, spawn, stop
 from fabric.lab.results import (
     DownReport,
-    ExecResult,
     HostInfo,
-    IperfResult,
-    PingResult,
     PodInfo,
-    TcpResult,
 )
 from fabric.lab.topology import MAX_HOSTS, STATE_ROOT, Topology, switch_ns
+from fabric.lab.traffic import TrafficMixin
 from fabric.lab.underlay import build_host, build_switch, etcd_url, start_etcd
 
 __all__ = ["Lab", "Hook"]
@@ -45,7 +42,7 @@ _RESERVED = re.compile(r"^(sw|rt|h\d+)$")
 Hook = Callable[["Lab"], None]
 
 
-class Lab:
+class Lab(TrafficMixin, ControlMixin):
     """A running :class:`Topology`. ``hooks`` run after the underlay and etcd are up and
     before any agent starts (e.g. BIRD in :meth:`switch_ns`); they may call :meth:`spawn`
     so their processes are recorded and ended by :meth:`down`."""
@@ -206,7 +203,8 @@ class Lab:
         return host
 
     def _start_agent(self, host: HostInfo) -> ProcRecord:
-        argv = agents.agent_argv(self.topo, host, self.etcd)
+        peers = [h.ip for h in self.hosts.values() if h.name != host.name]
+        argv = agents.agent_argv(self.topo, host, self.etcd, peers)
         proc, rec = spawn(f"agent:{host.name}", host.ns, argv,
                           Path(host.state_dir) / "agent.log", self.marker)
         self._popen[rec.role] = proc
@@ -252,6 +250,7 @@ class Lab:
                                  namespace)
         except BaseException:
             run(["ip", "netns", "del", ns], check=False)
+            agents.remove_resolv(ns)
             raise
         self.pods[name] = pod
         self._save()
@@ -262,6 +261,7 @@ class Lab:
         pod = self._pod(name)
         agents.cni_del(self._host(pod.host), pod)
         run(["ip", "netns", "del", pod.ns], check=False)
+        agents.remove_resolv(pod.ns)
         del self.pods[name]
         self._save()
 
@@ -310,60 +310,16 @@ class Lab:
         raise NotFound(f"no host or pod {name!r} in lab {self.topo.name}",
                        fix=f"known: {', '.join([*self.hosts, *self.pods])}")
 
-    # -- operations --
-    def exec(self, target: str, argv: Sequence[str], *, timeout: float = 60) -> ExecResult:
-        ns, _ = self.target(target)
-        proc = run(list(argv), ns=ns, check=False, timeout=timeout)
-        return ExecResult(target, tuple(argv), proc.returncode, proc.stdout, proc.stderr)
-
-    def ping(self, src: str, dst: str, count: int = 1):
-        ns, _ = self.target(src)
-        _, ip = self.target(dst)
-        return ops.ping(ns, ip, src=src, dst=dst, count=count)
-
-    def ping_all(self, pods: Iterable[str] | None = None, count: int = 1) -> PingResult:
-        """Every pod pings every other pod (count packets each), in parallel."""
-        names = list(pods) if pods is not None else sorted(self.pods)
-        pairs = [(a, b) for a in names for b in names if a != b]
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            res = list(pool.map(lambda p: self.ping(p[0], p[1], count), pairs))
-        return PingResult(tuple(res))
-
-    def converge(self, timeout: float = 20, pods: Iterable[str] | None = None) -> PingResult:
-        """ping_all until every pair answers or ``timeout``; returns the last result."""
-        end = time.monotonic() + timeout
-        while True:
-            res = self.ping_all(pods)
-            if res.ok or time.monotonic() > end:
-                return res
-            time.sleep(0.3)
-
-    def ping_stream(self, src: str, dst: str, interval: float = 0.2) -> ops.PingStream:
-        """A started continuous ping ``src`` -> ``dst``; ``.stop()`` gives (sent, received)."""
-        ns, _ = self.target(src)
-        _, ip = self.target(dst)
-        return ops.PingStream(ns, ip, interval).start()
-
-    def tcp_check(self, src: str, dst: str, timeout: float = 5) -> TcpResult:
-        src_ns, _ = self.target(src)
-        dst_ns, ip = self.target(dst)
-        return ops.tcp_echo(src_ns, dst_ns, ip, src=src, dst=dst, timeout=timeout)
-
-    def iperf(self, src: str, dst: str, seconds: float = 2, streams: int = 1,
-              cpus: tuple[int, int] | None = None, congestion: str = "") -> IperfResult:
-        """iperf3 TCP ``src`` -> ``dst`` (hosts or pods); ``cpus`` pins client and server,
-        ``congestion`` sets the client's TCP congestion control (default: the host's)."""
-        src_ns, _ = self.target(src)
-        dst_ns, ip = self.target(dst)
-        return ops.iperf3(src_ns, dst_ns, ip, src=src, dst=dst, seconds=seconds,
-                          streams=streams, cpus=cpus, congestion=congestion)
-
     def agent_call(self, host: str, request: dict[str, Any], timeout: float = 30) -> Any:
         return agents.agent_call(self._host(host).socket, request, timeout)
 
     def status(self) -> dict[str, Any]:
         """Per host: agent pid/alive and its `status` answer (or the error)."""
         out: dict[str, Any] = {"name": self.topo.name, "etcd": self.etcd, "hosts": {},
+                               "blocks": [b.to_json() for b in self.blocks()],
+                               "procs": {r.role: {"pid": r.pid, "alive": is_alive(r),
+                                                  "paused": is_paused(r)}
+                                         for r in self.procs.values()},
                                "pods": {p.name: str(p.address) for p in self.pods.values()}}
         for h in self.hosts.values():
             rec = self.procs.get(f"agent:{h.name}")
@@ -376,13 +332,3 @@ class Lab:
                 entry["error"] = str(exc)
             out["hosts"][h.name] = entry
         return out
-
-    def wait(self, check: Callable[[], bool], timeout: float, interval: float = 0.3) -> float:
-        """Seconds until ``check()`` is true; LabError after ``timeout``."""
-        t0 = time.monotonic()
-        while True:
-            if check():
-                return time.monotonic() - t0
-            if time.monotonic() - t0 > timeout:
-                raise LabError(f"condition not met within {timeout}s")
-            time.sleep(interval)

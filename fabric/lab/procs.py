@@ -19,7 +19,8 @@ import attrs
 
 from fabric.lab.netns import LabError, ns_exec_argv
 
-__all__ = ["ProcRecord", "spawn", "proc_start_time", "is_alive", "stop", "wait_dead"]
+__all__ = ["ProcRecord", "spawn", "proc_start_time", "is_alive", "stop", "wait_dead", "pause",
+           "resume", "is_paused"]
 
 
 @attrs.frozen
@@ -30,9 +31,13 @@ class ProcRecord:
     marker: str  # must occur in /proc/<pid>/cmdline
     ns: str = ""
     log: str = ""
+    # the command line as started (without `ip netns exec`): `Lab.restart` re-runs it
+    argv: tuple[str, ...] = attrs.field(default=(), converter=tuple)
 
     def to_json(self) -> dict[str, Any]:
-        return attrs.asdict(self)
+        data = attrs.asdict(self)
+        data["argv"] = list(self.argv)
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ProcRecord:
@@ -87,7 +92,8 @@ def spawn(role: str, ns: str | None, argv: Sequence[str], log: Path, marker: str
     while time.monotonic() < end and proc.poll() is None:
         start = proc_start_time(proc.pid)
         if start is not None:
-            rec = ProcRecord(role, proc.pid, start, marker, ns or "", str(log))
+            rec = ProcRecord(role, proc.pid, start, marker, ns or "", str(log),
+                             tuple(map(str, argv)))
             if is_alive(rec):
                 return proc, rec
         time.sleep(0.005)
@@ -122,6 +128,7 @@ def stop(rec: ProcRecord, *, timeout: float = 10, kill9: bool = False,
             break
         try:
             os.kill(rec.pid, sig)
+            os.kill(rec.pid, signal.SIGCONT)  # a paused (SIGSTOPped) process acts on it too
         except ProcessLookupError:
             break
         if wait_dead(rec, timeout if sig == signal.SIGTERM else 5, proc):
@@ -132,3 +139,30 @@ def stop(rec: ProcRecord, *, timeout: float = 10, kill9: bool = False,
         except subprocess.TimeoutExpired as exc:
             raise LabError(f"{rec.role} (pid {rec.pid}) did not exit") from exc
     return True
+
+
+def _signal(rec: ProcRecord, sig: signal.Signals) -> None:
+    if not is_alive(rec):
+        raise LabError(f"{rec.role} (pid {rec.pid}) is not running")
+    os.kill(rec.pid, sig)
+
+
+def is_paused(rec: ProcRecord) -> bool:
+    """True when the process is stopped by a signal (state T)."""
+    fields = _stat(rec.pid)
+    return bool(fields) and fields[0] == "T" and is_alive(rec)
+
+
+def pause(rec: ProcRecord, timeout: float = 5) -> None:
+    """SIGSTOP ``rec`` (an outage that keeps its sockets open) and wait until it is stopped."""
+    _signal(rec, signal.SIGSTOP)
+    end = time.monotonic() + timeout
+    while not is_paused(rec):
+        if time.monotonic() > end:
+            raise LabError(f"{rec.role} (pid {rec.pid}) did not stop within {timeout}s")
+        time.sleep(0.01)
+
+
+def resume(rec: ProcRecord) -> None:
+    """SIGCONT a process paused with :func:`pause`."""
+    _signal(rec, signal.SIGCONT)

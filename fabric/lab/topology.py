@@ -79,10 +79,11 @@ class HostSpec:
 class Topology:
     """hosts × pods_per_host on ``segments`` L2 segments, every host running ``backends``.
 
-    ``agent_args`` are extra `fabric up` arguments; ``{node}``, ``{ip}`` and
-    ``{lab}`` in them are replaced per host. With several backends, network ``i``
-    gets ``cidr`` shifted by ``i`` × its size; pods attach to ``pod_network``
-    (default: the first network).
+    ``agent_args`` are extra `fabric up` arguments; ``{node}``, ``{ip}``, ``{lab}`` and
+    ``{peers}`` (the other hosts' underlay IPs, comma-separated) in them, and in string
+    values of ``backend_opts``, are replaced per host (a gossip backend's seed list).
+    With several backends, network ``i`` gets ``cidr`` shifted by ``i`` × its size; pods
+    attach to ``pod_network`` (default: the first network).
     """
 
     name: str = attrs.field(validator=_check_name)

@@ -11,7 +11,7 @@ from fabric.lab.netns import LabError, add_ns, add_veth, ip_batch, run, sysctl
 from fabric.lab.procs import ProcRecord, is_alive, proc_start_time, spawn
 from fabric.lab.topology import ETCD_IP, ETCD_PORT, HostSpec, Topology, router_ns, switch_ns
 
-__all__ = ["build_switch", "build_host", "start_etcd", "etcd_url", "wait_tcp"]
+__all__ = ["build_switch", "build_host", "start_etcd", "etcd_url", "wait_tcp", "wait_etcd"]
 
 
 def build_switch(topo: Topology) -> list[str]:
@@ -109,7 +109,10 @@ def start_etcd(topo: Topology, state: Path) -> tuple[Any, ProcRecord]:
         pid = _server_pid(srv)
         start = proc_start_time(pid) if pid else None
         if pid and start is not None:
-            rec = ProcRecord("etcd", pid, start, marker, sw, str(state / "etcd.log"))
+            argv = srv._command()
+            if argv[:3] == ["ip", "netns", "exec"]:
+                argv = argv[4:]  # recorded without the namespace: ProcRecord.ns has it
+            rec = ProcRecord("etcd", pid, start, marker, sw, str(state / "etcd.log"), argv)
             if is_alive(rec):
                 return srv, rec
         srv.__exit__(None, None, None)  # cannot record its pid: fall back to our own
@@ -120,21 +123,27 @@ def start_etcd(topo: Topology, state: Path) -> tuple[Any, ProcRecord]:
             "--initial-cluster", f"sw={peer}", "--log-level", "warn"]
     proc, rec = spawn("etcd", sw, argv, state / "etcd.log", marker)
     try:
-        wait_tcp(sw, str(ETCD_IP), ETCD_PORT, 20)
+        wait_etcd(sw, 20, proc)
     except LabError:
         proc.kill()
         proc.wait()
         raise
+    return proc, rec
+
+
+def wait_etcd(sw: str, timeout: float, proc: Any = None) -> None:
+    """Wait until the lab's etcd answers TCP and reports healthy (LabError otherwise)."""
+    wait_tcp(sw, str(ETCD_IP), ETCD_PORT, timeout)
     # the client port opens before etcd serves; wait for health too
-    end = time.monotonic() + 20
+    end = time.monotonic() + timeout
     while time.monotonic() < end:
-        out = run(["etcdctl", "--endpoints", etcd_url(), "endpoint", "health"], ns=sw,
-                  check=False, env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"})
+        out = run(["etcdctl", "--endpoints", etcd_url(), "--command-timeout", "2s",
+                   "endpoint", "health"], ns=sw, check=False,
+                  env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"})
         if out.returncode == 0:
-            return proc, rec
-        if proc.poll() is not None:
+            return
+        if proc is not None and proc.poll() is not None:
             break
         time.sleep(0.2)
-    proc.kill()
-    proc.wait()
-    raise LabError(f"etcd did not become healthy; see {state / 'etcd.log'}")
+    raise LabError(f"etcd did not become healthy within {timeout}s; see its log in the lab's "
+                   "state directory")

@@ -50,7 +50,7 @@ def test_public_surface_is_declared() -> None:
     for name in fabric.lab.__all__:
         assert getattr(fabric.lab, name) is not None
     for mod in ("topology", "lab", "netns", "procs", "cleanup", "results", "ops", "agents",
-                "underlay", "cli"):
+                "underlay", "cli", "blocks", "control", "traffic"):
         m = importlib.import_module(f"fabric.lab.{mod}")
         assert m.__all__ and all(hasattr(m, n) for n in m.__all__), mod
     with pytest.raises(AttributeError):
@@ -62,3 +62,31 @@ def test_etcd_started_when_an_ipam_needs_a_datastore() -> None:
     assert not Topology("ok1", "vxlan", etcd=False).needs_etcd()
     assert Topology("ok1", "nosuchbackend").needs_etcd()  # its agent will say what is wrong
     assert Topology.from_json(Topology("ok1", "vxlan").to_json()).etcd is None
+
+
+def test_etcd_not_started_when_every_backend_uses_the_ring(monkeypatch) -> None:
+    import fabric.plugins
+
+    class Gossip:
+        default_ipam = "ring"
+
+    monkeypatch.setattr(fabric.plugins, "load_plugin", lambda kind, name: Gossip)
+    assert not Topology("ok1", ("weave", "weave")).needs_etcd()
+    assert Topology("ok1", "weave", etcd=True).needs_etcd()
+
+
+def test_agent_args_and_backend_opts_expand_peers_per_host() -> None:
+    from ipaddress import IPv4Address, IPv4Interface
+
+    from fabric.lab.agents import agent_argv
+    from fabric.lab.results import HostInfo
+
+    topo = Topology("ok1", "vxlan", hosts=3, agent_args=("--peers={peers}", "--x={node}/{ip}"),
+                    backend_opts={"vxlan": {"Seeds": "{peers}", "Raw": {"a": "{lab}"}, "N": 2}})
+    host = HostInfo("h2", 2, "nfl-ok1-h2", 0, IPv4Interface("198.18.0.12/24"), "/tmp/nfl-ok1-h2",
+                    "/tmp/nfl-ok1-h2/agent.sock")
+    argv = agent_argv(topo, host, None, [IPv4Address("198.18.0.11"), IPv4Address("198.18.0.13")])
+    assert argv[-2:] == ["--peers=198.18.0.11,198.18.0.13", "--x=h2/198.18.0.12"]
+    opts = [argv[i + 1] for i, a in enumerate(argv) if a == "--backend-opt"]
+    assert opts == ['Seeds="198.18.0.11,198.18.0.13"', 'Raw={"a": "ok1"}', "N=2"]
+    assert agent_argv(topo, host, None)[-2] == "--peers="  # a lone host: no peers
