@@ -40,6 +40,7 @@ test-unit: venv
 
 lint: venv
 	$(BIN)/ruff check fabric backends tests examples
+	$(BIN)/lint-imports
 
 bench: deps
 	$(BIN)/fabric bench throughput --backend vxlan

@@ -15,6 +15,7 @@ run_tier() {
   if [ $rc -ne 0 ] && [ $rc -ne 5 ]; then status=1; fi
 }
 "$BIN/ruff" check fabric backends tests || status=1
+"$BIN/lint-imports" || status=1
 run_tier unit tests/unit
 if [ "$(id -u)" = 0 ]; then
   run_tier functional tests/functional

@@ -59,8 +59,8 @@ def render_status(status: dict[str, Any]) -> str:
         ipam = net.get("ipam_status") or {}
         if isinstance(ipam.get("ipam"), dict) and "connections" in ipam:
             # weave-style ring IPAM: render like `weave status` / `weave status ipam`
-            from fabric.mesh.status import render_ipam
-            from fabric.mesh.status import render_status as render_mesh
+            from fabric.ipam.ring_status import render_ipam
+            from fabric.ipam.ring_status import render_status as render_mesh
 
             for block in (render_mesh(ipam), render_ipam(ipam)):
                 lines += ["  " + line for line in block.splitlines()]

@@ -36,10 +36,10 @@ from fabric.api import (
 )
 from fabric.errors import ConfigError, IPAMError, PoolExhausted
 from fabric.ipam.ring_alloc import RingAllocator
+from fabric.ipam.ring_status import ring_status
 from fabric.mesh.db import MeshDB
 from fabric.mesh.names import fmt_name, parse_name
 from fabric.mesh.router import RouterConfig
-from fabric.mesh.status import mesh_status
 from fabric.mesh.tcp import DEFAULT_PORT, MeshNode
 
 __all__ = ["RingIPAM", "parse_init", "ranges_to_cidrs"]
@@ -235,7 +235,7 @@ class RingIPAM(IPAM):
     def status(self) -> dict[str, Any]:
         if self.node is None or self.alloc is None:
             return {"ipam": "ring", "running": False}
-        return self.node.call(lambda: mesh_status(self.node.router, self.alloc,
+        return self.node.call(lambda: ring_status(self.node.router, self.alloc,
                                                   encryption=bool(self.node.password)))
 
     def stop(self) -> None:

@@ -44,17 +44,6 @@ class IpamData(GossipData):
             d["paxos"] = self.paxos
         return json.dumps(d, separators=(",", ":")).encode()
 
-    @classmethod
-    def decode(cls, payload: bytes) -> tuple[Ring | None, dict | None]:
-        try:
-            d = json.loads(payload)
-            ring = Ring.from_wire(d["ring"]) if "ring" in d else None
-            paxos = Paxos.from_wire(d["paxos"]) if "paxos" in d else None
-        except (ValueError, TypeError, KeyError, IndexError, AttributeError,
-                RecursionError) as exc:
-            raise FrameError("bad-ipam", str(exc)[:80]) from exc
-        return ring, paxos
-
     def merge(self, other: GossipData) -> IpamData:
         assert isinstance(other, IpamData)
         if other.ring is not None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 from collections.abc import Iterable
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address
 from typing import Any
 
 import attrs
@@ -63,11 +63,6 @@ class Ring:
         # wire tuples of our entries: merge_wire skips identical entries with one set
         # difference instead of a Python loop over the whole ring
         self._wire = {(e.token, e.peer, e.version, e.free) for e in self.entries.values()}
-
-    @classmethod
-    def for_cidr(cls, cidr: IPv4Network) -> Ring:
-        # network and broadcast addresses are never handed out (weave skips them too)
-        return cls(int(cidr.network_address) + 1, int(cidr.broadcast_address))
 
     # ---- basics ---------------------------------------------------------------------
     def empty(self) -> bool:

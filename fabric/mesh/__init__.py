@@ -4,8 +4,8 @@
 runs one on real TCP sockets (with optional password encryption) and
 ``fabric.mesh.sim.SimNet`` runs many in one process on a simulated network.
 Gossip channels (``fabric.mesh.gossip``) carry mergeable state; the peer topology
-(``fabric.mesh.topology``) is itself one. The IPAM ring lives in
-``fabric.ipam.ring_*`` on top of it; ``fabric.mesh.status`` renders both.
+(``fabric.mesh.topology``) is itself one. It is a leaf library:
+nothing here imports the IPAM ring (``fabric.ipam.ring_*``), which stands on it.
 """
 
 from fabric.mesh.gossip import GossipChannel, GossipData, Gossiper

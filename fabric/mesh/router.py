@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import attrs
 
+from fabric.errors import ConfigError
 from fabric.mesh.gossip import GossipChannel, GossipData, Gossiper
 from fabric.mesh.names import fmt_name
 from fabric.mesh.topology import PeerRecord, Topology, TopologyUpdate
@@ -131,6 +132,12 @@ class Router:
 
     # ---- channels ---------------------------------------------------------------------
     def new_gossip(self, channel: str, gossiper: Gossiper) -> GossipChannel:
+        """Register ``gossiper`` on ``channel``; a name already taken is a ConfigError
+        (a second registration would silently steal the first one's traffic)."""
+        if channel in self.channels:
+            raise ConfigError(f"gossip channel {channel!r} is already registered on this mesh "
+                              "peer", fix="use one channel name per gossiper (e.g. one ring "
+                              "IPAM per mesh node)")
         ch = GossipChannel(self, channel, gossiper)
         self.channels[channel] = ch
         return ch

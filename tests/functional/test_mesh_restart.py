@@ -21,7 +21,7 @@ import pytest
 from fabric.api import Handle, NetworkContext, NetworkSpec, Node
 from fabric.errors import ConfigError
 from fabric.ipam.ring import RingIPAM
-from fabric.mesh.status import render_ipam, render_status
+from fabric.ipam.ring_status import render_ipam, render_status
 
 
 def ctx(tmp: Path, **cfg: Any) -> NetworkContext:
@@ -65,7 +65,7 @@ def test_ring_ipam_bad_config(tmp_path: Path) -> None:
 
 class Peer:
     def __init__(self, state: Path, host: str, *extra: str, port: int = 0) -> None:
-        self.args = [sys.executable, "-m", "fabric.mesh.peer", "--state", str(state),
+        self.args = [sys.executable, "-m", "fabric.ipam.ring_peer", "--state", str(state),
                      "--host", host, "--port", str(port), "--init", "consensus=3",
                      "--gossip-interval", "0.5", *extra]
         self.start()

@@ -144,7 +144,8 @@ def test_separately_initialised_rings_are_reported() -> None:
     net.run_until(3.0)
     assert a.ready() and b.ready() and a.ring.ring_id != b.ring.ring_id
     assert any(i["kind"] == "ring-mismatch" for i in a.inconsistencies)
-    from fabric.mesh.status import mesh_status, render_ipam
+    from fabric.ipam.ring_status import render_ipam
+    from fabric.ipam.ring_status import ring_status as mesh_status
     text = render_ipam(mesh_status(routers[0], a))
     assert "ring-mismatch" in text and "reset" in text
     assert converged(routers)  # the mesh itself is not partitioned by it

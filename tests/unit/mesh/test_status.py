@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from fabric.mesh.status import mesh_status, render_connections, render_ipam, render_status
+from fabric.ipam.ring_status import render_connections, render_ipam, render_status
+from fabric.ipam.ring_status import ring_status as mesh_status
 
 from .helpers import allocators, build
 

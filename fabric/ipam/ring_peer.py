@@ -1,6 +1,6 @@
 """A standalone mesh peer process with the ring allocator (for tests and experiments).
 
-    python -m fabric.mesh.peer --state DIR [--host 127.0.0.1] [--port 6783] [--nickname N]
+    python -m fabric.ipam.ring_peer --state DIR [--host 127.0.0.1] [--port 6783] [--nickname N]
         [--password P] [--connect HOST:PORT ...] [--init consensus=N|seed=A,B|observer]
         [--range 10.32.0.0/12] [--gossip-interval 1]
 
@@ -22,10 +22,10 @@ from typing import Any
 from fabric.errors import FabricError
 from fabric.ipam.ring import parse_init
 from fabric.ipam.ring_alloc import RingAllocator
+from fabric.ipam.ring_status import ring_status
 from fabric.mesh.db import MeshDB
 from fabric.mesh.names import parse_name
 from fabric.mesh.router import RouterConfig
-from fabric.mesh.status import mesh_status
 from fabric.mesh.tcp import DEFAULT_PORT, MeshNode
 
 __all__ = ["main"]
@@ -46,7 +46,7 @@ def _command(node: MeshNode, alloc: RingAllocator, line: str) -> Any:
         addr = node.call(alloc.release, args[0])
         return None if addr is None else str(IPv4Address(addr))
     if op == "status":
-        return node.call(lambda: mesh_status(node.router, alloc,
+        return node.call(lambda: ring_status(node.router, alloc,
                                              encryption=bool(node.password)))
     if op == "rmpeer":
         return node.call(alloc.rmpeer, parse_name(args[0]))
@@ -60,7 +60,7 @@ def _command(node: MeshNode, alloc: RingAllocator, line: str) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m fabric.mesh.peer")
+    p = argparse.ArgumentParser(prog="python -m fabric.ipam.ring_peer")
     p.add_argument("--state", type=Path, required=True)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=DEFAULT_PORT)
