@@ -19,6 +19,7 @@ _DEFAULT_STATE = "/run/netfabric"
 # Optional command groups: (module, function) adding subcommands; missing ones are skipped.
 _EXTENSIONS = [
     ("fabric.lab.cli", "register"),
+    ("fabric.weave.cli", "register"),
     ("fabric.policy.cli", "register"),
 ]
 _BENCH_EXTENSIONS = ["fabric.bench.throughput", "fabric.bench.mesh", "fabric.bench.dataplane",
@@ -53,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--iface", help="underlay interface (default: that of the default route)")
     up.add_argument("--public-ip", help="address published to peers (default: --iface's)")
     up.add_argument("--node-name", help="node name (default: hostname)")
+    up.add_argument("--peers", help="weave backends: peers to connect to, HOST[:PORT],... "
+                                    "(backend option Peers)")
+    up.add_argument("--password-file", help="weave backends: file holding the mesh password, "
+                                            "not world-readable (backend option PasswordFile)")
     up.add_argument("--config", type=Path, help="YAML/JSON agent config file (several networks)")
     up.add_argument("--state-dir", type=Path, default=Path(_DEFAULT_STATE))
     up.set_defaults(func=cmd_up)
@@ -95,13 +100,22 @@ def agent_config_from_args(args: argparse.Namespace):
 
     data: dict[str, Any] = load_config_file(args.config) if args.config else {}
     data.setdefault("networks", [])
+    if (args.peers is not None or args.password_file) and not args.backend:
+        raise ConfigError("--peers and --password-file apply to the --backend network",
+                          fix="in a --config file, set backendConfig Peers / PasswordFile")
     if args.backend or args.network:
-        if not (args.backend and args.network):
+        network = args.network or _default_network(args.backend)
+        if not (args.backend and network):
             raise ConfigError("--backend and --network go together",
                               fix="e.g. fabric up --backend vxlan --network 10.244.0.0/16")
-        net: dict[str, Any] = {"backend": args.backend, "network": args.network,
+        backend_cfg = parse_key_values(args.backend_opt)
+        if args.peers is not None:
+            backend_cfg["Peers"] = [p for p in args.peers.split(",") if p.strip()]
+        if args.password_file:
+            backend_cfg["PasswordFile"] = args.password_file
+        net: dict[str, Any] = {"backend": args.backend, "network": network,
                                "subnetLen": args.subnet_len,
-                               "backendConfig": parse_key_values(args.backend_opt),
+                               "backendConfig": backend_cfg,
                                "ipam": args.ipam, "policy": args.policy,
                                "etcdPrefix": args.etcd_prefix, "ipMasq": args.ipmasq}
         if args.name:
@@ -118,6 +132,15 @@ def agent_config_from_args(args: argparse.Namespace):
     if args.state_dir != Path(_DEFAULT_STATE) or "stateDir" not in data:
         data["stateDir"] = str(args.state_dir)
     return AgentConfig.from_json(data)
+
+
+def _default_network(backend: str | None) -> str:
+    """The backend's own default CIDR (weave: 10.32.0.0/12), or "" when it has none."""
+    if not backend:
+        return ""
+    from fabric.plugins import load_plugin
+
+    return getattr(load_plugin("backend", backend), "default_network", "")
 
 
 def cmd_up(args: argparse.Namespace) -> int:

@@ -8,9 +8,11 @@ import os
 import threading
 import time
 from collections.abc import Sequence
-from ipaddress import IPv4Network
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any
+
+import attrs
 
 from fabric.api import (
     IPAM,
@@ -23,6 +25,7 @@ from fabric.api import (
     Node,
     PeerEvent,
     PolicyEngine,
+    Route,
     Workload,
 )
 from fabric.errors import AgentUnavailable, BackendError, ConfigError, FabricError, NotFound
@@ -125,7 +128,7 @@ class Network:
         self._write_subnet_env(chunks)
 
     def _write_subnet_env(self, chunks: tuple[IPv4Network, ...]) -> None:
-        if not chunks:
+        if not chunks or self.ipam_name == "ring":  # weave ranges are no per-node subnet
             return
         try:
             from fabric.ipam.subnet_env import write_subnet_env
@@ -192,16 +195,25 @@ class Network:
         if not self.ready:
             raise AgentUnavailable(f"network {self.spec.name} is not ready yet", fix="retry")
 
-    def add(self, workload: Workload) -> dict[str, Any]:
+    def add(self, workload: Workload, *, requested: IPv4Address | None = None,
+            kernel_netns: str = "", default_route: bool = False) -> dict[str, Any]:
+        """CNI ADD. ``requested``: a static address (exactly it, or an error);
+        ``kernel_netns``: where the agent reaches the pod's namespace when that differs
+        from the runtime's ``workload.netns`` (a descriptor passed by `fabric-cni`);
+        ``default_route``: take the pod's default route even if another interface has it."""
         self._require_ready()
+        kwl = _in_netns(workload, kernel_netns)
         with self._lock:
-            alloc = self.ipam.allocate(workload.handle)
+            alloc = self.ipam.allocate(workload.handle, requested)
             try:
-                ep = self.backend.attach(workload, alloc)
+                ep = self.backend.attach(kwl, alloc)
+                if default_route and ep.gateway is not None:
+                    ep = _take_default_route(kwl, ep)
             except BaseException:
                 if workload.handle.key() not in self._workloads:
                     self.ipam.release(workload.handle)
                 raise
+            ep = attrs.evolve(ep, workload=workload)  # results name the runtime's path
             self._workloads[workload.handle.key()] = _record(ep, alloc)
             self._save_workloads()
             try:
@@ -210,18 +222,18 @@ class Network:
             except BaseException:
                 self._workloads.pop(workload.handle.key(), None)
                 self._save_workloads()
-                self._guard("rollback detach", self.backend.detach, workload)
+                self._guard("rollback detach", self.backend.detach, kwl)
                 self.ipam.release(workload.handle)
                 raise
         return endpoint_to_result(ep)
 
-    def delete(self, workload: Workload) -> None:
+    def delete(self, workload: Workload, *, kernel_netns: str = "") -> None:
         self._require_ready()
         with self._lock:
             rec = self._workloads.get(workload.handle.key())
             if rec is not None and not workload.netns:
                 workload = _workload_from_record(rec)
-            self.backend.detach(workload)
+            self.backend.detach(_in_netns(workload, kernel_netns))
             self.ipam.release(workload.handle)
             if rec is not None:
                 del self._workloads[workload.handle.key()]
@@ -231,7 +243,8 @@ class Network:
             if ep is not None:
                 self._guard("policy endpoint_removed", self.policy.endpoint_removed, ep)
 
-    def check(self, workload: Workload, expected: dict[str, Any] | None = None) -> None:
+    def check(self, workload: Workload, expected: dict[str, Any] | None = None, *,
+              kernel_netns: str = "") -> None:
         """CNI CHECK: the record, the IPAM and the kernel agree (and match ``expected``)."""
         self._require_ready()
         rec = self._workloads.get(workload.handle.key())
@@ -250,7 +263,7 @@ class Network:
         if str(alloc.ip) != rec.get("ip"):
             raise BackendError(f"IPAM holds {alloc.ip} for {workload.handle.key()} but the "
                                f"workload was given {rec.get('ip')}")
-        self.backend.check(workload, alloc)
+        self.backend.check(_in_netns(workload, kernel_netns), alloc)
 
     def gc(self, valid: set[Handle]) -> list[str]:
         """Release every attachment not in ``valid`` (CNI GC)."""
@@ -314,6 +327,23 @@ class Network:
             "ipam_status": safe(self.ipam.status),
             "policy_status": safe(self.policy.status),
         }
+
+
+def _in_netns(workload: Workload, kernel_netns: str) -> Workload:
+    """``workload`` as the kernel helpers must see it (the agent's path to its netns)."""
+    if not kernel_netns or kernel_netns == workload.netns:
+        return workload
+    return attrs.evolve(workload, netns=kernel_netns)
+
+
+def _take_default_route(workload: Workload, ep: Endpoint) -> Endpoint:
+    """The config asked for the default route (``defaultRoute: true``): move it here."""
+    from fabric.net.workload import take_default_route
+
+    assert ep.gateway is not None
+    take_default_route(workload, ep.gateway)
+    default = Route(IPv4Network("0.0.0.0/0"), ep.gateway)
+    return attrs.evolve(ep, routes=(*[r for r in ep.routes if r.dst.prefixlen], default))
 
 
 def _record(ep: Endpoint, alloc: Allocation) -> dict[str, Any]:

@@ -51,6 +51,16 @@ def expand(value: Any, fmt: dict[str, str]) -> Any:
     return value
 
 
+def _gossip_backend(backend: str) -> bool:
+    """A backend whose default IPAM is the gossip ``ring``: it needs peers, not etcd."""
+    from fabric.plugins import load_plugin
+
+    try:
+        return load_plugin("backend", backend).default_ipam == "ring"
+    except Exception:  # unknown backend: its agent reports that clearly
+        return False
+
+
 def agent_argv(topo: Topology, host: HostInfo, etcd: str | None,
                peers: Sequence[IPv4Address] = ()) -> list[str]:
     """`fabric up` for ``host``. ``peers`` (the other hosts' underlay IPs at start time) fill
@@ -64,6 +74,11 @@ def agent_argv(topo: Topology, host: HostInfo, etcd: str | None,
         argv += ["--etcd", etcd]
     names = topo.network_names()
     opts = {b: expand(dict(topo.backend_opts.get(b, {})), fmt) for b in topo.backends}
+    for b in topo.backends:  # gossip backends (weave) find each other through the other hosts
+        if _gossip_backend(b):
+            opts[b].setdefault("Peers", [str(p) for p in peers])
+            # lab rule: no traffic leaves the lab, so weaveDNS forwards nowhere
+            opts[b].setdefault("DNSUpstream", "none")
     if len(topo.backends) == 1:
         argv += ["--backend", topo.backends[0], "--network", str(topo.cidr),
                  "--name", names[0], "--subnet-len", str(topo.subnet_len)]
