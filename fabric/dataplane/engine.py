@@ -14,20 +14,29 @@ import os
 import select
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, Literal
 
 import attrs
 
-from fabric.dataplane.crypto import CIPHERS, KeyPair
+from fabric.dataplane.crypto import CIPHERS, TAG_LEN, KeyPair
+from fabric.dataplane.heartbeat import PathHealth
+from fabric.dataplane.l2 import HEADER_LEN, ROUTED_HEADER_LEN
 from fabric.dataplane.peers import MacTable, PeerTable
+from fabric.dataplane.routing import WeaveRoutes, name_text
 from fabric.dataplane.tun import TunDevice, open_tun
 from fabric.dataplane.udp import UdpPort, open_udp
 from fabric.errors import ConfigError
 
-__all__ = ["Engine", "EngineConfig", "L3_OVERHEAD", "L2_OVERHEAD"]
+__all__ = ["Engine", "EngineConfig", "L3_OVERHEAD", "L2_OVERHEAD", "ROUTED_OVERHEAD",
+           "SEAL_OVERHEAD"]
 
 L3_OVERHEAD = 28  # outer IPv4 + UDP: flannel udp's MTU rule
-L2_OVERHEAD = 28 + 20 + 14  # + our header + inner Ethernet (+16 tag once per message)
+L2_OVERHEAD = 28 + HEADER_LEN + 14  # + our header + inner Ethernet (+16 tag once per message)
+# routed (weave sleeve): outer IPv4 + UDP, the 33-byte routed header, the inner Ethernet
+# header; sealed adds the AEAD tag so a full-size frame still fits one datagram
+ROUTED_OVERHEAD = 28 + ROUTED_HEADER_LEN + 14
+SEAL_OVERHEAD = TAG_LEN
 
 
 @attrs.frozen
@@ -45,6 +54,10 @@ class EngineConfig:
     strict_source: bool = True  # drop datagrams from addresses that are not peers
     full_checksum: bool = True  # tun: complete inner checksums (flannel-compatible wire)
     icmp_source: str = ""  # tun: source of ICMP net-unreachable ("" = none sent)
+    routed: bool = False  # tap: weave-routed format (origin/dst/ttl header, WeaveRoutes table)
+    hop_limit: int = 16  # routed: TTL of a message; each relay takes one
+    heartbeat_interval: float = 1.0  # routed: seconds between heartbeats to each neighbour
+    heartbeat_misses: int = 3  # routed: missed intervals before a path is unreachable
 
     def __attrs_post_init__(self) -> None:
         if self.mode not in ("tun", "tap"):
@@ -58,11 +71,32 @@ class EngineConfig:
             raise ConfigError(f"unknown cipher {self.cipher!r}", fix=f"one of {sorted(CIPHERS)}")
         if not 576 <= self.underlay_mtu <= 65535:
             raise ConfigError(f"underlay MTU {self.underlay_mtu} is out of range 576-65535")
+        if self.routed and self.mode != "tap":
+            raise ConfigError("the routed format is L2: it needs mode tap", fix="use mode tap")
+        if not 2 <= self.hop_limit <= 255:
+            raise ConfigError(f"hop_limit {self.hop_limit} is out of range 2-255")
+        if not 0.01 <= self.heartbeat_interval <= 60 or not 1 <= self.heartbeat_misses <= 100:
+            raise ConfigError("heartbeat_interval must be 0.01-60 s and heartbeat_misses 1-100",
+                              fix="the defaults are 1 s and 3")
+
+    @property
+    def overhead(self) -> int:
+        """Bytes between the underlay MTU and the device (pod) MTU for this wire format."""
+        if self.mode == "tun":
+            return L3_OVERHEAD
+        if self.routed:
+            return ROUTED_OVERHEAD + (SEAL_OVERHEAD if self.encrypt else 0)
+        return L2_OVERHEAD
 
     @property
     def mtu(self) -> int:
-        """MTU of the device: what fits one datagram on the underlay."""
-        return self.underlay_mtu - (L3_OVERHEAD if self.mode == "tun" else L2_OVERHEAD)
+        """MTU of the device: a full-size frame fits one datagram on the underlay."""
+        return self.underlay_mtu - self.overhead
+
+    @property
+    def max_frame(self) -> int:
+        """Largest L2 frame that is not a GSO super-frame: device MTU + Ethernet header."""
+        return self.mtu + 14
 
     @property
     def datagram(self) -> int:
@@ -73,15 +107,26 @@ class EngineConfig:
 class Engine:
     """Forwards between the device and the UDP port until :meth:`stop`."""
 
-    def __init__(self, config: EngineConfig, table: PeerTable | MacTable | None = None,
-                 key: KeyPair | None = None) -> None:
+    def __init__(self, config: EngineConfig,
+                 table: PeerTable | MacTable | WeaveRoutes | None = None,
+                 key: KeyPair | None = None,
+                 on_peer_health: Callable[[bytes, str, str], None] | None = None) -> None:
         self.config = config
         if table is None:
+            if config.routed:
+                raise ConfigError("the routed format needs a WeaveRoutes table (local name)",
+                                  fix="pass WeaveRoutes(local_peer_name)")
             table = PeerTable() if config.mode == "tun" else MacTable()
+        if config.routed != isinstance(table, WeaveRoutes):
+            raise ConfigError("WeaveRoutes goes with routed=True, and only with it",
+                              fix="set EngineConfig(routed=True) with a WeaveRoutes table")
         self.table = table
         if config.encrypt and key is None:
             raise ConfigError("encrypt needs this engine's key pair")
         self.key = key
+        # routed: per-neighbour path health from heartbeats (the timer thread sends them)
+        self.health = PathHealth(config.heartbeat_interval, config.heartbeat_misses,
+                                 on_peer_health) if config.routed else None
         self.device: TunDevice | None = None
         self.port: UdpPort | None = None
         self.tx: dict[str, int] = {"packets": 0, "bytes": 0, "datagrams": 0, "reads": 0}
@@ -118,12 +163,17 @@ class Engine:
         if self.device is None:
             self.open()
         self._stopping.clear()
+        loops: tuple = ()
         if cfg.mode == "tun":
             from fabric.dataplane.fwd_l3 import rx_loop, tx_loop
+        elif cfg.routed:
+            from fabric.dataplane.fwd_routed import rx_loop, timer_loop, tx_loop
+
+            loops = (("timer", timer_loop),)
         else:
             from fabric.dataplane.fwd_l2 import rx_loop, tx_loop
-        for name, fn in (("tx", tx_loop), ("rx", rx_loop)):
-            if name not in directions:
+        for name, fn in (("tx", tx_loop), ("rx", rx_loop), *loops):
+            if name not in directions and not (name == "timer" and "rx" in directions):
                 continue
             t = threading.Thread(target=self._guard, args=(fn,), daemon=True,
                                  name=f"{cfg.device}-{name}")
@@ -187,6 +237,14 @@ class Engine:
     def stopping(self) -> bool:
         return self._stopping.is_set()
 
+    def sleep(self, seconds: float) -> bool:
+        """Wait ``seconds``; False when the engine is stopping."""
+        return not self._stopping.wait(seconds)
+
+    def peer_health(self) -> dict[bytes, dict]:
+        """Routed: {neighbour name: {"state", "last_heard", "rtt_ms"}} from heartbeats."""
+        return self.health.health() if self.health is not None else {}
+
     # -- status --
     def status(self) -> dict[str, Any]:
         dev, port = self.device, self.port
@@ -211,4 +269,12 @@ class Engine:
             "drops": {"tx": dict(self.tx_drops), "rx": dict(self.rx_drops)},
             "errors": list(self.errors),
             "uptime": round(time.monotonic() - self.started, 1) if self.started else 0,
+            **self._routed_status(),
         }
+
+    def _routed_status(self) -> dict[str, Any]:
+        table = self.table
+        if not isinstance(table, WeaveRoutes):
+            return {}
+        return {"overhead": self.config.overhead, "routing": table.status(),
+                "peer_health": {name_text(n): h for n, h in self.peer_health().items()}}

@@ -1,26 +1,26 @@
-"""L2 forwarding loops: TAP (super-)frames <-> fragmented, optionally sealed UDP messages."""
+"""Classic L2 forwarding loops: TAP (super-)frames <-> fragmented, optionally sealed UDP messages.
+
+Also the frame delivery both L2 formats share (:func:`deliver`).
+"""
 
 from __future__ import annotations
 
 import os
 
 from fabric.dataplane import vnet
+from fabric.dataplane.fwd_loop import drop, read_device, receive_port
 from fabric.dataplane.l2 import F_VNET, L2Receiver, L2Sender
 from fabric.dataplane.l3 import complete_checksum, segment_tcp4, segment_udp4, valid_ipv4
 
-__all__ = ["tx_loop", "rx_loop", "plain_frames"]
+__all__ = ["tx_loop", "rx_loop", "plain_frames", "deliver"]
 
 _BUF = 65536 + vnet.VNET_HDR_LEN
 _ETH = 14
 
 
-def _drop(drops: dict, why: str, n: int = 1) -> None:
-    drops[why] = drops.get(why, 0) + n
-
-
 def tx_loop(engine) -> None:
     dev, port, table, cfg = engine.device, engine.port, engine.table, engine.config
-    fd, use_vnet = dev.fd, dev.offload.vnet_hdr
+    use_vnet = dev.offload.vnet_hdr
     stats, drops = engine.tx, engine.tx_drops
     sender = L2Sender(cfg.datagram, engine.key if cfg.encrypt else None, cfg.psk, cfg.cipher)
     seg = cfg.datagram
@@ -28,37 +28,28 @@ def tx_loop(engine) -> None:
     hoff = vnet.VNET_HDR_LEN if use_vnet else 0
     buf = bytearray(_BUF)
     mv = memoryview(buf)
-    readv = os.readv
-    while True:
-        try:
-            n = readv(fd, [buf])
-        except BlockingIOError:
-            if not engine.wait_readable(fd):
-                return
-            continue
-        except OSError:
-            if engine.stopping():
-                return
-            raise
-        stats["reads"] += 1
+
+    def handle(n: int) -> None:
         if n < hoff + _ETH:
-            _drop(drops, "truncated")
-            continue
+            drop(drops, "truncated")
+            return
         peer = table.lookup(bytes(mv[hoff:hoff + 6]))
         targets = (peer,) if peer is not None else table.peers
         if not targets:
-            _drop(drops, "no_peer")
-            continue
+            drop(drops, "no_peer")
+            return
         message = mv[:n]
         for target in targets:
             total = sender.build(message, flags, target)
             if not total:
-                _drop(drops, "too_big")
+                drop(drops, "too_big")
                 break
             sent = port.send_batch(sender.out, seg, total, target.sockaddr, drops)
             stats["datagrams"] += sent
         stats["packets"] += 1
         stats["bytes"] += n - hoff
+
+    read_device(engine, buf, handle)
 
 
 def plain_frames(message: bytes) -> list[bytes]:
@@ -86,33 +77,46 @@ def plain_frames(message: bytes) -> list[bytes]:
     return [eth + bytes(out[o:min(o + full, total)]) for o in range(0, total, full)][:count]
 
 
+def deliver(fd: int, use_vnet: bool, message: bytes, hoff: int, drops: dict) -> int:
+    """Write one received message (``hoff``: its vnet header length) to the TAP device.
+
+    Returns the number of frames written, 0 when the message was dropped (counted).
+    """
+    try:
+        if use_vnet:
+            if hoff:
+                os.writev(fd, [message])
+            else:
+                os.writev(fd, [vnet.NO_VNET, message])
+            return 1
+        if hoff:  # a super-frame for a device without offloads: cut it here
+            parts = plain_frames(message)
+            if not parts:
+                drop(drops, "bad_super_frame")
+                return 0
+            for p in parts:
+                os.write(fd, p)
+            return len(parts)
+        os.write(fd, message)
+        return 1
+    except OSError as exc:  # the kernel refused it (bad virtio header...)
+        drop(drops, f"write_{exc.errno}")
+        return 0
+
+
 def rx_loop(engine) -> None:
-    dev, port, table, cfg = engine.device, engine.port, engine.table, engine.config
+    dev, table, cfg = engine.device, engine.table, engine.config
     fd, use_vnet = dev.fd, dev.offload.vnet_hdr
     stats, drops = engine.rx, engine.rx_drops
     receiver = L2Receiver(drops, engine.key if cfg.encrypt else None, cfg.psk, cfg.cipher)
     buf = bytearray(65536 * 2)
     mv = memoryview(buf)
-    sock = port.sock
-    writev = os.writev
-    while True:
-        try:
-            n, seg, addr = port.recv_batch(buf)
-        except BlockingIOError:
-            if not engine.wait_readable(sock.fileno()):
-                return
-            continue
-        except OSError:
-            if engine.stopping():
-                return
-            _drop(drops, "recv_error")
-            continue
-        stats["batches"] += 1
+
+    def handle(n: int, seg: int, addr: tuple) -> None:
         peer = table.by_source(addr[0])
         if peer is None:
-            _drop(drops, "unknown_source")
-            continue
-        seg = seg or n
+            drop(drops, "unknown_source")
+            return
         for off in range(0, n, seg):
             stats["datagrams"] += 1
             got = receiver.feed(mv[off:min(off + seg, n)], peer)
@@ -121,30 +125,14 @@ def rx_loop(engine) -> None:
             message, flags = got
             hoff = vnet.VNET_HDR_LEN if flags & F_VNET else 0
             if len(message) < hoff + _ETH:
-                _drop(drops, "truncated")
+                drop(drops, "truncated")
                 continue
-            try:
-                if use_vnet:
-                    if hoff:
-                        writev(fd, [message])
-                    else:
-                        writev(fd, [vnet.NO_VNET, message])
-                    frames = 1
-                elif hoff:
-                    parts = plain_frames(message)
-                    if not parts:
-                        _drop(drops, "bad_super_frame")
-                        continue
-                    for p in parts:
-                        os.write(fd, p)
-                    frames = len(parts)
-                else:
-                    os.write(fd, message)
-                    frames = 1
-            except OSError as exc:  # the kernel refused it (bad virtio header...)
-                _drop(drops, f"write_{exc.errno}")
+            frames = deliver(fd, use_vnet, message, hoff, drops)
+            if not frames:
                 continue
             table.learn(message[hoff + 6:hoff + 12], peer)
             stats["packets"] += frames
             stats["writes"] += 1
             stats["bytes"] += len(message) - hoff
+
+    receive_port(engine, buf, handle)

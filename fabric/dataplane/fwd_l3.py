@@ -9,6 +9,7 @@ from ipaddress import IPv4Address
 
 from fabric.dataplane import gro, vnet
 from fabric.dataplane.csum import fill_ipv4_checksum
+from fabric.dataplane.fwd_loop import drop, read_device, receive_port
 from fabric.dataplane.l3 import (
     coalesce_tcp4,
     complete_checksum,
@@ -26,69 +27,37 @@ _ICMP_PER_SEC = 50
 _NUMPY_MIN = 8  # smaller GRO batches: the per-datagram Python path is cheaper
 
 
-def _drop(drops: dict, why: str, n: int = 1) -> None:
-    drops[why] = drops.get(why, 0) + n
-
-
 def tx_loop(engine) -> None:
     """Read the TUN device, route by inner destination, send to the peer's UDP port."""
     dev, port, table, cfg = engine.device, engine.port, engine.table, engine.config
-    fd, use_vnet = dev.fd, dev.offload.vnet_hdr
+    use_vnet = dev.offload.vnet_hdr
     stats, drops = engine.tx, engine.tx_drops
     buf = bytearray(_BUF)
     mv = memoryview(buf)
     out = bytearray(70000)
     hoff = vnet.VNET_HDR_LEN if use_vnet else 0
     full_csum = cfg.full_checksum
-    icmp_src = IPv4Address(cfg.icmp_source).packed if cfg.icmp_source else b""
-    icmp_tokens, icmp_time = _ICMP_PER_SEC, time.monotonic()
-    readv = os.readv
-    raw = None
-    while True:
-        try:
-            n = readv(fd, [buf])
-        except BlockingIOError:
-            if not engine.wait_readable(fd):
-                return
-            continue
-        except OSError:
-            if engine.stopping():
-                return
-            raise
-        stats["reads"] += 1
+    icmp = _IcmpReplies(cfg.icmp_source, stats, drops)
+
+    def handle(n: int) -> None:
         if n <= hoff:
-            _drop(drops, "truncated")
-            continue
+            drop(drops, "truncated")
+            return
         pkt = mv[hoff:n]
         length = n - hoff
         ihl = valid_ipv4(pkt, length)
         if not ihl:
-            _drop(drops, "not_ipv4")
-            continue
+            drop(drops, "not_ipv4")
+            return
         peer = table.lookup(bytes(pkt[16:20]))
         if peer is None:
-            _drop(drops, "no_route")
-            if icmp_src:
-                now = time.monotonic()
-                icmp_tokens = min(_ICMP_PER_SEC, icmp_tokens + (now - icmp_time) * _ICMP_PER_SEC)
-                icmp_time = now
-                if icmp_tokens >= 1 and (pkt[9] != 1 or pkt[ihl] == 8):  # never about ICMP errors
-                    icmp_tokens -= 1
-                    reply = icmp_unreachable(pkt, icmp_src)
-                    try:  # sent by this node (a reply from a local address written into the
-                        # TUN device would be dropped as a martian)
-                        if raw is None:
-                            raw = socket.socket(socket.AF_INET, socket.SOCK_RAW,
-                                                socket.IPPROTO_RAW)
-                        raw.sendto(reply, (socket.inet_ntoa(reply[16:20]), 0))
-                        stats["icmp_unreachable"] = stats.get("icmp_unreachable", 0) + 1
-                    except OSError:
-                        _drop(drops, "icmp_send")
-            continue
+            drop(drops, "no_route")
+            icmp.unreachable(pkt, ihl)
+            return
         ttl = pkt[8]
         if ttl <= 1:
-            _drop(drops, "ttl_expired")
-            continue
+            drop(drops, "ttl_expired")
+            return
         pkt[8] = ttl - 1
         if use_vnet:
             flags, gso, _hl, gso_size, cstart, coff = vnet.unpack(buf)
@@ -97,98 +66,110 @@ def tx_loop(engine) -> None:
         gso &= ~vnet.GSO_ECN
         if gso == vnet.GSO_NONE:
             if flags & vnet.F_NEEDS_CSUM and not complete_checksum(pkt, 0, length, cstart, coff):
-                _drop(drops, "bad_csum_offsets")
-                continue
+                drop(drops, "bad_csum_offsets")
+                return
             fill_ipv4_checksum(pkt, 0, ihl)
             if port.send_batch(pkt, length, length, peer.sockaddr, drops):
                 stats["packets"] += 1
                 stats["datagrams"] += 1
                 stats["bytes"] += length
-            continue
+            return
         if gso == vnet.GSO_TCPV4:
             count, full, total = segment_tcp4(pkt, gso_size, out, full_csum)
         elif gso == vnet.GSO_UDP_L4:
             count, full, total = segment_udp4(pkt, gso_size, out)
         else:
-            _drop(drops, "unsupported_gso")
-            continue
+            drop(drops, "unsupported_gso")
+            return
         if not count:
-            _drop(drops, "bad_super_packet")
-            continue
+            drop(drops, "bad_super_packet")
+            return
         sent = port.send_batch(out, full, total, peer.sockaddr, drops)
         stats["packets"] += sent
         stats["datagrams"] += sent
         stats["bytes"] += total
 
+    read_device(engine, buf, handle)
+
+
+class _IcmpReplies:
+    """ICMP net-unreachable for packets without a route, rate-limited (tx thread only)."""
+
+    def __init__(self, source: str, stats: dict, drops: dict) -> None:
+        self.source = IPv4Address(source).packed if source else b""
+        self.stats, self.drops = stats, drops
+        self.tokens, self.time = float(_ICMP_PER_SEC), time.monotonic()
+        self.raw: socket.socket | None = None
+
+    def unreachable(self, pkt, ihl: int) -> None:
+        if not self.source:
+            return
+        now = time.monotonic()
+        self.tokens = min(_ICMP_PER_SEC, self.tokens + (now - self.time) * _ICMP_PER_SEC)
+        self.time = now
+        if self.tokens < 1 or (pkt[9] == 1 and pkt[ihl] != 8):  # never about ICMP errors
+            return
+        self.tokens -= 1
+        reply = icmp_unreachable(pkt, self.source)
+        try:  # sent by this node (a reply from a local address written into the
+            # TUN device would be dropped as a martian)
+            if self.raw is None:
+                self.raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+            self.raw.sendto(reply, (socket.inet_ntoa(reply[16:20]), 0))
+            self.stats["icmp_unreachable"] = self.stats.get("icmp_unreachable", 0) + 1
+        except OSError:
+            drop(self.drops, "icmp_send")
+
 
 def rx_loop(engine) -> None:
     """Receive datagrams (GRO batches), check them, merge TCP runs, write to the TUN device."""
-    dev, port, table, cfg = engine.device, engine.port, engine.table, engine.config
+    dev, table, cfg = engine.device, engine.table, engine.config
     fd, use_vnet = dev.fd, dev.offload.vnet_hdr
     stats, drops = engine.rx, engine.rx_drops
     buf = bytearray(65536 * 2)
     mv = memoryview(buf)
     strict = cfg.strict_source
-    sock = port.sock
     writev = os.writev
     no_vnet = vnet.NO_VNET
     fast = use_vnet and gro.available() and cfg.offload
-    while True:
-        try:
-            n, seg, addr = port.recv_batch(buf)
-        except BlockingIOError:
-            if not engine.wait_readable(sock.fileno()):
-                return
-            continue
-        except OSError:
-            if engine.stopping():
-                return
-            _drop(drops, "recv_error")
-            continue
-        stats["batches"] += 1
+
+    def handle(n: int, seg: int, addr: tuple) -> None:
         if strict and table.by_source(addr[0]) is None:
-            _drop(drops, "unknown_source")
-            continue
-        if n == 0:
-            _drop(drops, "empty")
-            continue
-        seg = seg or n
-        try:
-            if fast and n // seg >= _NUMPY_MIN:
-                _write_batch(fd, buf, mv, n, seg, stats, drops)
+            drop(drops, "unknown_source")
+            return
+        if fast and n // seg >= _NUMPY_MIN:
+            _write_batch(fd, buf, mv, n, seg, stats, drops)
+            return
+        good = []
+        for off in range(0, n, seg):
+            d = mv[off:min(off + seg, n)]
+            if not valid_ipv4(d, len(d)):
+                drop(drops, "malformed")
                 continue
-            good = []
-            for off in range(0, n, seg):
-                d = mv[off:min(off + seg, n)]
-                if not valid_ipv4(d, len(d)):
-                    _drop(drops, "malformed")
-                    continue
-                good.append(d)
-            stats["datagrams"] += len(good)
-            if not use_vnet:
-                for d in good:
-                    os.write(fd, d)
-                    stats["packets"] += 1
-                    stats["bytes"] += len(d)
-                    stats["writes"] += 1
-                continue
-            i, end = 0, len(good)
-            while i < end:
-                cnt, hlen, mss = coalesce_tcp4(good, i) if end - i > 1 else (1, 0, 0)
-                if cnt == 1:
-                    d = good[i]
-                    writev(fd, [no_vnet, d])
-                    stats["bytes"] += len(d)
-                else:
-                    run = good[i:i + cnt]
-                    stats["bytes"] += _write_merged(fd, run[0], run, hlen, mss)
-                stats["packets"] += cnt
+            good.append(d)
+        stats["datagrams"] += len(good)
+        if not use_vnet:
+            for d in good:
+                os.write(fd, d)
+                stats["packets"] += 1
+                stats["bytes"] += len(d)
                 stats["writes"] += 1
-                i += cnt
-        except OSError as exc:
-            if engine.stopping():
-                return
-            _drop(drops, f"write_{exc.errno}")
+            return
+        i, end = 0, len(good)
+        while i < end:
+            cnt, hlen, mss = coalesce_tcp4(good, i) if end - i > 1 else (1, 0, 0)
+            if cnt == 1:
+                d = good[i]
+                writev(fd, [no_vnet, d])
+                stats["bytes"] += len(d)
+            else:
+                run = good[i:i + cnt]
+                stats["bytes"] += _write_merged(fd, run[0], run, hlen, mss)
+            stats["packets"] += cnt
+            stats["writes"] += 1
+            i += cnt
+
+    receive_port(engine, buf, handle)
 
 
 def _write_merged(fd: int, d0, run, hlen: int, mss: int) -> int:
@@ -213,7 +194,7 @@ def _write_batch(fd: int, buf, mv, n: int, seg: int, stats: dict, drops: dict) -
         off = i * seg
         d = mv[off:off + seg]
         if not valid_ipv4(d, seg):
-            _drop(drops, "malformed")
+            drop(drops, "malformed")
             i += 1
             continue
         cnt, hlen, mss = gro.equal_run(buf, off, k - i, seg)
@@ -236,4 +217,4 @@ def _write_batch(fd: int, buf, mv, n: int, seg: int, stats: dict, drops: dict) -
             stats["bytes"] += len(d)
             stats["writes"] += 1
         else:
-            _drop(drops, "malformed")
+            drop(drops, "malformed")
