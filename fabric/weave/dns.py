@@ -45,6 +45,7 @@ __all__ = ["WeaveDNS", "MeshHost", "CHANNEL", "STATE_FILE"]
 
 CHANNEL = "dns"
 STATE_FILE = "dns.json"
+_ASK = b"?"  # unicast: send me your own entries
 _Index = tuple[dict[str, tuple[str, ...]], dict[str, tuple[str, ...]]]
 
 
@@ -229,9 +230,12 @@ class WeaveDNS(Gossiper):
             return
         self.reachable = reach
         back = self.removed & reach
-        if back:  # a removed peer is alive after all: it re-announces its own names
-            self.removed -= back
-            self._save()
+        if back:  # a removed peer is alive after all: ask it for its names (the router
+            self.removed -= back  # skips re-sent gossip we refused once, so plain
+            self._save()  # gossip would not bring them back)
+            for name in sorted(back):
+                if self.channel is not None:
+                    self.channel.gossip_unicast(name, _ASK)
         self._rebuild()
 
     def _rebuild(self) -> None:
@@ -281,6 +285,14 @@ class WeaveDNS(Gossiper):
         elif len(delta):
             self._rebuild()
         return delta if len(delta) else None
+
+    def on_gossip_unicast(self, src: int, payload: bytes) -> None:
+        """A peer that had removed us asks for our entries, or answers such a request."""
+        if payload == _ASK:
+            if self.channel is not None:
+                self.channel.gossip_unicast(src, DnsEntries(self.store.of(self.me)).encode())
+            return
+        self.on_gossip(src, payload)
 
     def _own_claim(self, e: Entry) -> Entry | None:
         """Someone gossips one of our entries. We are its only writer: a version we do not

@@ -1,8 +1,9 @@
 """The weaveDNS server: UDP and TCP on one address, answers from a :class:`WeaveDNS`.
 
 As Weave Net's ``nameserver/dns.go``: A queries in the domain get every live address,
-rotated, TTL 1 s (clients should not cache; names move); a name we hold asked for another
-type (AAAA...) gets NOERROR with no answer (RFC 4074), so resolvers fall back to A; an
+rotated round-robin per name (weave shuffles; a rotation is as fair and testable), TTL
+1 s (clients should not cache; names move); a name we hold asked for another type
+(AAAA...) gets NOERROR with no answer (RFC 4074), so resolvers fall back to A; an
 unknown name in the domain is NXDOMAIN. Single-label names are tried in the domain first.
 PTR queries for addresses we hold are answered here, everything else is forwarded to the
 upstream servers (the ``nameserver`` lines of ``/etc/resolv.conf`` of the namespace the
@@ -281,7 +282,8 @@ class DnsServer:
             if n < len(values):
                 r.flags |= dns.flags.TC
             try:
-                return r.to_wire(max_size=limit)
+                # our rotation is the order (dnspython would shuffle it)
+                return r.to_wire(max_size=limit, want_shuffle=False)
             except dns.exception.TooBig:
                 if n <= 1:
                     r = self._reply(q)
