@@ -243,7 +243,10 @@ class Engine:
 
     def peer_health(self) -> dict[bytes, dict]:
         """Routed: {neighbour name: {"state", "last_heard", "rtt_ms"}} from heartbeats."""
-        return self.health.health() if self.health is not None else {}
+        if self.health is None:
+            return {}
+        self.health.set_peers(self.table.neighbours)  # a new neighbour shows at once: pending
+        return self.health.health()
 
     # -- status --
     def status(self) -> dict[str, Any]:
