@@ -331,8 +331,17 @@ class IPAM(abc.ABC):
         """This node's chunks now."""
 
     @abc.abstractmethod
-    def allocate(self, handle: Handle) -> Allocation:
-        """Return the handle's address, allocating one if it has none. Raises PoolExhausted."""
+    def allocate(self, handle: Handle, requested: IPv4Address | None = None) -> Allocation:
+        """Return the handle's address, allocating one if it has none. Raises PoolExhausted.
+
+        ``requested`` is a static address the runtime asked for (CNI ``IP=`` argument,
+        ``args.cni.ips``, ``runtimeConfig.ips``): the result holds exactly that address or
+        the call raises, never hands out another one:
+        :class:`~fabric.errors.ConfigError` with ``field="ips"`` when it is not an
+        allocatable address of this node's chunks (outside them, or a chunk's network,
+        gateway or broadcast address); :class:`~fabric.errors.IPAMError` when another
+        handle holds it or this handle already holds a different address.
+        """
 
     @abc.abstractmethod
     def release(self, handle: Handle) -> Allocation | None:

@@ -17,12 +17,14 @@ Failures are :mod:`fabric.errors` types:
 
 from __future__ import annotations
 
+import array
 import errno
 import json
 import os
 import socket
 import struct
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from fabric import errors as _errors
@@ -96,10 +98,13 @@ def _unreachable(path: str, reason: str, detail: str, sent: bool) -> AgentUnreac
     )
 
 
-def call(path: str | os.PathLike[str], request: dict[str, Any], timeout: float = 30.0) -> Any:
+def call(path: str | os.PathLike[str], request: dict[str, Any], timeout: float = 30.0,
+         fds: Sequence[int] = ()) -> Any:
     """Send ``request`` (with an ``op``) to the agent at ``path``; return the answer's result.
 
-    Raises :class:`AgentUnreachable` or the error the agent answered (see module doc).
+    ``fds`` are passed to the agent with the request (SCM_RIGHTS): `fabric-cni` sends
+    the pod's network namespace so the agent never resolves a path in its own mount
+    namespace. Raises :class:`AgentUnreachable` or the error the agent answered.
     """
     spath = os.fspath(path)
     deadline = time.monotonic() + timeout
@@ -113,7 +118,13 @@ def call(path: str | os.PathLike[str], request: dict[str, Any], timeout: float =
         try:
             _connect(sock, spath, deadline)
             sock.settimeout(max(deadline - time.monotonic(), 0.001))
-            sock.sendall(payload)
+            if fds:  # the descriptors ride on the first bytes of the request
+                n = sock.sendmsg([payload], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                              array.array("i", fds))])
+                if n < len(payload):
+                    sock.sendall(payload[n:])
+            else:
+                sock.sendall(payload)
             sent = True
             line = _read_line(sock, deadline)
         except TimeoutError as exc:

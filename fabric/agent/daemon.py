@@ -7,14 +7,16 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from fabric import __version__
+from fabric.agent.cni_ops import CNI_HANDLERS
 from fabric.agent.config import AgentConfig
 from fabric.agent.network import Network, atomic_write_json, network_context
 from fabric.agent.server import ControlServer
-from fabric.api import Handle, Node, Workload
+from fabric.api import Node
 from fabric.errors import (
     AgentUnavailable,
     ConfigError,
@@ -127,7 +129,8 @@ class Agent:
                 delay = min(delay * 2, 10)
 
     # -- control requests --
-    def _network(self, req: dict[str, Any]) -> Network:
+    def network(self, req: dict[str, Any]) -> Network:
+        """The network a request names (``network``), or the only one served."""
         name = req.get("network") or ""
         if not name:
             if len(self.networks) == 1:
@@ -141,70 +144,34 @@ class Agent:
                            fix=f"served: {', '.join(self.networks)}", field="network")
         return self.networks[name]
 
-    @staticmethod
-    def _workload(req: dict[str, Any]) -> Workload:
-        cid, ifname = req.get("container_id"), req.get("ifname")
-        if not isinstance(cid, str) or not cid or not isinstance(ifname, str) or not ifname:
-            raise ConfigError("container_id and ifname are required strings")
-        labels = req.get("labels") or {}
-        if not isinstance(labels, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
-        ):
-            raise ConfigError("labels must be a mapping of strings to strings")
-        return Workload(
-            container_id=cid,
-            ifname=ifname,
-            netns=str(req.get("netns") or ""),
-            name=str(req.get("pod_name") or ""),
-            namespace=str(req.get("pod_namespace") or "default"),
-            labels=labels,
-        )
+    _network = network  # older name, kept for callers outside the agent package
+
+    def _op_status(self, req: dict[str, Any]) -> Any:
+        return self.status()
+
+    def _op_stop(self, req: dict[str, Any]) -> None:
+        self._teardown = bool(req.get("teardown"))
+        self._stop.set()
+
+    def _op_backend(self, req: dict[str, Any]) -> Any:
+        """A backend's own operations (weave connect, dns add...): ``backend.NAME``."""
+        return self.network(req).backend_op(req["op"][len("backend."):], req)
+
+    def _op_policy(self, req: dict[str, Any]) -> Any:
+        from fabric.policy.ops import handle_policy_op
+
+        return handle_policy_op(self.network(req), req["op"], req)
 
     def dispatch(self, req: dict[str, Any]) -> Any:
+        """One control request: a handler table, as `fabric-cni`'s ``_HANDLERS``."""
         op = req["op"]
-        if op == "status":
-            return self.status()
-        if op == "stop":
-            self._teardown = bool(req.get("teardown"))
-            self._stop.set()
-            return None
-        if self._stop.is_set():
+        handler = _HANDLERS.get(op) or _PREFIX_HANDLERS.get(op.split(".", 1)[0] + ".")
+        if handler is None:
+            raise ConfigError(f"unknown op {op!r}",
+                              fix=f"ops: {', '.join(sorted(_HANDLERS))}, backend.*, policy.*")
+        if op not in _ALWAYS and self._stop.is_set():
             raise AgentUnavailable("the agent is stopping", fix="retry when it is back")
-        if op == "cni.add":
-            wl = self._workload(req)
-            if not wl.netns:
-                raise ConfigError("netns is required for ADD")
-            return self._network(req).add(wl)
-        if op == "cni.del":
-            self._network(req).delete(self._workload(req))
-            return None
-        if op == "cni.check":
-            expected = req.get("expected")
-            if expected is not None and not isinstance(expected, dict):
-                raise ConfigError("expected must be a mapping with ips / mac")
-            self._network(req).check(self._workload(req), expected)
-            return None
-        if op == "cni.status":
-            net = self._network(req)
-            if not net.ready:
-                raise AgentUnavailable(f"network {net.spec.name} is not ready")
-            return None
-        if op == "cni.gc":
-            valid = req.get("valid") or []
-            if not isinstance(valid, list):
-                raise ConfigError("valid must be a list of {container_id, ifname}")
-            handles = {
-                Handle(str(v.get("container_id")), str(v.get("ifname")))
-                for v in valid if isinstance(v, dict)
-            }
-            return {"released": self._network(req).gc(handles)}
-        if op.startswith("backend."):  # a backend's own operations (weave connect, dns add...)
-            return self._network(req).backend_op(op[len("backend."):], req)
-        if op.startswith("policy."):
-            from fabric.policy.ops import handle_policy_op
-
-            return handle_policy_op(self._network(req), op, req)
-        raise ConfigError(f"unknown op {op!r}")
+        return handler(self, req)
 
     def status(self) -> dict[str, Any]:
         return {
@@ -216,6 +183,13 @@ class Agent:
             "etcd": self.config.etcd,
             "networks": [n.status() for n in self.networks.values()],
         }
+
+
+_HANDLERS: dict[str, Callable[[Agent, dict[str, Any]], Any]] = {
+    "status": Agent._op_status, "stop": Agent._op_stop, **CNI_HANDLERS}
+_PREFIX_HANDLERS: dict[str, Callable[[Agent, dict[str, Any]], Any]] = {
+    "backend.": Agent._op_backend, "policy.": Agent._op_policy}
+_ALWAYS = frozenset({"status", "stop"})  # answered also while the agent stops
 
 
 def offline_teardown(state_dir: Path) -> list[str]:

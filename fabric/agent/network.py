@@ -25,10 +25,10 @@ from fabric.api import (
     Node,
     PeerEvent,
     PolicyEngine,
-    Route,
     Workload,
 )
 from fabric.errors import AgentUnavailable, BackendError, ConfigError, FabricError, NotFound
+from fabric.net.workload import take_default_route
 from fabric.plugins import load_plugin
 
 __all__ = ["Network", "endpoint_to_result"]
@@ -204,11 +204,12 @@ class Network:
         self._require_ready()
         kwl = _in_netns(workload, kernel_netns)
         with self._lock:
-            alloc = self.ipam.allocate(workload.handle, requested)
+            alloc = (self.ipam.allocate(workload.handle) if requested is None
+                     else self.ipam.allocate(workload.handle, requested))
             try:
                 ep = self.backend.attach(kwl, alloc)
                 if default_route and ep.gateway is not None:
-                    ep = _take_default_route(kwl, ep)
+                    ep = take_default_route(kwl, ep)
             except BaseException:
                 if workload.handle.key() not in self._workloads:
                     self.ipam.release(workload.handle)
@@ -334,16 +335,6 @@ def _in_netns(workload: Workload, kernel_netns: str) -> Workload:
     if not kernel_netns or kernel_netns == workload.netns:
         return workload
     return attrs.evolve(workload, netns=kernel_netns)
-
-
-def _take_default_route(workload: Workload, ep: Endpoint) -> Endpoint:
-    """The config asked for the default route (``defaultRoute: true``): move it here."""
-    from fabric.net.workload import take_default_route
-
-    assert ep.gateway is not None
-    take_default_route(workload, ep.gateway)
-    default = Route(IPv4Network("0.0.0.0/0"), ep.gateway)
-    return attrs.evolve(ep, routes=(*[r for r in ep.routes if r.dst.prefixlen], default))
 
 
 def _record(ep: Endpoint, alloc: Allocation) -> dict[str, Any]:

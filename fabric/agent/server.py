@@ -13,6 +13,7 @@ Clients wait in the kernel while the backlog is full (``fabric.agent.client``).
 
 from __future__ import annotations
 
+import array
 import contextlib
 import json
 import logging
@@ -31,6 +32,7 @@ __all__ = ["ControlServer", "MAX_REQUEST", "BACKLOG"]
 log = logging.getLogger("fabric.agent")
 MAX_REQUEST = 4 * 1024 * 1024
 BACKLOG = 1024
+MAX_FDS = 4  # descriptors one request may carry (a CNI call passes its netns: one)
 
 Handler = Callable[[dict[str, Any]], Any]
 
@@ -93,16 +95,21 @@ class ControlServer:
                 self._serve(conn)
 
     def _serve(self, conn: socket.socket) -> None:
+        fds: list[int] = []
         with conn:
             conn.settimeout(30)
             try:
-                request = _read_request(conn)
+                request = _read_request(conn, fds)
                 result = self.dispatch(request)
                 answer = {"ok": True, "result": result}
             except Exception as exc:
                 if not isinstance(exc, FabricError):
                     log.exception("control request failed")
                 answer = error_answer(exc)
+            finally:
+                for fd in fds:  # descriptors passed with the request live as long as it
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
             with contextlib.suppress(OSError):  # client went away: nothing else to do
                 conn.sendall(json.dumps(answer).encode() + b"\n")
 
@@ -117,10 +124,17 @@ class ControlServer:
             self.path.unlink()
 
 
-def _read_request(conn: socket.socket) -> dict[str, Any]:
+def _read_request(conn: socket.socket, fds: list[int]) -> dict[str, Any]:
+    """One request line; file descriptors sent with it (SCM_RIGHTS) are appended to ``fds``
+    and given to the handler as ``request["_fds"]`` (only those: a client's own "_fds"
+    key is dropped)."""
     buf = bytearray()
+    ancillary = socket.CMSG_SPACE(MAX_FDS * 4)
     while b"\n" not in buf:
-        chunk = conn.recv(65536)
+        chunk, cmsgs, _flags, _addr = conn.recvmsg(65536, ancillary)
+        for level, kind, data in cmsgs:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds.extend(array.array("i", data[: len(data) - len(data) % 4]))
         if not chunk:
             break
         buf += chunk
@@ -133,6 +147,11 @@ def _read_request(conn: socket.socket) -> dict[str, Any]:
         raise ConfigError(f"request is not valid JSON: {exc}") from exc
     if not isinstance(req, dict) or not isinstance(req.get("op"), str):
         raise ConfigError("request must be a JSON object with a string 'op'")
+    if len(fds) > MAX_FDS:
+        raise ConfigError(f"a request may carry at most {MAX_FDS} file descriptors")
+    req.pop("_fds", None)  # never a client's word for which agent descriptors to use
+    if fds:
+        req["_fds"] = list(fds)
     return req
 
 

@@ -15,6 +15,16 @@ Decisions where the spec leaves room:
 * ADD/CHECK/DEL time out after ``agentTimeout`` seconds (default 30; STATUS 10, GC 60).
 * CHECK finds our interface (CNI_IFNAME in CNI_NETNS) in prevResult and sends its MAC
   and addresses as ``expected`` with ``cni.check``.
+* CNI_NETNS is opened here, by the plugin, in the runtime's mount namespace, and the
+  descriptor goes to the agent with the request (SCM_RIGHTS): a runtime whose netns
+  paths the agent cannot see (another mount namespace) works. A CNI_NETNS that is not
+  a network namespace is code 4 naming it (DEL then proceeds from the agent's record).
+* Static addresses (``IP=`` in CNI_ARGS, ``args.cni.ips``, ``runtimeConfig.ips``) are
+  honoured exactly or refused: 7 (not an address of this node's chunks, or sources that
+  disagree), 103 (in use). ``"defaultRoute": true`` gives this interface the pod's
+  default route even if another interface has it (by default the first one keeps it).
+* Errors echo the config's cniVersion when it is a supported one (also for errors in
+  the CNI_* variables, found after the config is read).
 
 Only the standard library is imported, so the plugin starts fast.
 """
@@ -25,7 +35,6 @@ import json
 import os
 import sys
 import time
-from typing import IO, Any
 
 from fabric.agent.client import AgentUnreachable, call
 from fabric.cni import errors as codes
@@ -40,8 +49,13 @@ from fabric.cni.spec import (
     parse_netconf,
     parse_version,
     read_invocation,
+    static_ips,
 )
 from fabric.errors import FabricError
+
+TYPE_CHECKING = False  # typing costs ~3 ms of import at every plugin start
+if TYPE_CHECKING:
+    from typing import IO, Any
 
 __all__ = ["main", "run"]
 
@@ -90,16 +104,57 @@ def _cni_error(exc: FabricError, verb: str) -> CNIError:
             return CNIError(codes.NOT_AVAILABLE, str(exc))
         if kind in _STATUS_LIMITED:
             return CNIError(codes.LIMITED_CONNECTIVITY, f"{kind}: {exc}")
+    field = getattr(exc, "field", None)
+    if field == "netns":  # the agent found CNI_NETNS unusable
+        return CNIError(codes.INVALID_ENVIRONMENT, str(exc),
+                        msg="invalid environment variables: CNI_NETNS")
+    if field == "ifname" and kind == "BackendError":
+        return CNIError(codes.INTERFACE_EXISTS, str(exc))
     code = _KIND_CODES.get(kind, codes.AGENT_FAILURE)
+    if code == codes.INVALID_NETWORK_CONFIG and field:
+        return CNIError(code, str(exc), msg=f"invalid network configuration: {field}")
     return CNIError(code, f"{kind}: {exc}" if code == codes.AGENT_FAILURE else str(exc))
 
 
-def _agent(inv: Invocation, nc: NetConf, request: dict[str, Any]) -> Any:
+def _agent(inv: Invocation, nc: NetConf, request: dict[str, Any], fd: int | None = None) -> Any:
     timeout = nc.timeout or DEFAULT_TIMEOUTS[inv.verb]
     try:
-        return call(nc.socket, {"network": nc.network, **request}, timeout=timeout)
+        return call(nc.socket, {"network": nc.network, **request}, timeout=timeout,
+                    fds=() if fd is None else (fd,))
     except FabricError as exc:
         raise _cni_error(exc, inv.verb) from exc
+
+
+_NS_GET_NSTYPE = 0xB703  # ioctl(2) on a namespace file: its CLONE_NEW* type
+_CLONE_NEWNET = 0x40000000
+
+
+def open_netns(inv: Invocation, required: bool) -> int | None:
+    """A descriptor of CNI_NETNS for the agent; code 4 if ``required`` and unusable."""
+    import fcntl
+
+    if not inv.netns:
+        return None
+    try:
+        fd = os.open(inv.netns, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        if not required:
+            return None
+        raise CNIError(codes.INVALID_ENVIRONMENT, f"CNI_NETNS {inv.netns} cannot be opened: "
+                       f"{exc.strerror}", msg="invalid environment variables: CNI_NETNS") \
+            from exc
+    try:
+        kind = fcntl.ioctl(fd, _NS_GET_NSTYPE)
+    except OSError:
+        kind = None
+    if kind != _CLONE_NEWNET:
+        os.close(fd)
+        if not required:
+            return None
+        raise CNIError(codes.INVALID_ENVIRONMENT,
+                       f"CNI_NETNS {inv.netns} is not a network namespace",
+                       msg="invalid environment variables: CNI_NETNS")
+    return fd
 
 
 def _fabric_gone(nc: NetConf) -> bool:
@@ -107,10 +162,11 @@ def _fabric_gone(nc: NetConf) -> bool:
     return not os.path.exists(os.path.join(os.path.dirname(nc.socket), "agent.json"))
 
 
-def _best_effort(inv: Invocation, nc: NetConf, request: dict[str, Any], err: IO[str]) -> Any:
+def _best_effort(inv: Invocation, nc: NetConf, request: dict[str, Any], err: IO[str],
+                 fd: int | None = None) -> Any:
     """DEL / GC: succeed when nothing of ours can exist (see the module doc)."""
     try:
-        return _agent(inv, nc, request)
+        return _agent(inv, nc, request, fd)
     except CNIError as exc:
         cause = exc.__cause__
         nobody = isinstance(cause, AgentUnreachable) and cause.reason in ("missing", "refused")
@@ -134,12 +190,23 @@ def cmd_add(inv: Invocation, nc: NetConf, err: IO[str]) -> dict[str, Any]:
         raise CNIError(codes.INTERFACE_EXISTS,
                        f"prevResult already lists {inv.ifname} in {inv.netns}; a chained "
                        "plugin created it, so netfabric cannot")
-    answer = _agent(inv, nc, {
+    request = {
         "op": "cni.add", **_attachment(inv),
         "pod_name": inv.args.get("K8S_POD_NAME", ""),
         "pod_namespace": nc.pod_namespace or inv.args.get("K8S_POD_NAMESPACE", ""),
         "labels": nc.labels,
-    })
+    }
+    ips = static_ips(nc, inv.args)
+    if ips:
+        request["ips"] = ips
+    if nc.default_route:
+        request["default_route"] = True
+    fd = open_netns(inv, required=True)
+    try:
+        answer = _agent(inv, nc, request, fd)
+    finally:
+        if fd is not None:
+            os.close(fd)
     try:
         ours = normalize(answer, "agent result")
     except CNIError as exc:
@@ -153,7 +220,12 @@ def cmd_add(inv: Invocation, nc: NetConf, err: IO[str]) -> dict[str, Any]:
 
 
 def cmd_del(inv: Invocation, nc: NetConf, err: IO[str]) -> None:
-    _best_effort(inv, nc, {"op": "cni.del", **_attachment(inv)}, err)
+    fd = open_netns(inv, required=False)  # gone or odd: the agent's record decides
+    try:
+        _best_effort(inv, nc, {"op": "cni.del", **_attachment(inv)}, err, fd)
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
 def cmd_check(inv: Invocation, nc: NetConf, err: IO[str]) -> None:
@@ -175,7 +247,12 @@ def cmd_check(inv: Invocation, nc: NetConf, err: IO[str]) -> None:
     expected = {"ips": [ip["address"] for ip in ips]}
     if iface.get("mac"):
         expected["mac"] = iface["mac"]
-    _agent(inv, nc, {"op": "cni.check", **_attachment(inv), "expected": expected})
+    fd = open_netns(inv, required=True)
+    try:
+        _agent(inv, nc, {"op": "cni.check", **_attachment(inv), "expected": expected}, fd)
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
 def cmd_status(inv: Invocation, nc: NetConf, err: IO[str]) -> None:
@@ -260,14 +337,18 @@ def run(environ: Any, stdin: IO[bytes], stdout: IO[str], stderr: IO[str]) -> int
     inv: Invocation | None = None
     code = 0
     try:
-        inv = read_invocation(environ)
-        if inv.verb == "VERSION":
+        verb = environ.get("CNI_COMMAND", "")
+        if verb == "VERSION":
+            read_invocation(environ)
             stdout.write(json.dumps(_version_result(stdin)) + "\n")
             return 0
-        conf = _read_config(stdin)
+        if not verb:
+            inv = read_invocation(environ)  # raises: says CNI_COMMAND is missing
+        conf = _read_config(stdin)  # first, so even an error in CNI_* echoes its version
         given = conf.get("cniVersion") if isinstance(conf, dict) else None
         if given in SUPPORTED_VERSIONS:
             version = given
+        inv = read_invocation(environ)
         nc = parse_netconf(conf, inv.verb, environ)
         result = _HANDLERS[inv.verb](inv, nc, stderr)
         if result is not None:

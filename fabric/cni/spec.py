@@ -40,6 +40,7 @@ __all__ = [
     "valid_ifname",
     "NetConf",
     "parse_netconf",
+    "static_ips",
 ]
 
 SUPPORTED_VERSIONS = ("0.4.0", "1.0.0", "1.1.0")
@@ -173,7 +174,7 @@ class NetConf:
     """What netfabric reads from the plugin config on stdin."""
 
     __slots__ = ("raw", "cni_version", "name", "network", "socket", "timeout", "labels",
-                 "pod_namespace", "dns", "prev_result")
+                 "pod_namespace", "dns", "prev_result", "ips", "default_route")
 
     def __init__(self, raw: dict[str, Any], cni_version: str) -> None:
         self.raw = raw
@@ -186,6 +187,8 @@ class NetConf:
         self.pod_namespace = ""
         self.dns: dict[str, Any] = {}
         self.prev_result: dict[str, Any] | None = None
+        self.ips: list[str] = []  # static addresses asked for (see static_ips)
+        self.default_route = False  # "defaultRoute": true takes it from another interface
 
 
 def _bad(field: str, reason: str) -> CNIError:
@@ -209,6 +212,27 @@ def _labels(value: Any) -> dict[str, str]:
             return out
     raise _bad("args.cni.labels", "must map strings to strings, or be a list of "
                '{"key": ..., "value": ...} objects')
+
+
+def _ips(value: Any, field: str) -> list[str]:
+    """A list of IPv4 addresses (CIDR or bare) as strings; the agent checks the rest."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(x, str) and x for x in value):
+        raise _bad(field, "must be a list of address strings")
+    return list(value)
+
+
+def static_ips(nc: NetConf, cni_args: dict[str, str]) -> list[str]:
+    """Every static address request of one ADD, or CNIError 7 if two sources disagree.
+
+    Sources: ``runtimeConfig.ips`` (capability ``ips``), ``args.cni.ips`` and the
+    ``IP=`` key of CNI_ARGS (comma-separated, as host-local reads it)."""
+    env = [x for x in cni_args.get("IP", "").split(",") if x]
+    if env and nc.ips and set(env) != set(nc.ips):
+        raise _bad("ips", f"CNI_ARGS IP={','.join(env)} differs from the config's "
+                   f"{', '.join(nc.ips)}")
+    return nc.ips or env
 
 
 def _dns(value: Any) -> dict[str, Any]:
@@ -274,6 +298,18 @@ def parse_netconf(conf: Any, verb: str, environ: os._Environ[str] | dict[str, st
             if not isinstance(namespace, str):
                 raise _bad("args.cni.namespace", "must be a string")
             nc.pod_namespace = namespace
+        nc.ips = _ips(cni_args.get("ips"), "args.cni.ips") or nc.ips
+    runtime = conf.get("runtimeConfig")
+    if runtime is not None and not isinstance(runtime, dict):
+        raise _bad("runtimeConfig", "must be an object")
+    runtime_ips = _ips((runtime or {}).get("ips"), "runtimeConfig.ips")
+    if runtime_ips and nc.ips and set(runtime_ips) != set(nc.ips):
+        raise _bad("runtimeConfig.ips", f"{runtime_ips} differs from args.cni.ips {nc.ips}")
+    nc.ips = runtime_ips or nc.ips
+    default_route = conf.get("defaultRoute")
+    if default_route is not None and not isinstance(default_route, bool):
+        raise _bad("defaultRoute", "must be true or false")
+    nc.default_route = bool(default_route)
     if conf.get("dns") is not None:
         nc.dns = _dns(conf["dns"])
     prev = conf.get("prevResult")

@@ -6,6 +6,7 @@ Used by the subnet IPAM and usable by any other. Guarantees:
 * never hands out a chunk's network, broadcast or gateway (first host: the bridge) address;
 * round-robin: the search starts after the last address handed out, so a
   released address is not reused at once;
+* a requested (static) address is handed out exactly, or refused with a reason;
 * crash-safe: the state file is written (temp file + fsync + rename + directory
   fsync) before ``allocate``/``release`` return, so after ``kill -9`` a restarted
   agent reloads every allocation and never hands out an address twice;
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from fabric.api import Allocation, Handle
-from fabric.errors import IPAMError, PoolExhausted
+from fabric.errors import ConfigError, IPAMError, PoolExhausted
 
 __all__ = ["LocalAllocator", "atomic_write_text", "gateway_of", "usable_hosts"]
 
@@ -150,15 +151,23 @@ class LocalAllocator:
             for addr in range(first, last + 1):
                 yield IPv4Address(addr), chunk
 
-    def allocate(self, handle: Handle) -> Allocation:
+    def allocate(self, handle: Handle, requested: IPv4Address | None = None) -> Allocation:
+        """The handle's address; ``requested``: exactly that one or an error (fabric.api)."""
         with self._lock:
             existing = self._allocs.get(handle)
             if existing is not None:
+                if requested is not None and existing.ip != requested:
+                    raise IPAMError(
+                        f"{handle.key()} already holds {existing.ip}, not the requested "
+                        f"{requested}", fix="delete the attachment first (CNI DEL)")
                 return existing
             if not self._chunks:
                 raise IPAMError("this node owns no address chunk yet", fix="wait for the lease")
-            used = {a.ip for a in self._allocs.values()}
-            found = next(((ip, c) for ip, c in self._candidates() if ip not in used), None)
+            if requested is not None:
+                found = self._requested(requested)
+            else:
+                used = {a.ip for a in self._allocs.values()}
+                found = next(((ip, c) for ip, c in self._candidates() if ip not in used), None)
             if found is None:
                 raise PoolExhausted(
                     f"no free address left in {', '.join(map(str, self._chunks))}",
@@ -167,7 +176,7 @@ class LocalAllocator:
             ip, chunk = found
             alloc = Allocation(handle, ip, chunk)
             self._allocs[handle] = alloc
-            prev_last, self._last = self._last, ip
+            prev_last, self._last = self._last, (ip if requested is None else self._last)
             try:
                 self._save()
             except IPAMError:
@@ -175,6 +184,24 @@ class LocalAllocator:
                 self._last = prev_last
                 raise
             return alloc
+
+    def _requested(self, ip: IPv4Address) -> tuple[IPv4Address, IPv4Network]:
+        """(ip, its chunk) if ``ip`` is allocatable and free; else the error (lock held)."""
+        chunk = next((c for c in self._chunks if ip in c), None)
+        if chunk is None:
+            raise ConfigError(
+                f"requested address {ip} is outside this node's chunks "
+                f"({', '.join(map(str, self._chunks))})",
+                fix="request an address inside one of them, or none", field="ips")
+        if ip in (chunk.network_address, gateway_of(chunk), chunk.broadcast_address):
+            raise ConfigError(
+                f"requested address {ip} is the network, gateway or broadcast address of "
+                f"{chunk}", fix="request a host address other than the gateway", field="ips")
+        holder = next((h for h, a in self._allocs.items() if a.ip == ip), None)
+        if holder is not None:
+            raise IPAMError(f"requested address {ip} is in use by {holder.key()}",
+                            fix="request a free address, or release the other attachment")
+        return ip, chunk
 
     def release(self, handle: Handle) -> Allocation | None:
         with self._lock:

@@ -195,9 +195,25 @@ class RingIPAM(IPAM):
         assert self.node is not None and self.alloc is not None
         return ranges_to_cidrs(self.node.call(self.alloc.owned))
 
-    def allocate(self, handle: Handle, timeout: float = 30.0) -> Allocation:
+    def allocate(self, handle: Handle, requested: IPv4Address | None = None,
+                 timeout: float = 30.0) -> Allocation:
         assert self.node is not None and self.alloc is not None
         deadline = time.monotonic() + timeout
+        if requested is not None:  # exactly that address: it must be in a range we own
+            owned = self.chunks()
+            if not any(requested in c for c in owned):
+                raise ConfigError(
+                    f"requested address {requested} is outside the ranges this peer owns "
+                    f"({', '.join(map(str, owned)) or 'none yet'})",
+                    fix="request an address this peer owns, or none", field="ips")
+            held = self.node.call(lambda: self.alloc.allocs.get(handle.key()))
+            if held is not None and held != int(requested):
+                raise IPAMError(f"{handle.key()} already holds {IPv4Address(held)}, not the "
+                                f"requested {requested}", fix="delete the attachment first")
+            addr = self.node.call(self.alloc.claim, handle.key(), int(requested))
+            if addr is None:
+                raise IPAMError("the IPAM ring is not ready yet", fix="retry")
+            return self._allocation(handle, addr)
         while True:
             addr = self.node.call(self.alloc.try_allocate, handle.key())
             if addr is not None:

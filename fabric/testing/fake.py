@@ -25,7 +25,7 @@ from fabric.api import (
     Route,
     Workload,
 )
-from fabric.errors import BackendError, PoolExhausted
+from fabric.errors import BackendError, ConfigError, IPAMError, PoolExhausted
 
 __all__ = ["FakeBackend", "FakeIPAM", "reset_fake_cluster"]
 
@@ -81,13 +81,27 @@ class FakeIPAM(IPAM):
     def chunks(self) -> tuple[IPv4Network, ...]:
         return (self._chunk,) if self._chunk else ()
 
-    def allocate(self, handle: Handle) -> Allocation:
+    def allocate(self, handle: Handle, requested: IPv4Address | None = None) -> Allocation:
         with self._lock:
-            if handle in self._allocs:
-                return self._allocs[handle]
+            have = self._allocs.get(handle)
+            if have is not None and requested not in (None, have.ip):
+                raise IPAMError(f"{handle.key()} already holds {have.ip}")
+            if have is not None:
+                return have
             assert self._chunk is not None, "start() first"
             used = {a.ip for a in self._allocs.values()}
             hosts = list(self._chunk.hosts())[1:]  # first host is the gateway
+            if requested is not None:  # the same contract as the real IPAMs (fabric.api)
+                if requested not in self._chunk:
+                    raise ConfigError(f"requested address {requested} is outside this node's "
+                                      f"chunks ({self._chunk})", field="ips")
+                if requested not in hosts:
+                    raise ConfigError(f"requested address {requested} is the network, gateway "
+                                      f"or broadcast address of {self._chunk}", field="ips")
+                holder = next((h for h, a in self._allocs.items() if a.ip == requested), None)
+                if holder is not None:
+                    raise IPAMError(f"requested address {requested} is in use by {holder.key()}")
+                hosts = [requested]
             for ip in hosts:
                 if ip not in used:
                     alloc = Allocation(handle, ip, self._chunk)
