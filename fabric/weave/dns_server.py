@@ -19,6 +19,7 @@ datagrams are dropped and counted.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import socket
@@ -67,6 +68,7 @@ class DnsServer:
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="weavedns")
         self._inflight = threading.BoundedSemaphore(workers * 16)
         self._tcp_slots = threading.BoundedSemaphore(_MAX_TCP_CONNS)
+        self._tcp_open: set[socket.socket] = set()  # shut down by stop()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.udp: socket.socket | None = None
@@ -98,6 +100,11 @@ class DnsServer:
 
     def stop(self) -> None:
         self._stop.set()
+        with self._lock:
+            conns = list(self._tcp_open)
+        for c in conns:  # wake their reader threads now, not after the idle timeout
+            with contextlib.suppress(OSError):
+                c.shutdown(socket.SHUT_RDWR)
         for t in self._threads:
             t.join(timeout=5)
         self._threads.clear()
@@ -188,6 +195,8 @@ class DnsServer:
 
     def _tcp_conn(self, conn: socket.socket) -> None:
         """Length-prefixed queries, answered in order, until idle or closed."""
+        with self._lock:
+            self._tcp_open.add(conn)
         try:
             conn.settimeout(_TCP_IDLE)
             while not self._stop.is_set():
@@ -206,6 +215,8 @@ class DnsServer:
         except OSError:
             pass
         finally:
+            with self._lock:
+                self._tcp_open.discard(conn)
             conn.close()
             self._tcp_slots.release()
 

@@ -247,6 +247,11 @@ def test_names_forwarding_and_bad_queries(ns: str, procs: list[Proc], tmp_path: 
     assert query(ns, B_DNS, "ext.example.")[0]["rcode"] == "SERVFAIL"
     assert time.monotonic() - t0 < 5
     assert query(ns, B_DNS, "h1.weave.local.")[0]["answers"] == ["10.32.0.11"]
+    # a clean stop: server threads, worker pool and mesh end promptly
+    t0 = time.monotonic()
+    b.p.stdin.write("quit\n")
+    b.p.stdin.flush()
+    assert b.p.wait(timeout=15) == 0 and time.monotonic() - t0 < 5
 
 
 def test_kill9_hides_names_and_restart_brings_them_back(ns: str, procs: list[Proc],
