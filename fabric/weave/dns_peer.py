@@ -68,8 +68,8 @@ def main(argv: list[str] | None = None) -> int:
                                             relay_delay=0.02, backoff_base=0.2,
                                             backoff_max=2.0))
         wd = WeaveDNS(node, args.state, domain=args.domain)
+        wd.start()  # before the node: the first neighbours get our names with the handshake
         node.start()
-        wd.start()
         if args.dns:
             host, port = parse_upstream(args.dns)
             wd.serve(host, port, upstream=args.upstream)

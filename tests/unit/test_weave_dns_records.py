@@ -210,3 +210,9 @@ def test_cni_dns_and_pod_resolv_conf() -> None:
         with pytest.raises(ConfigError) as exc:
             render_resolv_conf(bad)
         assert exc.value.field == "dns.nameservers"
+
+
+def test_public_surface() -> None:
+    from fabric.weave import dns, dns_conf, dns_records, dns_server
+    for mod in (dns, dns_conf, dns_records, dns_server):
+        assert mod.__all__ and all(hasattr(mod, name) for name in mod.__all__)
