@@ -1,4 +1,4 @@
-"""`fabric policy apply -f FILE | list | delete NAME | explain POD | metrics`.
+"""`fabric policy apply -f FILE | list | delete NAME | explain POD | label POD K=V | metrics`.
 
 Targets: ``--socket PATH`` (default /run/netfabric/agent.sock) or ``--lab NAME`` with
 ``--host hN`` (repeatable; default every host of the lab). Files are validated here
@@ -11,7 +11,7 @@ import argparse
 import json
 from typing import Any
 
-from fabric.errors import ConfigError, FabricError
+from fabric.errors import ConfigError, FabricError, NotFound
 
 __all__ = ["register", "targets"]
 
@@ -49,6 +49,11 @@ def register(subparsers: Any) -> None:
     ex.add_argument("pod", help="namespace/name, pod name, container id or address")
     common(ex)
     ex.set_defaults(func=cmd_explain)
+    lb = sub.add_parser("label", help="change a running pod's labels: KEY=VALUE, KEY- removes")
+    lb.add_argument("pod", help="namespace/name, pod name, container id or address")
+    lb.add_argument("changes", nargs="+", metavar="KEY=VALUE|KEY-")
+    common(lb)
+    lb.set_defaults(func=cmd_label)
     me = sub.add_parser("metrics", help="drop counters in the Prometheus text format")
     common(me)
     me.set_defaults(func=cmd_metrics)
@@ -158,16 +163,17 @@ def render_explain(r: dict[str, Any]) -> str:
         drops = (r.get("drops") or {}).get(d)
         if drops is not None:
             lines.append(f"  dropped packets: {drops}")
+    lines += [f"note: {n}" for n in r.get("notes", [])]
     return "\n".join(lines)
 
 
-def cmd_explain(args: argparse.Namespace) -> int:
+def _pod_op(args: argparse.Namespace, req: dict[str, Any]) -> list[tuple[str, Any]]:
+    """Send a request about one pod; in a lab, the hosts that do not have it are skipped."""
+    from fabric.agent.client import call
+
     results = []
     errors = []
     for label, path in targets(args):
-        from fabric.agent.client import call
-
-        req: dict[str, Any] = {"op": "policy.explain", "pod": args.pod}
         if args.network:
             req["network"] = args.network
         try:
@@ -176,9 +182,34 @@ def cmd_explain(args: argparse.Namespace) -> int:
             if not args.lab:  # in a lab the pod lives on one host: others say NotFound
                 raise
             errors.append(exc)
-    if not results:
-        raise errors[0]
-    return _print(args, results, render_explain)
+    if not results:  # the error of the host that has the pod, if any said more than NotFound
+        raise next((e for e in errors if not isinstance(e, NotFound)), errors[0])
+    return results
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    return _print(args, _pod_op(args, {"op": "policy.explain", "pod": args.pod}),
+                  render_explain)
+
+
+def parse_changes(items: list[str]) -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if eq:
+            out[key] = value
+        elif item.endswith("-") and len(item) > 1:
+            out[item[:-1]] = None
+        else:
+            raise ConfigError(f"{item!r} is not KEY=VALUE or KEY-",
+                              fix="e.g. fabric policy label web role=api tier-")
+    return out
+
+
+def cmd_label(args: argparse.Namespace) -> int:
+    req = {"op": "policy.label", "pod": args.pod, "labels": parse_changes(args.changes)}
+    return _print(args, _pod_op(args, req), lambda r: f"pod {r['pod']} labels " + (
+        ",".join(f"{k}={v}" for k, v in r["labels"].items()) or "-"))
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:

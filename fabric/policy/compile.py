@@ -2,11 +2,19 @@
 
 Layout of table ``netfabric-<network>`` (families ``inet`` and ``bridge``):
 
-``inet`` chain ``forward`` (hook forward)::
+``inet`` chain ``forward`` (hook forward; the ct rules only while some pod is isolated)::
 
-    ct state established,related accept          # replies (only while a pod is isolated)
-    ip saddr vmap @egress                         # local pod isolated for egress -> out-<ep>
-    ip daddr vmap @ingress                        # local pod isolated for ingress -> in-<ep>
+    ct state related accept
+    ct state established jump gen                  # ct mark holds this generation: accept
+    ct state established ct direction reply jump reply-check ; ... goto mark
+    ct state new tcp (not a SYN) jump reply-check  # mid-stream: both directions must pass
+    ip saddr vmap @egress                          # local pod isolated for egress -> out-<ep>
+    ip daddr vmap @ingress                         # local pod isolated for ingress -> in-<ep>
+    goto mark                                      # allowed: ct mark = this generation
+
+``reply-check`` judges a reply by the connection's original direction through the maps
+``egress_r``/``ingress_r`` and chains ``rout-<ep>``/``rin-<ep>`` (:mod:`.rules`). So a rule
+change (new generation) re-judges every established connection at its next packet.
 
 Per isolated endpoint, chain ``in-<ep>`` / ``out-<ep>``: one rule per (policy rule, port)
 ``ip saddr @p<pol>-i<n> [meta l4proto P th dport X] return``, then a counter per
@@ -14,12 +22,13 @@ selecting policy and ``counter ed-<ep>-in drop``. Sets ``p<pol>-i<n>`` hold the
 addresses a rule's peers select (pods, on any node, and ipBlocks minus excepts), so a
 pod coming or going only changes set elements.
 
-Same-host pods on a bridge never reach the ``inet`` hooks (bridged, and br_netfilter
-stays off; the kernel has no bridge conntrack). The ``bridge`` chain ``prerouting``
-therefore hands IPv4 frames from local pods' ports to local pods, when one side is isolated, to the
-host's IP stack: destination MAC set to the bridge's, pkttype host. They are routed
-back onto the bridge through ``forward`` with conntrack, exactly like cross-host
-traffic (TTL drops by one; ICMP redirects for them are suppressed in ``output``).
+Same-host pods on a bridge never reach the ``inet`` hooks unless bridge netfilter is on,
+and this kernel has no bridge conntrack. The ``bridge`` chain ``prerouting`` therefore
+hands IPv4 frames between local pods, when either one is isolated, to the host's IP
+stack (destination MAC set to the bridge's, pkttype host), in both directions. They are
+routed back onto the bridge through ``forward`` with conntrack, exactly like cross-host
+traffic (TTL drops by one; ICMP redirects for them are dropped in ``output``). With
+bridge netfilter on, the same frames are seen by the same rules: the outcome is equal.
 """
 
 from __future__ import annotations
@@ -40,11 +49,18 @@ from fabric.policy.model import (
     namespace_labels,
 )
 from fabric.policy.nftstate import ChainDef, NftState, SetDef
+from fabric.policy.rules import match, named_destinations, payload, rule_pairs
 
 __all__ = ["EndpointInfo", "EndpointPlan", "Compiled", "compile_policies", "table_name",
-           "short_id", "peer_addresses"]
+           "short_id", "peer_addresses", "MARK_MASK", "MARK_SHIFT",
+           "MARK_GENERATIONS"]
 
 Direction = Literal["ingress", "egress"]
+# ct mark bits holding the rule generation a connection was last judged under (the low
+# 20 bits stay free for others); generations wrap after 4095 changes
+MARK_MASK = 0xFFF00000
+MARK_SHIFT = 20
+MARK_GENERATIONS = 4096
 _TYPE = {"ingress": "Ingress", "egress": "Egress"}
 _D = {"ingress": "i", "egress": "e"}
 
@@ -126,46 +142,77 @@ def _elements(nets: Iterable[IPv4Network]) -> frozenset[Any]:
     return frozenset(out)
 
 
-def _payload(proto: str, field: str) -> dict[str, Any]:
-    return {"payload": {"protocol": proto, "field": field}}
-
-
-def _match(left: dict[str, Any], right: Any, op: str = "==") -> dict[str, Any]:
-    return {"match": {"op": op, "left": left, "right": right}}
-
-
-def _port_match(port: PolicyPort) -> list[dict[str, Any]]:
-    expr = [_match({"meta": {"key": "l4proto"}}, port.protocol.lower())]
-    if port.port is not None:
-        right: Any = {"range": [port.port, port.end_port]} if port.end_port else port.port
-        expr.append(_match(_payload("th", "dport"), right))
-    return expr
+def _to_host(mac: str) -> list[dict[str, Any]]:
+    return [{"mangle": {"key": payload("ether", "daddr"), "value": mac}},
+            {"mangle": {"key": {"meta": {"key": "pkttype"}}, "value": "host"}}]
 
 
 def _base(st: NftState, bridges: Mapping[str, tuple[str, set[str]]]) -> None:
-    for name in ("ingress", "egress"):
+    for name in ("ingress", "egress", "ingress_r", "egress_r"):
         st.sets[("inet", name)] = SetDef("ipv4_addr", verdicts=())
-    for name in ("in_iso", "eg_iso", "local"):
+    for name in ("iso", "local"):
         st.sets[("bridge", name)] = SetDef("ipv4_addr")
     st.chains[("bridge", "prerouting")] = ChainDef(hook=("filter", "prerouting", 0))
     st.chains[("inet", "output")] = ChainDef(hook=("filter", "output", 0))
     for br, (mac, ports) in sorted(bridges.items()):
         port_set = f"ports-{short_id(br, 8)}"
         st.sets[("bridge", port_set)] = SetDef("ifname", frozenset(ports))
-        to_host = [{"mangle": {"key": _payload("ether", "daddr"), "value": mac}},
-                   {"mangle": {"key": {"meta": {"key": "pkttype"}}, "value": "host"}}]
-        ibr = _match({"meta": {"key": "iifname"}}, f"@{port_set}")
-        st.rule("bridge", "prerouting", [ibr, _match(_payload("ip", "daddr"), "@in_iso"),
-                                         *to_host])
-        st.rule("bridge", "prerouting", [ibr, _match(_payload("ip", "saddr"), "@eg_iso"),
-                                         _match(_payload("ip", "daddr"), "@local"), *to_host])
-        st.rule("inet", "output", [_match({"meta": {"key": "oifname"}}, br),
-                                   _match(_payload("icmp", "type"), "redirect"), {"drop": None}])
+        ibr = match({"meta": {"key": "iifname"}}, f"@{port_set}")
+        # both directions of every same-host flow of an isolated pod go through the host,
+        # so conntrack sees each connection from its first packet: bridge netfilter
+        # (net.bridge.bridge-nf-call-iptables) is neither needed nor harmful
+        st.rule("bridge", "prerouting", [ibr, match(payload("ip", "daddr"), "@iso"),
+                                         *_to_host(mac)])
+        st.rule("bridge", "prerouting", [ibr, match(payload("ip", "saddr"), "@iso"),
+                                         match(payload("ip", "daddr"), "@local"),
+                                         *_to_host(mac)])
+        st.rule("inet", "output", [match({"meta": {"key": "oifname"}}, br),
+                                   match(payload("icmp", "type"), "redirect"), {"drop": None}])
+
+
+def _forward(st: NftState, isolated: bool, generation: int) -> None:
+    """The forward hook; with a pod isolated, conntrack plus the generation mark.
+
+    Connections allowed under the rules of generation G carry G in their ct mark and pass
+    on the fast path; after any change (G+1) each one is re-judged once, at its next
+    packet, by its original direction: forbidden ones stop there."""
+    fwd = ("inet", "forward")
+    st.chains[fwd] = ChainDef(hook=("filter", "forward", 0))
+    for name in ("gen", "mark", "reply-check"):
+        st.chains[("inet", name)] = ChainDef()
+    ct_state = {"ct": {"key": "state"}}
+    mark = {"ct": {"key": "mark"}}
+    value = (generation % MARK_GENERATIONS or 1) << MARK_SHIFT
+    if isolated:
+        est = match(ct_state, ["established"], "in")
+        reply = match({"ct": {"key": "direction"}}, "reply")
+        st.rule("inet", "forward", [match(ct_state, ["related"], "in"), {"accept": None}])
+        st.rule("inet", "forward", [est, {"jump": {"target": "gen"}}])
+        st.rule("inet", "forward", [est, reply, {"jump": {"target": "reply-check"}}])
+        st.rule("inet", "forward", [est, reply, {"goto": {"target": "mark"}}])
+        # a TCP segment that opens no connection (tracking started mid-stream, e.g. it
+        # predates isolation): its originator is unknown, so both directions must be allowed
+        st.rule("inet", "forward", [match(ct_state, ["new"], "in"),
+                                    match({"meta": {"key": "l4proto"}}, "tcp"),
+                                    match({"&": [payload("tcp", "flags"), ["syn", "ack"]]},
+                                          "syn", "!="),
+                                    {"jump": {"target": "reply-check"}}])
+        st.rule("inet", "gen", [match({"&": [mark, MARK_MASK]}, value), {"accept": None}])
+        st.rule("inet", "mark", [{"mangle": {"key": mark, "value": {
+            "|": [{"&": [mark, MARK_MASK ^ 0xFFFFFFFF]}, value]}}}, {"accept": None}])
+    st.rule("inet", "reply-check", [{"vmap": {"key": payload("ip", "daddr"),
+                                              "data": "@egress_r"}}])
+    st.rule("inet", "reply-check", [{"vmap": {"key": payload("ip", "saddr"),
+                                              "data": "@ingress_r"}}])
+    st.rule("inet", "forward", [{"vmap": {"key": payload("ip", "saddr"), "data": "@egress"}}])
+    st.rule("inet", "forward", [{"vmap": {"key": payload("ip", "daddr"), "data": "@ingress"}}])
+    if isolated:
+        st.rule("inet", "forward", [{"goto": {"target": "mark"}}])
 
 
 def compile_policies(network: str, policies: Sequence[NetworkPolicy],
                      namespaces: Mapping[str, Namespace], local: Sequence[EndpointInfo],
-                     remote: Sequence[EndpointInfo] = ()) -> Compiled:
+                     remote: Sequence[EndpointInfo] = (), generation: int = 1) -> Compiled:
     st = NftState(table_name(network))
     bridges: dict[str, tuple[str, set[str]]] = {}
     for ep in local:
@@ -175,13 +222,17 @@ def compile_policies(network: str, policies: Sequence[NetworkPolicy],
     everyone = [*local, *remote]
     plans: dict[str, dict[str, EndpointPlan]] = {"ingress": {}, "egress": {}}
     counters: dict[str, tuple[str, str, str]] = {}
-    made_sets: set[str] = set()
     st.sets[("bridge", "local")] = SetDef("ipv4_addr", frozenset(
         str(a) for ep in local for a in ep.addresses))
-    iso: dict[str, set[str]] = {"ingress": set(), "egress": set()}
+    iso: set[str] = set()
+
+    def peer_set(name: str, nets: Iterable[IPv4Network]) -> str:
+        if ("inet", name) not in st.sets:
+            st.sets[("inet", name)] = SetDef("ipv4_addr", _elements(nets), interval=True)
+        return name
+
     for d in ("ingress", "egress"):
-        field = "saddr" if d == "ingress" else "daddr"
-        verdicts = []
+        verdicts: list[tuple[str, str]] = []
         for ep in local:
             sel = [p for p in policies if _TYPE[d] in p.policy_types
                    and p.selects(ep.namespace, ep.label_map)]
@@ -195,43 +246,42 @@ def compile_policies(network: str, policies: Sequence[NetworkPolicy],
             chain = f"{'in' if d == 'ingress' else 'out'}-{eid}"
             plans[d][ep.key] = EndpointPlan(keys, True, chain)
             st.chains[("inet", chain)] = ChainDef()
+            st.chains[("inet", f"r{chain}")] = ChainDef()
             for p in sel:
                 pid = short_id(p.key, 8)
                 for ri, rule in enumerate(_rules_of(p, d)):
-                    peer_expr: list[dict[str, Any]] = []
-                    if rule.peers:
-                        set_name = f"p{pid}-{_D[d]}{ri}"
-                        if set_name not in made_sets:
-                            made_sets.add(set_name)
-                            nets = [n for peer in rule.peers
-                                    for n in peer_addresses(peer, p.namespace, everyone,
-                                                            namespaces)]
-                            st.sets[("inet", set_name)] = SetDef("ipv4_addr", _elements(nets),
-                                                                 interval=True)
-                        peer_expr = [_match(_payload("ip", field), f"@{set_name}")]
-                    for port in rule.ports or (None,):
-                        pm = _port_match(port) if port is not None else []
-                        st.rule("inet", chain, [*peer_expr, *pm, {"return": None}])
-            for p in sel:
-                cname = f"pd-{short_id(p.key, 8)}-{_D[d]}"
+                    base = f"p{pid}-{_D[d]}{ri}"
+                    nets = ([n for peer in rule.peers
+                             for n in peer_addresses(peer, p.namespace, everyone, namespaces)]
+                            if rule.peers else None)
+
+                    def named(port: PolicyPort, base: str = base,
+                              nets: list[IPv4Network] | None = nets) -> dict[int, str]:
+                        dests = named_destinations(
+                            port, ((e.addresses, e.label_map) for e in everyone), nets)
+                        return {num: peer_set(f"{base}-{port.protocol.lower()}-{num}", addrs)
+                                for num, addrs in dests.items()}
+
+                    pset = peer_set(base, nets) if nets is not None else None
+                    for orig, rep in rule_pairs(d, pset, rule.ports, ep.label_map, named):
+                        st.rule("inet", chain, [*orig, {"return": None}])
+                        st.rule("inet", f"r{chain}", [*rep, {"return": None}])
+            for c in (chain, f"r{chain}"):
+                for p in sel:
+                    cname = f"pd-{short_id(p.key, 8)}-{_D[d]}"
+                    st.counters.add(("inet", cname))
+                    counters[cname] = ("policy", p.key, d)
+                    st.rule("inet", c, [{"counter": cname}])
+                cname = f"ed-{eid}-{_D[d]}"
                 st.counters.add(("inet", cname))
-                counters[cname] = ("policy", p.key, d)
-                st.rule("inet", chain, [{"counter": cname}])
-            cname = f"ed-{eid}-{_D[d]}"
-            st.counters.add(("inet", cname))
-            counters[cname] = ("endpoint", ep.key, d)
-            st.rule("inet", chain, [{"counter": cname}, {"drop": None}])
+                counters[cname] = ("endpoint", ep.key, d)
+                st.rule("inet", c, [{"counter": cname}, {"drop": None}])
             for a in ep.addresses:
                 verdicts.append((str(a), chain))
-                iso[d].add(str(a))
+                iso.add(str(a))
         st.sets[("inet", d)] = SetDef("ipv4_addr", verdicts=tuple(sorted(verdicts)))
-    # forward: conntrack only once some pod is isolated (no cost while nothing is)
-    st.chains[("inet", "forward")] = ChainDef(hook=("filter", "forward", 0))
-    if iso["ingress"] or iso["egress"]:
-        st.rule("inet", "forward", [_match({"ct": {"key": "state"}},
-                                           ["established", "related"], "in"), {"accept": None}])
-    st.rule("inet", "forward", [{"vmap": {"key": _payload("ip", "saddr"), "data": "@egress"}}])
-    st.rule("inet", "forward", [{"vmap": {"key": _payload("ip", "daddr"), "data": "@ingress"}}])
-    st.sets[("bridge", "in_iso")] = SetDef("ipv4_addr", frozenset(iso["ingress"]))
-    st.sets[("bridge", "eg_iso")] = SetDef("ipv4_addr", frozenset(iso["egress"]))
+        st.sets[("inet", f"{d}_r")] = SetDef("ipv4_addr", verdicts=tuple(sorted(
+            (a, f"r{c}") for a, c in verdicts)))
+    _forward(st, bool(iso), generation)
+    st.sets[("bridge", "iso")] = SetDef("ipv4_addr", frozenset(iso))
     return Compiled(st, plans["ingress"], plans["egress"], counters)

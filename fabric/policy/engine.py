@@ -9,16 +9,24 @@ rules stay in force and the error is raised (and shown in status).
 from __future__ import annotations
 
 import json
+import secrets
 import threading
 import time
 from collections.abc import Sequence
 from ipaddress import IPv4Address
+from pathlib import Path
 from typing import Any, ClassVar
 
 from fabric.api import Endpoint, NetworkContext, PolicyEngine
 from fabric.errors import FabricError, PolicyError
-from fabric.policy.compile import Compiled, EndpointInfo, compile_policies, table_name
-from fabric.policy.model import Namespace, NetworkPolicy
+from fabric.policy.compile import (
+    MARK_GENERATIONS,
+    Compiled,
+    EndpointInfo,
+    compile_policies,
+    table_name,
+)
+from fabric.policy.model import Namespace, NetworkPolicy, declared_ports
 from fabric.policy.nftstate import NftState, delete_batch, diff_batch, list_counters, run_nft
 from fabric.policy.nftstate import nft_binary as _nft_binary
 from fabric.policy.peers import EndpointDirectory
@@ -59,6 +67,14 @@ def _bridge_ports(bridge: str) -> set[str]:
         return set()
 
 
+def _sysctl(path: str) -> str:
+    """A sysctl of the agent's network namespace ("" when absent)."""
+    try:
+        return (Path("/proc/sys") / path).read_text().strip()
+    except OSError:
+        return ""
+
+
 def endpoint_info(ep: Endpoint, node: str = "") -> EndpointInfo:
     wl = ep.workload
     bridge, mac = _bridge_of(ep.host_ifname)
@@ -84,6 +100,9 @@ class NftablesPolicy(PolicyEngine):
         self.last_error: str | None = None
         self.last_apply_ms: float | None = None
         self.transactions = 0
+        # rule generation stamped into ct marks; random start so marks left by a previous
+        # agent run never pass for current ones
+        self.generation = secrets.randbelow(MARK_GENERATIONS - 1) + 1
         self._lock = threading.RLock()
         self._directory: EndpointDirectory | None = None
 
@@ -146,12 +165,13 @@ class NftablesPolicy(PolicyEngine):
     def apply(self) -> None:
         """Compile and apply the difference in one transaction (caller holds the lock)."""
         with self._lock:
-            compiled = compile_policies(self.ctx.spec.name, self.policies, self.namespaces,
-                                        sorted(self.local.values(), key=lambda e: e.key),
-                                        sorted(self.remote.values(), key=lambda e: e.key))
+            compiled = self._compile(self.generation)
             if self.applied is not None and compiled.state == self.applied:
                 self.compiled = compiled
                 return
+            # anything changed: a new generation, so established connections are re-judged
+            generation = self.generation % (MARK_GENERATIONS - 1) + 1
+            compiled = self._compile(generation)
             t0 = time.perf_counter()
             try:
                 try:
@@ -164,11 +184,17 @@ class NftablesPolicy(PolicyEngine):
             except FabricError as exc:
                 self.last_error = str(exc)
                 raise
+            self.generation = generation
             self.last_apply_ms = round((time.perf_counter() - t0) * 1000, 2)
             self.transactions += 1
             self.last_error = None
             self.applied = compiled.state
             self.compiled = compiled
+
+    def _compile(self, generation: int) -> Compiled:
+        return compile_policies(self.ctx.spec.name, self.policies, self.namespaces,
+                                sorted(self.local.values(), key=lambda e: e.key),
+                                sorted(self.remote.values(), key=lambda e: e.key), generation)
 
     def set_policies(self, policies: Sequence[Any]) -> None:
         with self._lock:
@@ -181,6 +207,12 @@ class NftablesPolicy(PolicyEngine):
                 raise
 
     def endpoint_added(self, endpoint: Endpoint) -> None:
+        """A pod attached, re-attached or relabelled: (re)compile with it."""
+        try:
+            declared_ports(endpoint.workload.labels)
+        except ValueError as exc:
+            raise PolicyError(f"pod {endpoint.workload.name or endpoint.workload.container_id}"
+                              f": {exc}", fix="fix the pod's port.netfabric.io/ labels") from exc
         info = endpoint_info(endpoint, self.ctx.node.name)
         with self._lock:
             self.local[info.key] = info
@@ -206,6 +238,19 @@ class NftablesPolicy(PolicyEngine):
                 self.ctx.log.error("policy: applying remote endpoint change: %s", exc)
 
     # -- reporting --
+    def explain_notes(self) -> list[str]:
+        """How this engine enforces, in words ``policy explain`` shows (kept true by tests)."""
+        brnf = _sysctl("net/bridge/bridge-nf-call-iptables")
+        return [
+            "same-host traffic to or from an isolated pod is routed through this node's "
+            "forward hook with conntrack, so replies pass whatever "
+            f"net.bridge.bridge-nf-call-iptables is (here {brnf or 'absent'})",
+            "policy changes apply to established connections too: each is re-checked by its "
+            "original direction at its next packet and dropped if the rules now forbid it "
+            "(a TCP connection tracked only from mid-stream, e.g. open before the pod was "
+            "isolated, must be allowed in both directions)",
+        ]
+
     def drop_counters(self) -> dict[str, Any]:
         """Drops per policy and per endpoint, by direction."""
         compiled = self.compiled

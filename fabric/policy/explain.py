@@ -7,7 +7,8 @@ from typing import Any
 
 from fabric.errors import NotFound
 from fabric.policy.compile import EndpointInfo, peer_addresses
-from fabric.policy.model import Namespace, NetworkPolicy
+from fabric.policy.model import Namespace, NetworkPolicy, PolicyPort
+from fabric.policy.rules import resolve_port
 
 __all__ = ["find_endpoint", "explain"]
 
@@ -28,13 +29,25 @@ def find_endpoint(pod: str, endpoints: Sequence[EndpointInfo]) -> EndpointInfo:
     return hits[0]
 
 
+def _port(port: PolicyPort, d: str, ep: EndpointInfo) -> str:
+    if not port.name:
+        return port.describe()
+    if d == "egress":
+        return f"{port.describe()} (the destination pod's port of that name)"
+    number = resolve_port(port, ep.label_map)
+    return f"{port.describe()} ({number})" if number else \
+        f"{port.describe()} (not declared by this pod: matches nothing)"
+
+
 def explain(pod: str, policies: Sequence[NetworkPolicy], namespaces: Mapping[str, Namespace],
             local: Sequence[EndpointInfo], remote: Sequence[EndpointInfo] = (),
-            enforcing: bool = True) -> dict[str, Any]:
+            enforcing: bool = True, notes: Sequence[str] = ()) -> dict[str, Any]:
+    """What applies to ``pod``; ``notes`` are the engine's words on how it enforces."""
     ep = find_endpoint(pod, local)
     out: dict[str, Any] = {"pod": ep.display, "key": ep.key,
                            "addresses": [str(a) for a in ep.addresses],
-                           "labels": dict(ep.labels), "enforcing": enforcing}
+                           "labels": dict(ep.labels), "enforcing": enforcing,
+                           "notes": list(notes)}
     everyone = [*local, *remote]
     for d, type_ in (("ingress", "Ingress"), ("egress", "Egress")):
         sel = [p for p in policies if type_ in p.policy_types
@@ -47,7 +60,7 @@ def explain(pod: str, policies: Sequence[NetworkPolicy], namespaces: Mapping[str
                                 peer_addresses(peer, p.namespace, everyone, namespaces)})
                 allowed.append({"policy": p.key, "rule": i, "peers": peers,
                                 "addresses": addrs if rule.peers else ["0.0.0.0/0"],
-                                "ports": [x.describe() for x in rule.ports] or ["all"]})
+                                "ports": [_port(x, d, ep) for x in rule.ports] or ["all"]})
         out[d] = {
             "isolated": bool(sel),
             "policies": [p.key for p in sel],

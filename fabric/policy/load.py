@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 from collections.abc import Iterable
 from ipaddress import IPv4Network
 from pathlib import Path
@@ -30,7 +29,8 @@ from fabric.policy.model import (
     Requirement,
 )
 
-__all__ = ["load_file", "load_text", "parse_documents", "parse_policy", "parse_namespace"]
+__all__ = ["load_file", "load_text", "parse_documents", "parse_policy", "parse_namespace",
+           "parse_label_changes"]
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
@@ -159,6 +159,19 @@ def _label_map(d: _Doc, value: Any, path: str) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(m.items()))
 
 
+def parse_label_changes(value: Any) -> dict[str, str | None]:
+    """A relabel request: key -> new value, or None to remove the label."""
+    d = _Doc("labels")
+    m = _mapping(d, value, "labels", required=True)
+    if not m:
+        raise d.fail("labels", "no label to change", fix="give key=value or key- (remove)")
+    _label_map(d, {k: v for k, v in m.items() if v is not None}, "labels")
+    for k in m:
+        if not isinstance(k, str) or not _LABEL_NAME.match(k.rpartition("/")[2]):
+            raise d.fail("labels", f"label key {k!r} is invalid")
+    return dict(m)
+
+
 def parse_namespace(doc: dict[str, Any], label: str = "<document>") -> Namespace:
     d = _Doc(label)
     if doc.get("apiVersion") not in ("v1", None):
@@ -251,25 +264,22 @@ def _port(d: _Doc, value: Any, path: str) -> PolicyPort:
         if "endPort" in m:
             raise d.fail(f"{path}.endPort", "needs port")
         return PolicyPort(proto)
-    name = ""
     if isinstance(port, str):
+        # a named port is the destination pod's container port of that name (resolved
+        # per pod when compiling), never a service name from /etc/services
         if not _PORT_NAME.match(port):
-            raise d.fail(f"{path}.port", f"{port!r} is not a valid port name")
-        try:
-            number = socket.getservbyname(port, proto.lower())
-        except OSError as exc:
-            raise d.fail(f"{path}.port", f"unknown port name {port!r} for {proto}",
-                         fix="use a number, or a service name known to /etc/services") from exc
-        name, port = port, number
+            raise d.fail(f"{path}.port", f"{port!r} is not a valid port name",
+                         fix="1-15 of a-z, 0-9 and '-', with at least one letter")
         if "endPort" in m:
             raise d.fail(f"{path}.endPort", "cannot be used with a named port")
+        return PolicyPort(proto, None, None, port)
     port = _port_number(d, port, f"{path}.port")
     end = m.get("endPort")
     if end is not None:
         end = _port_number(d, end, f"{path}.endPort")
         if end < port:
             raise d.fail(f"{path}.endPort", f"{end} is below port {port}")
-    return PolicyPort(proto, port, end, name)
+    return PolicyPort(proto, port, end)
 
 
 def _rules(d: _Doc, value: Any, path: str, peers_key: str) -> tuple[PolicyRule, ...]:

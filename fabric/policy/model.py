@@ -11,12 +11,15 @@ Semantics (as Kubernetes defines them):
   matching pods of the matching namespaces; ``ip_block`` is a CIDR minus ``except``;
 * replies to allowed connections always pass (conntrack).
 
-Named ports resolve to the IANA service port of that name and protocol at load
-time (pods here declare no container ports).
+Named ports (``port: http``) mean what Kubernetes means: the container port of that
+name declared by the destination pod. Pods declare them as labels
+``port.netfabric.io/<name>: "<number>"`` (TCP) or ``"<number>-<PROTOCOL>"``; a pod that
+declares no such port is matched by no named-port entry.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from ipaddress import IPv4Network
 from typing import Literal
@@ -33,10 +36,14 @@ __all__ = [
     "NetworkPolicy",
     "Namespace",
     "NAMESPACE_NAME_LABEL",
+    "PORT_LABEL_PREFIX",
     "namespace_labels",
+    "declared_ports",
 ]
 
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+PORT_LABEL_PREFIX = "port.netfabric.io/"  # + port name; value "<number>[-<PROTOCOL>]"
+_PORT_NAME = re.compile(r"^(?=.*[a-z])[a-z0-9]([a-z0-9-]{0,13}[a-z0-9])?$")
 Operator = Literal["In", "NotIn", "Exists", "DoesNotExist"]
 Protocol = Literal["TCP", "UDP", "SCTP"]
 
@@ -128,9 +135,11 @@ class PolicyPort:
     protocol: Protocol = "TCP"
     port: int | None = None
     end_port: int | None = None
-    name: str = ""  # the named port as written, if any
+    name: str = ""  # a named port (then ``port`` is None): the destination pod's port
 
     def describe(self) -> str:
+        if self.name:
+            return f"{self.protocol}/{self.name}"
         if self.port is None:
             return f"{self.protocol}/*"
         p = f"{self.port}-{self.end_port}" if self.end_port else str(self.port)
@@ -185,3 +194,25 @@ def namespace_labels(name: str, namespaces: Mapping[str, Namespace]) -> dict[str
     labels = dict(ns.labels) if ns else {}
     labels[NAMESPACE_NAME_LABEL] = name
     return labels
+
+
+def declared_ports(labels: Mapping[str, str]) -> dict[str, tuple[str, int]]:
+    """Named container ports a pod declares: name -> (protocol, number).
+
+    Raises ValueError naming the label when a declaration is malformed."""
+    out: dict[str, tuple[str, int]] = {}
+    for key, value in labels.items():
+        if not key.startswith(PORT_LABEL_PREFIX):
+            continue
+        name = key[len(PORT_LABEL_PREFIX):]
+        if not _PORT_NAME.match(name):
+            raise ValueError(f"label {key}: {name!r} is not a valid port name (1-15 of a-z, "
+                             "0-9, '-', with a letter)")
+        number, _, proto = str(value).partition("-")
+        proto = proto.upper() or "TCP"
+        if not number.isdigit() or not 1 <= int(number) <= 65535 \
+                or proto not in ("TCP", "UDP", "SCTP"):
+            raise ValueError(f"label {key}: {value!r} is not a port: use <number> (TCP) or "
+                             "<number>-<TCP|UDP|SCTP>, e.g. 5432 or 53-UDP")
+        out[name] = (proto, int(number))
+    return out

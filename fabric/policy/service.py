@@ -13,11 +13,13 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import attrs
+
 from fabric.errors import ConfigError, FabricError, NotFound, PolicyError
 from fabric.policy.compile import EndpointInfo
 from fabric.policy.explain import explain
-from fabric.policy.load import parse_documents
-from fabric.policy.model import Namespace, NetworkPolicy
+from fabric.policy.load import parse_documents, parse_label_changes
+from fabric.policy.model import Namespace, NetworkPolicy, declared_ports
 
 __all__ = ["POLICY_FILE", "load_saved", "save_documents", "PolicyService", "handle_policy_op"]
 
@@ -84,6 +86,13 @@ class PolicyService:
             raise PolicyError(f"the policy engine failed: {exc}") from exc
 
     def apply(self, documents: Any, source: str = "request") -> dict[str, Any]:
+        if getattr(self.network.policy, "name", "") == "none":
+            # accepting would read as "in force" while every pod stays open
+            raise PolicyError(
+                f"network {self.network.ctx.spec.name} runs the policy engine 'none', which "
+                "enforces nothing: the policies were not applied",
+                fix="run the network with --policy nftables (policy: nftables in the agent "
+                    "config), then apply them again")
         if not isinstance(documents, list):
             raise ConfigError("documents must be a list of NetworkPolicy/Namespace objects")
         new = parse_documents(documents, source)  # whole set valid, or PolicyError
@@ -143,8 +152,10 @@ class PolicyService:
         policies = [o for o in objs if isinstance(o, NetworkPolicy)]
         namespaces = {o.name: o for o in objs if isinstance(o, Namespace)}
         remote: list[EndpointInfo] = list(getattr(engine, "remote", {}).values())
+        notes = getattr(engine, "explain_notes", None)
         out = explain(pod, policies, namespaces, list(local.values()), remote,
-                      enforcing=getattr(engine, "name", "") != "none")
+                      enforcing=getattr(engine, "name", "") != "none",
+                      notes=notes() if notes is not None else ())
         drops = getattr(engine, "drop_counters", None)
         if drops is not None:
             try:
@@ -153,6 +164,52 @@ class PolicyService:
                 counts = {}
             out["drops"] = counts
         return out
+
+
+    def label(self, pod: str, changes: Any) -> dict[str, Any]:
+        """Change a running pod's labels (``None`` removes one), as Kubernetes relabels do.
+
+        The agent's workload record is updated (restarts keep it), then the engine
+        recompiles and republishes the endpoint: rules follow in one transaction."""
+        if not isinstance(pod, str) or not pod:
+            raise ConfigError("policy.label needs a pod")
+        changes = parse_label_changes(changes)
+        from fabric.policy.engine import endpoint_info
+        from fabric.policy.explain import find_endpoint
+
+        net = self.network
+        with net._lock:  # one change to this network's workloads at a time (as ADD/DEL)
+            eps = {e.workload.handle.key(): e for e in net.endpoints()}
+            key = find_endpoint(pod, [endpoint_info(e) for e in eps.values()]).key
+            ep = eps[key]
+            labels = {k: v for k, v in {**dict(ep.workload.labels), **changes}.items()
+                      if v is not None}
+            try:
+                declared_ports(labels)
+            except ValueError as exc:
+                raise ConfigError(str(exc), field="labels") from exc
+            new = attrs.evolve(ep, workload=attrs.evolve(ep.workload, labels=labels))
+            old_labels = _set_record_labels(net, key, labels)
+            try:
+                net.policy.endpoint_added(new)
+            except BaseException:
+                _set_record_labels(net, key, old_labels)
+                raise
+        return {"pod": endpoint_info(new).display, "labels": labels}
+
+
+def _set_record_labels(network: Any, key: str, labels: dict[str, str]) -> dict[str, str]:
+    """Persist a workload's labels in the agent's record; returns the previous ones.
+
+    The agent (fabric.agent.network) keeps these records privately; this is the one place
+    the policy service writes them."""
+    rec = network._workloads.get(key)
+    if rec is None:
+        raise NotFound(f"pod {key} is not attached on this node")
+    old = dict(rec.get("labels") or {})
+    rec["labels"] = dict(labels)
+    network._save_workloads()
+    return old
 
 
 def handle_policy_op(network: Any, op: str, req: dict[str, Any]) -> Any:
@@ -170,5 +227,7 @@ def _handle(svc: PolicyService, op: str, req: dict[str, Any]) -> Any:
                           str(req.get("kind") or "NetworkPolicy"))
     if op == "policy.explain":
         return svc.explain(req.get("pod", ""))
+    if op == "policy.label":
+        return svc.label(req.get("pod", ""), req.get("labels"))
     raise ConfigError(f"unknown op {op!r}", fix="policy.apply, policy.list, policy.delete, "
-                      "policy.explain")
+                      "policy.explain, policy.label")

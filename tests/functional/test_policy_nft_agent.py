@@ -39,8 +39,9 @@ def ip(*args: str, ns: str | None = None) -> subprocess.CompletedProcess:
 
 
 class Node:
-    def __init__(self, tag: str, tmp: Path) -> None:
+    def __init__(self, tag: str, tmp: Path, engine: str = "nftables") -> None:
         self.tag = tag
+        self.engine = engine
         self.host = f"{tag}-h"
         self.state = tmp / "state"
         self.sock = self.state / "agent.sock"
@@ -50,7 +51,7 @@ class Node:
 
     def start_agent(self) -> None:
         argv = ["ip", "netns", "exec", self.host, FABRIC, "up", "--backend", "hostgw",
-                "--network", CIDR, "--name", "pol", "--ipam", "fake", "--policy", "nftables",
+                "--network", CIDR, "--name", "pol", "--ipam", "fake", "--policy", self.engine,
                 "--iface", "eth0", "--node-name", "n1", "--state-dir", str(self.state)]
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL,
                                      stderr=open(self.log, "a"))  # noqa: SIM115

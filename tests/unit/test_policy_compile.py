@@ -61,7 +61,7 @@ def test_only_selected_pods_are_isolated() -> None:
     assert not c.ingress["open/eth0"].isolated  # selected, but a rule allows everything
     vmap = dict(c.state.sets[("inet", "ingress")].verdicts)
     assert vmap == {"10.9.0.2": f"in-{short_id('db/eth0')}"}
-    assert c.state.sets[("bridge", "in_iso")].elements == {"10.9.0.2"}
+    assert c.state.sets[("bridge", "iso")].elements == {"10.9.0.2"}
     assert c.state.sets[("bridge", "local")].elements == {"10.9.0.2", "10.9.0.3", "10.9.0.4"}
 
 
@@ -164,3 +164,74 @@ def test_combined_selectors_are_anded() -> None:
         Requirement("app", "NotIn", ("web",)),)))
     assert {str(n) for n in peer_addresses(not_web, "default", everyone, nss)} == {
         "10.9.0.2/32", "10.9.0.4/32"}
+
+
+def _rules(c, chain: str) -> list[list[dict]]:
+    return [json.loads(r) for r in c.state.chains[("inet", chain)].rules]
+
+
+def test_same_host_flows_of_isolated_pods_go_through_the_host_both_ways() -> None:
+    pre = [json.loads(r) for r in build(LOCAL, REMOTE).state.chains[("bridge", "prerouting")]
+           .rules]
+    to_iso = [r for r in pre if {"match": {"op": "==", "left": {"payload": {
+        "protocol": "ip", "field": "daddr"}}, "right": "@iso"}} in r]
+    from_iso = [r for r in pre if {"match": {"op": "==", "left": {"payload": {
+        "protocol": "ip", "field": "saddr"}}, "right": "@iso"}} in r]
+    assert len(to_iso) == 1 and len(from_iso) == 1  # into and out of an isolated pod
+    assert all({"mangle": {"key": {"meta": {"key": "pkttype"}}, "value": "host"}} in r
+               for r in pre)
+
+
+def test_reply_chain_mirrors_the_original_with_swapped_fields() -> None:
+    c = build(LOCAL, REMOTE)
+    eid = short_id("db/eth0")
+    orig, reply = _rules(c, f"in-{eid}"), _rules(c, f"rin-{eid}")
+    assert len(orig) == len(reply) == 4
+    assert json.dumps(orig[0]).replace('"saddr"', '"daddr"').replace('"dport"', '"sport"') \
+        == json.dumps(reply[0])
+    assert dict(c.state.sets[("inet", "ingress_r")].verdicts) == {"10.9.0.2": f"rin-{eid}"}
+
+
+def test_generation_marks_established_connections() -> None:
+    a = compile_policies("pol", load_text(POLICIES)[:1], {}, LOCAL, generation=7)
+    fwd = _rules(a, "forward")
+    assert fwd[0][-1] == {"accept": None}  # related
+    assert any({"jump": {"target": "reply-check"}} in r for r in fwd)
+    assert fwd[-1] == [{"goto": {"target": "mark"}}]
+    (gen,) = _rules(a, "gen")
+    assert gen[0]["match"]["right"] == 7 << 20
+    b = compile_policies("pol", load_text(POLICIES)[:1], {}, LOCAL, generation=8)
+    changed = {k for k in a.state.chains if a.state.chains[k] != b.state.chains[k]}
+    assert changed == {("inet", "gen"), ("inet", "mark")}  # one generation, two rules
+    none = compile_policies("pol", [], {}, LOCAL)
+    assert not any("ct" in json.dumps(r) for r in _rules(none, "forward"))
+
+
+NAMED = """apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: named}
+spec:
+  podSelector: {}
+  policyTypes: [Ingress, Egress]
+  ingress: [{ports: [{port: pg}, {protocol: UDP, port: dns}]}]
+  egress: [{to: [{podSelector: {matchLabels: {app: db}}}], ports: [{port: pg}]}]
+"""
+
+
+def test_named_ports_resolve_per_destination_pod() -> None:
+    db = ep("db", "10.9.0.2", {"app": "db", "port.netfabric.io/pg": "5432",
+                               "port.netfabric.io/dns": "53-UDP"})
+    db2 = ep("db2", "10.9.1.2", {"app": "db", "port.netfabric.io/pg": "6432"}, node="n2")
+    other = ep("x", "10.9.1.3", {"app": "x", "port.netfabric.io/pg": "7000"}, node="n2")
+    web = ep("web", "10.9.0.3", {"app": "web"})
+    c = compile_policies("pol", load_text(NAMED), {}, [db, web], [db2, other])
+    db_in = json.dumps(_rules(c, f"in-{short_id('db/eth0')}"))
+    assert '"right": 5432' in db_in and '"right": 53' in db_in and '"udp"' in db_in
+    web_in = _rules(c, f"in-{short_id('web/eth0')}")
+    assert len(web_in) == 2  # web declares no port: only the counters and the drop
+    web_out = _rules(c, f"out-{short_id('web/eth0')}")
+    sets = {r[0]["match"]["right"][1:]: r[2]["match"]["right"] for r in web_out[:-2]}
+    assert sorted(sets.values()) == [5432, 6432]  # x declares pg but is not app=db
+    for name, port in sets.items():
+        want = {"10.9.0.2"} if port == 5432 else {"10.9.1.2"}
+        assert c.state.sets[("inet", name)].elements == want

@@ -46,7 +46,8 @@ def test_good_documents() -> None:
     assert peers[0].namespace_selector is None and peers[1].namespace_selector is not None
     assert peers[2].ip_block.except_ == (IPv4Network("10.1.0.0/16"),)
     ports = [x.describe() for x in p.ingress[0].ports]
-    assert ports == ["TCP/5432", "UDP/53", "TCP/80 (http)", "TCP/8000-8010", "SCTP/*"]
+    # a named port stays a name: the destination pod's port of that name, not /etc/services
+    assert ports == ["TCP/5432", "UDP/53", "TCP/http", "TCP/8000-8010", "SCTP/*"]
     assert ns.labels == (("env", "prod"),)
 
 
@@ -83,8 +84,10 @@ def test_json_and_list_forms(tmp_path) -> None:
      "spec.ingress[0].from[0].ipBlock.except[0]"),
     ("{podSelector: {}, ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/8}, podSelector: {}}]}]}",
      "spec.ingress[0].from[0]"),
-    ("{podSelector: {}, ingress: [{ports: [{port: no-such-service}]}]}",
+    ("{podSelector: {}, ingress: [{ports: [{port: Not_A_Name}]}]}",
      "spec.ingress[0].ports[0].port"),
+    ("{podSelector: {}, ingress: [{ports: [{port: http, endPort: 90}]}]}",
+     "spec.ingress[0].ports[0].endPort"),
     ("{podSelector: {}, egress: [{ports: [{port: 70000}]}]}", "spec.egress[0].ports[0].port"),
     ("{podSelector: {}, egress: [{ports: [{port: 90, endPort: 80}]}]}",
      "spec.egress[0].ports[0].endPort"),

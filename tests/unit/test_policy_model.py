@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ipaddress import IPv4Address, IPv4Network, ip_network
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -82,3 +83,15 @@ def test_public_surface() -> None:
     for mod in (allow_all, cli, compile, engine, explain, load, metrics, model, nftstate, ops,
                 peers, probe, service):
         assert mod.__all__ and all(hasattr(mod, name) for name in mod.__all__)
+
+
+def test_declared_ports() -> None:
+    from fabric.policy.model import declared_ports
+
+    assert declared_ports({"app": "x", "port.netfabric.io/http": "8080",
+                           "port.netfabric.io/dns": "53-udp"}) == {
+        "http": ("TCP", 8080), "dns": ("UDP", 53)}
+    for bad in ({"port.netfabric.io/http": "80/TCP"}, {"port.netfabric.io/http": "0"},
+                {"port.netfabric.io/HTTP": "80"}, {"port.netfabric.io/h": "80-ICMP"}):
+        with pytest.raises(ValueError, match="port.netfabric.io/"):
+            declared_ports(bad)

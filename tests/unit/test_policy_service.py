@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import threading
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 
+import attrs
 import pytest
 import yaml
 
@@ -34,9 +36,14 @@ class FakeNetwork:
         spec = NetworkSpec("pol", cidr=IPv4Network("10.9.0.0/16"),
                            backend="fake")
         self.ctx = NetworkContext(spec, Node("n1", IPv4Address("198.18.0.1"), "eth0", 1500), tmp)
-        self.policy = engine or AllowAllPolicy(self.ctx)
+        self.policy = engine or Recording(self.ctx)
         self.eps = [self._ep("db", "10.9.0.2", {"app": "db"}),
                     self._ep("web", "10.9.0.3", {"app": "web"})]
+        # the agent's private workload records, as fabric.agent.network keeps them
+        self._lock = threading.RLock()
+        self._workloads = {e.workload.handle.key(): {"labels": dict(e.workload.labels)}
+                           for e in self.eps}
+        self.saved = 0
 
     @staticmethod
     def _ep(name: str, ip: str, labels: dict[str, str]) -> Endpoint:
@@ -44,10 +51,21 @@ class FakeNetwork:
         return Endpoint(wl, "", "", (IPv4Interface(f"{ip}/24"),), None, (), 1500)
 
     def endpoints(self) -> list[Endpoint]:
-        return self.eps
+        return [attrs.evolve(e, workload=attrs.evolve(
+            e.workload, labels=self._workloads[e.workload.handle.key()]["labels"]))
+            for e in self.eps]
+
+    def _save_workloads(self) -> None:
+        self.saved += 1
 
 
-class Refusing(AllowAllPolicy):
+class Recording(AllowAllPolicy):
+    """Keeps what it is given, like an enforcing engine would (no kernel)."""
+
+    name = "recording"
+
+
+class Refusing(Recording):
     def set_policies(self, policies) -> None:
         raise PolicyError("nft rejected the rules: boom")
 
@@ -97,7 +115,7 @@ def test_explain(tmp_path: Path) -> None:
     net = FakeNetwork(tmp_path)
     handle_policy_op(net, "policy.apply", {"documents": DOCS})
     out = handle_policy_op(net, "policy.explain", {"pod": "default/db"})
-    assert out["enforcing"] is False  # engine 'none'
+    assert out["enforcing"] is True
     assert out["ingress"]["policies"] == ["default/db"] and out["ingress"]["isolated"]
     (rule,) = out["ingress"]["allowed"]
     assert rule["addresses"] == ["10.9.0.3/32"] and rule["ports"] == ["TCP/5432"]
@@ -108,3 +126,55 @@ def test_explain(tmp_path: Path) -> None:
         handle_policy_op(net, "policy.explain", {"pod": "nobody"})
     with pytest.raises(ConfigError):
         handle_policy_op(net, "policy.nope", {})
+
+
+def test_engine_none_refuses_apply(tmp_path: Path) -> None:
+    net = FakeNetwork(tmp_path, engine=AllowAllPolicy(FakeNetwork(tmp_path).ctx))
+    with pytest.raises(PolicyError, match="enforces nothing") as err:
+        handle_policy_op(net, "policy.apply", {"documents": DOCS})
+    assert "--policy nftables" in (err.value.fix or "")
+    assert not (tmp_path / POLICY_FILE).exists()
+    assert handle_policy_op(net, "policy.list", {}) == []
+
+
+class Failing(Recording):
+    def endpoint_added(self, endpoint) -> None:
+        raise PolicyError("nft rejected the rules: boom")
+
+
+def test_label_changes_record_and_engine(tmp_path: Path) -> None:
+    net = FakeNetwork(tmp_path)
+    handle_policy_op(net, "policy.apply", {"documents": DOCS})
+    res = handle_policy_op(net, "policy.label", {"pod": "web", "labels": {
+        "app": "db", "tier": "front", "port.netfabric.io/pg": "5432"}})
+    assert res == {"pod": "default/web", "labels": {"app": "db", "tier": "front",
+                                                    "port.netfabric.io/pg": "5432"}}
+    assert net._workloads["c-web-0000/eth0"]["labels"]["app"] == "db" and net.saved == 1
+    assert net.policy._endpoints["c-web-0000/eth0"].workload.labels["tier"] == "front"
+    out = handle_policy_op(net, "policy.explain", {"pod": "web"})
+    assert out["ingress"]["policies"] == ["default/db"]  # now selected as app=db
+    res = handle_policy_op(net, "policy.label", {"pod": "web", "labels": {"tier": None}})
+    assert "tier" not in res["labels"]
+
+
+@pytest.mark.parametrize("labels, match", [
+    ({"app": "no spaces"}, "label value"),
+    ({"bad key!": "x"}, "label key"),
+    ({}, "no label to change"),
+    ({"port.netfabric.io/pg": "huge"}, "is not a port"),
+])
+def test_label_refuses_bad_input(tmp_path: Path, labels, match) -> None:
+    net = FakeNetwork(tmp_path)
+    with pytest.raises((PolicyError, ConfigError), match=match):
+        handle_policy_op(net, "policy.label", {"pod": "web", "labels": labels})
+    assert net._workloads["c-web-0000/eth0"]["labels"] == {"app": "web"} and net.saved == 0
+
+
+def test_label_rolls_back_when_the_engine_refuses(tmp_path: Path) -> None:
+    net = FakeNetwork(tmp_path)
+    net.policy = Failing(net.ctx)
+    with pytest.raises(PolicyError, match="boom"):
+        handle_policy_op(net, "policy.label", {"pod": "web", "labels": {"app": "x"}})
+    assert net._workloads["c-web-0000/eth0"]["labels"] == {"app": "web"}
+    with pytest.raises(NotFound):
+        handle_policy_op(net, "policy.label", {"pod": "nobody", "labels": {"a": "b"}})
