@@ -8,7 +8,8 @@ IPAM starts its own node from ``ipam_config`` and stops it in :meth:`stop`.
 ``ipam_config`` keys (all optional)::
 
     range: CIDR handed out (default: the network's CIDR)
-    init: "consensus" | "consensus=N" | "seed=NAME,NAME" | "observer" (default consensus=1)
+    init: "consensus" | "consensus=N" | "seed=NAME,NAME" | "observer" (default: consensus=N,
+          N = peers the hand-over mesh was told about + 1, as weave; own node: consensus=1)
     host / port: mesh bind address (own node only; default node public IP, 6783)
     peers: [HOST:PORT, ...] targets (own node only); password: mesh password
     gossip_interval: seconds (default 30); wait: seconds start() waits for the ring (30)
@@ -95,6 +96,9 @@ class RingIPAM(IPAM):
         except ValueError as exc:
             raise ConfigError(f"ring ipam_config: {exc}",
                               fix="range is a CIDR, wait/gossip_interval/port numbers") from exc
+        # No init given: weave's default, consensus among the peers the node was told about
+        # (resolved in start() from a hand-over mesh's targets + itself), else consensus=1.
+        self.init_given = "init" in cfg
         self.mode, self.quorum, self.seeds = parse_init(cfg.get("init", "consensus=1"))
         peers = cfg.get("peers", [])
         if not isinstance(peers, list) or not all(isinstance(p, str) for p in peers):
@@ -112,7 +116,11 @@ class RingIPAM(IPAM):
 
     # ---- lifecycle --------------------------------------------------------------------
     def start(self, backend_data: Mapping[str, Any]) -> tuple[IPv4Network, ...]:
+        if self.alloc is not None and self.node is not None:  # the agent retries start()
+            return self._wait_ready(self.node)
         node = self.ctx.mesh
+        if node is not None and not self.init_given:
+            self.quorum = len(node.call(lambda: list(node.router.targets))) + 1
         if node is None:
             node = MeshNode(host=self.host, port=self.port, nickname=self.ctx.node.name,
                             password=self.password, db=MeshDB(self.ctx.state_dir / "mesh.db"),
@@ -129,6 +137,9 @@ class RingIPAM(IPAM):
             if self.peers:
                 node.connect(self.peers)
         node.call(self.alloc.start)
+        return self._wait_ready(node)
+
+    def _wait_ready(self, node: MeshNode) -> tuple[IPv4Network, ...]:
         deadline = time.monotonic() + self.wait
         while not node.call(self.alloc.ready):
             if time.monotonic() > deadline:

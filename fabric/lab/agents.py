@@ -141,7 +141,7 @@ def wait_ready(host: HostInfo, proc_alive, timeout: float, log: str) -> dict[str
                    f"{_tail(log)}")
 
 
-def _tail(path: str, lines: int = 15) -> str:
+def _tail(path: str, lines: int = 60) -> str:
     try:
         return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
     except OSError:

@@ -55,6 +55,8 @@ class WeaveControl:
 
     # ---- lifecycle (agent thread) -----------------------------------------------------
     def start(self) -> MeshNode:
+        if self.node is not None:  # the agent retries a network's start: keep the mesh
+            return self.node
         self.db = MeshDB(self.ctx.state_dir / "mesh.db")
         node = MeshNode(host=str(self.ctx.node.public_ip), port=self.opts.mesh_port,
                         nickname=self.ctx.node.name, password=self.opts.password, db=self.db,
@@ -114,6 +116,12 @@ class WeaveControl:
             view = self.view or self._compute()
             fn(view)
         self.node.call(first)
+
+    def soon(self, fn: Callable[[], Any]) -> None:
+        """Run ``fn`` on the mesh thread without waiting (safe while holding other locks)."""
+        node = self.node
+        if node is not None:
+            node.loop.call_soon_threadsafe(fn)
 
     def _compute(self) -> MeshView:
         assert self.node is not None and self.info is not None

@@ -110,10 +110,13 @@ class WeaveDNS(Gossiper):
             del self.router.channels[CHANNEL]
 
     def serve(self, address: str, port: int = 53, *, upstream: list[str] | None = None,
-              timeout: float = 2.0) -> Any:
-        """Start a DNS server (UDP and TCP) answering from these entries."""
+              timeout: float = 2.0, freebind: bool = False) -> Any:
+        """Start a DNS server (UDP and TCP) answering from these entries. ``upstream``
+        None: resolv.conf's servers; [] forwards nothing (SERVFAIL). ``freebind``: bind
+        even before ``address`` is configured (the bridge may get it later)."""
         from fabric.weave.dns_server import DnsServer  # the server imports us for types
-        self.server = DnsServer(self, address, port, upstream=upstream, timeout=timeout).start()
+        self.server = DnsServer(self, address, port, upstream=upstream, timeout=timeout,
+                                freebind=freebind).start()
         return self.server
 
     # ---- public operations (any thread) -----------------------------------------------------

@@ -2,7 +2,7 @@
 
     python -m fabric.weave.dns_peer --state DIR [--host 127.0.0.1] [--port 6783]
         [--dns ADDR:PORT] [--upstream IP[:PORT] ...] [--connect HOST:PORT ...]
-        [--domain weave.local.] [--gossip-interval 1]
+        [--domain weave.local.] [--gossip-interval 1] [--freebind]
 
 Prints one JSON line ``{"ready": true, "name": ..., "address": ..., "dns": ...}`` once it
 listens, then answers one JSON line per command read from stdin: ``add HOST IP [CID]``,
@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nickname", default="")
     p.add_argument("--dns", default="", help="ADDR:PORT for the DNS server (none if empty)")
     p.add_argument("--upstream", nargs="*", default=None)
+    p.add_argument("--freebind", action="store_true", help="serve before the address exists")
     p.add_argument("--domain", default="weave.local.")
     p.add_argument("--connect", nargs="*", default=[])
     p.add_argument("--gossip-interval", type=float, default=1.0)
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         node.start()
         if args.dns:
             host, port = parse_upstream(args.dns)
-            wd.serve(host, port, upstream=args.upstream)
+            wd.serve(host, port, upstream=args.upstream, freebind=args.freebind)
         if args.connect:
             node.connect(args.connect)
     except (FabricError, ValueError) as exc:

@@ -53,13 +53,16 @@ RESOLV_CONF = "/etc/resolv.conf"
 _ARPA = dns.name.from_text("in-addr.arpa.")
 _MAX_TCP_CONNS = 64
 _TCP_IDLE = 5.0
+_IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)  # Linux; also covers IPv6 sockets
 
 
 class DnsServer:
     def __init__(self, resolver: WeaveDNS, address: str, port: int = 53, *,
                  upstream: list[str] | None = None, timeout: float = 2.0,
-                 workers: int = 8, resolv_conf: str = RESOLV_CONF) -> None:
+                 workers: int = 8, resolv_conf: str = RESOLV_CONF,
+                 freebind: bool = False) -> None:
         self.dns, self.address, self.port = resolver, address, port
+        self.freebind = freebind  # bind before the (bridge) address exists
         self.timeout, self.resolv_conf = timeout, resolv_conf
         self._fixed = [parse_upstream(u) for u in upstream] if upstream is not None else None
         self._conf_cache: tuple[float, float, list[tuple[str, int]]] = (0.0, -1.0, [])
@@ -79,10 +82,13 @@ class DnsServer:
         fam = socket.AF_INET6 if ":" in self.address else socket.AF_INET
         try:
             self.udp = socket.socket(fam, socket.SOCK_DGRAM)
-            self.udp.bind((self.address, self.port))
-            self.port = self.udp.getsockname()[1]
             self.tcp = socket.socket(fam, socket.SOCK_STREAM)
             self.tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if self.freebind:
+                for s in (self.udp, self.tcp):
+                    s.setsockopt(socket.SOL_IP, _IP_FREEBIND, 1)
+            self.udp.bind((self.address, self.port))
+            self.port = self.udp.getsockname()[1]
             self.tcp.bind((self.address, self.port))
             self.tcp.listen(64)
         except OSError as exc:

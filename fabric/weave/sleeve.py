@@ -83,8 +83,7 @@ class Sleeve:
     def set_only(self, peers: Iterable[int] | None) -> None:
         """weave-fastdp: restrict sleeve to ``peers`` (None: all); re-applies the view."""
         self.only = None if peers is None else frozenset(peers)
-        if self.control.view is not None and self.control.node is not None:
-            self.control.node.call(self.apply, self.control.view)
+        self.control.soon(lambda: self.apply(self.control.view) if self.control.view else None)
 
     def apply(self, view: MeshView) -> None:
         """Rebuild the routing table from a mesh view (mesh thread)."""
@@ -106,10 +105,12 @@ class Sleeve:
             routes.set_excluded(())
             routes.set_flood({_b(o): [_b(c) for c in kids] for o, kids in view.broadcast.items()})
         else:
-            sleeve_peers = [p for p in view.reachable if p in self.only]
-            routes.set_excluded([_b(p) for p in view.reachable
-                                 if p not in self.only and p in view.neighbours])
-            routes.set_flood_targets({_b(view.me): [_b(p) for p in sleeve_peers]})
+            # Unicast may still use sleeve to any peer (the bridge decides which overlay
+            # port a known MAC is behind, and relays for others must work); floods go as
+            # one unicast copy per sleeve peer, since fastdp peers get theirs from VXLAN.
+            routes.set_excluded(())
+            routes.set_flood_targets({_b(view.me): [_b(p) for p in view.reachable
+                                                    if p in self.only]})
 
     def health(self) -> dict[int, dict[str, Any]]:
         if self.engine is None:
