@@ -289,3 +289,18 @@ def test_kill9_hides_names_and_restart_brings_them_back(ns: str, procs: list[Pro
     assert wait_for(lambda: b.cmd("status")["hidden_unreachable"] == 1, timeout=10)
     assert b.cmd(f"rmpeer {origin}") == 2
     assert b.cmd("entries") == []
+
+
+def test_server_binds_before_its_address_exists(ns: str, procs: list[Proc],
+                                               tmp_path: Path) -> None:
+    addr = "10.99.0.7"  # not configured yet (the bridge gets its address later)
+    bad = Proc(ns, ["-m", "fabric.weave.dns_peer", "--state", str(tmp_path / "x"),
+                    "--dns", f"{addr}:53", "--upstream"])
+    procs.append(bad)
+    refused = json.loads(bad.line())
+    assert not refused["ready"] and "cannot listen" in refused["error"]
+    a = peer(ns, procs, tmp_path / "a", A_MESH, f"{addr}:53", "--freebind", "--upstream")
+    a.cmd("add h1 10.32.0.11 c1")
+    sh("ip", "addr", "add", f"{addr}/32", "dev", "v0", ns=ns)
+    assert query(ns, f"{addr}:53", "h1.weave.local.")[0]["answers"] == ["10.32.0.11"]
+    assert query(ns, f"{addr}:53", "ext.example.")[0]["rcode"] == "SERVFAIL"  # upstream []
