@@ -34,6 +34,7 @@ __all__ = ["register", "run", "TARGETS", "EnginePair"]
 
 TARGETS = {"tun": 2.5, "tap": 2.0}  # Gbit/s (issue 4), reported, not enforced
 UNDER_A, UNDER_B = "198.19.255.1", "198.19.255.2"
+ROUTED_NAMES = {"a": "0a:fb:00:00:00:01", "b": "0a:fb:00:00:00:02"}
 INNER = {"tun": ("10.250.1.1/16", "10.250.2.1/16"), "tap": ("10.251.0.1/24", "10.251.0.2/24")}
 
 
@@ -41,6 +42,8 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("dataplane", help="userspace engine between two namespaces")
     p.add_argument("--mode", choices=["tun", "tap"], default="tun")
     p.add_argument("--encrypt", action="store_true", help="seal the L2 path (tap only)")
+    p.add_argument("--routed", action="store_true",
+                   help="tap: the weave-routed format (origin/dst header, WeaveRoutes)")
     p.add_argument("--cipher", default="aesgcm", choices=["aesgcm", "chacha20poly1305"])
     p.add_argument("--no-offload", action="store_true", help="measure the fallback only")
     p.add_argument("--with-fallback", action="store_true",
@@ -99,7 +102,8 @@ class EnginePair:
     def start_engines(self, mode: str, *, encrypt: bool = False, cipher: str = "aesgcm",
                       offload: bool | tuple[bool, bool] = True, partial: bool = False,
                       device: str = "nfdp0", port: int = 8285,
-                      extra_peers: tuple[str, ...] = (), split: bool = False) -> list[int]:
+                      extra_peers: tuple[str, ...] = (), split: bool = False,
+                      routed: bool = False) -> list[int]:
         """Start an engine in each namespace (``offload`` may differ per side: (a, b))."""
         from fabric.dataplane.crypto import KeyPair
 
@@ -123,6 +127,8 @@ class EnginePair:
                 peer = f"{other_net}={other}:{port}"
             else:
                 peer = f"{other}:{port}" + (f":{keys[other_side][1]}" if encrypt else "")
+                if routed:
+                    peer = f"{ROUTED_NAMES[other_side]}={peer}"
             cmd = ["ip", "netns", "exec", ns, sys.executable, "-m", "fabric.dataplane",
                    "--mode", mode, "--device", device, "--listen", me, "--port", str(port),
                    "--address", addr, "--peer", peer,
@@ -138,6 +144,8 @@ class EnginePair:
                 cmd.append("--partial-checksum")
             if split:
                 cmd.append("--split")
+            if routed:
+                cmd += ["--routed", "--name", ROUTED_NAMES[side]]
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
             self.procs.append(proc)
             line = proc.stdout.readline() if proc.stdout else ""
@@ -227,12 +235,14 @@ def _median(values: list[float]) -> float | None:
 def run(mode: str = "tun", *, encrypt: bool = False, cipher: str = "aesgcm",
         offload: bool = True, with_fallback: bool = False, partial: bool = False,
         duration: float = 5, repeat: int = 1, split: bool = False,
-        bidir: bool = False) -> dict[str, Any]:
+        bidir: bool = False, routed: bool = False) -> dict[str, Any]:
     """Build the pair, measure, remove everything; returns the result mapping."""
     if mode not in TARGETS:
         raise ConfigError(f"--mode {mode!r} is invalid", fix="use tun or tap")
     if encrypt and mode != "tap":
         raise ConfigError("--encrypt needs --mode tap", fix="the sealed path is L2 only")
+    if routed and mode != "tap":
+        raise ConfigError("--routed needs --mode tap", fix="the routed format is L2 only")
     if not 1 <= duration <= 120 or not 1 <= repeat <= 20:
         raise ConfigError("--duration must be 1-120 s (whole seconds) and --repeat 1-20")
     if os.geteuid() != 0:
@@ -248,7 +258,7 @@ def run(mode: str = "tun", *, encrypt: bool = False, cipher: str = "aesgcm",
     fb_status: list[dict] = []
     try:
         pids = pair.start_engines(mode, encrypt=encrypt, cipher=cipher, offload=offload,
-                                  partial=partial, split=split)
+                                  partial=partial, split=split, routed=routed)
         pair.iperf(UNDER_B, 1, [])  # warm-up
         pair.iperf(dst, 1, pids)
         for i in range(repeat):
@@ -260,7 +270,7 @@ def run(mode: str = "tun", *, encrypt: bool = False, cipher: str = "aesgcm",
         status = pair.stop_engines()
         if with_fallback and offload:
             pids = pair.start_engines(mode, encrypt=encrypt, cipher=cipher, offload=False,
-                                      partial=partial, port=8286, split=split)
+                                      partial=partial, port=8286, split=split, routed=routed)
             for i in range(repeat):
                 res = pair.iperf(dst, duration, pids, bidir)
                 runs.append({"run": i + 1, "kind": "fallback", **res})
@@ -281,7 +291,9 @@ def run(mode: str = "tun", *, encrypt: bool = False, cipher: str = "aesgcm",
         "cipher": cipher if encrypt else None,
         "offload": offload,
         "wire": "flannel-udp (one IPv4 packet per datagram)" if mode == "tun"
-                else "l2 super-frames" + (" sealed" if encrypt else ""),
+                else ("routed l2 super-frames" if routed else "l2 super-frames")
+        + (" sealed" if encrypt else ""),
+        "routed": routed,
         "inner_checksum": "partial" if partial and mode == "tun" else "full",
         "duration_s": duration,
         "repeat": repeat,
@@ -316,7 +328,7 @@ def cmd_dataplane(args: argparse.Namespace) -> int:
     data = run(args.mode, encrypt=args.encrypt, cipher=args.cipher, offload=not args.no_offload,
                with_fallback=args.with_fallback, partial=args.partial_checksum,
                duration=args.duration, repeat=args.repeat, split=args.split,
-               bidir=args.bidir)
+               bidir=args.bidir, routed=args.routed)
     columns = ["run", "kind", "gbps", "retransmits", "cpu_s_per_gb", "engine_cpu_s_per_gb"]
     summary = {"run": "median", "kind": "engine/underlay", "gbps": data["ratio"]}
     emit(data, rows=[*data["runs"], summary], columns=columns, json_file=args.json_file)

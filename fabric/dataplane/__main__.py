@@ -3,6 +3,9 @@
     python -m fabric.dataplane --mode tun --device nfdp0 --listen 198.19.255.1 \\
         --address 10.250.1.1/16 --peer 10.250.2.0/24=198.19.255.2:8285 --status s.json
 
+``--mode tap --routed --name 0a:00:00:00:00:01 --peer 0a:00:00:00:00:02=IP:PORT[:KEY]`` runs
+the weave-routed format with every peer a direct neighbour (full mesh, floods from here to all).
+
 Prints one JSON line ``{"ready": true, ...}`` once forwarding, writes status to
 ``--status`` every 0.5 s and at exit, and stops cleanly on SIGTERM/SIGINT.
 """
@@ -22,16 +25,26 @@ from pathlib import Path
 from fabric.dataplane.crypto import KeyPair
 from fabric.dataplane.engine import Engine, EngineConfig
 from fabric.dataplane.peers import MacTable, PeerAddr, PeerTable
+from fabric.dataplane.routing import WeaveRoutes, name_bytes
 from fabric.errors import FabricError
 
 
-def _peer(text: str, mode: str) -> tuple[IPv4Network | None, PeerAddr]:
-    subnet = None
-    if mode == "tun":
-        net, _, text = text.partition("=")
-        subnet = IPv4Network(net)
+def _peer(text: str, mode: str) -> tuple[str, PeerAddr]:
+    """``[SUBNET= | NAME=]IP:PORT[:KEYHEX]`` -> (subnet or name or "", address)."""
+    key = ""
+    if mode != "tap" or "=" in text:
+        key, _, text = text.partition("=")
     ip, port, *rest = text.split(":")
-    return subnet, PeerAddr(ip, int(port), bytes.fromhex(rest[0]) if rest else b"")
+    return key, PeerAddr(ip, int(port), bytes.fromhex(rest[0]) if rest else b"")
+
+
+def _routed_table(name: str, peers: list[tuple[str, PeerAddr]]) -> WeaveRoutes:
+    table = WeaveRoutes(name)
+    names = {name_bytes(n): p for n, p in peers}
+    table.set_neighbours(names)
+    table.set_unicast({n: n for n in names})
+    table.set_flood({table.local: list(names)})
+    return table
 
 
 def _die_with_parent() -> None:
@@ -61,7 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=8285)
     p.add_argument("--address", help="address/prefix for the device")
     p.add_argument("--peer", action="append", default=[],
-                   help="tun: SUBNET=IP:PORT; tap: IP:PORT[:PUBKEYHEX]")
+                   help="tun: SUBNET=IP:PORT; tap: IP:PORT[:PUBKEYHEX]; routed: NAME=IP:PORT[:KEY]")
+    p.add_argument("--routed", action="store_true", help="tap: the weave-routed format")
+    p.add_argument("--name", default="", help="routed: this node's peer name (6 bytes hex)")
     p.add_argument("--no-offload", action="store_true")
     p.add_argument("--partial-checksum", action="store_true")
     p.add_argument("--encrypt", action="store_true")
@@ -79,15 +94,17 @@ def main(argv: list[str] | None = None) -> int:
                            port=args.port, underlay_mtu=args.underlay_mtu,
                            offload=not args.no_offload, encrypt=args.encrypt, cipher=args.cipher,
                            psk=args.psk.encode(), full_checksum=not args.partial_checksum,
-                           icmp_source=args.icmp_source)
+                           icmp_source=args.icmp_source, routed=args.routed)
         key = KeyPair.load_or_create(args.key_file) if args.key_file else None
         if cfg.encrypt and key is None:
             key = KeyPair.generate()
         peers = [_peer(t, args.mode) for t in args.peer]
         if args.mode == "tun":
-            table: PeerTable | MacTable = PeerTable()
+            table: PeerTable | MacTable | WeaveRoutes = PeerTable()
             for subnet, peer in peers:
-                table.set(subnet, peer)
+                table.set(IPv4Network(subnet), peer)
+        elif args.routed:
+            table = _routed_table(args.name, peers)
         else:
             table = MacTable([peer for _s, peer in peers])
         engine = Engine(cfg, table, key)

@@ -12,7 +12,7 @@ import time
 from fabric.dataplane import vnet
 from fabric.dataplane.fwd_l2 import deliver
 from fabric.dataplane.fwd_loop import drop, read_device, receive_port
-from fabric.dataplane.l2 import F_CONTROL, F_VNET, L2Receiver, L2Sender
+from fabric.dataplane.l2 import F_CONTROL, F_VNET, FLOOD, L2Receiver, L2Sender
 
 __all__ = ["tx_loop", "rx_loop", "timer_loop", "is_super_frame"]
 
@@ -66,7 +66,7 @@ def tx_loop(engine) -> None:
             stats["datagrams"] += port.send_batch(out, seg, total, addr.sockaddr, drops)
         stats["packets"] += 1
         stats["bytes"] += n - hoff
-        if dst_mac[0] & 1 or table.owner(dst_mac) is None:
+        if dst_mac[0] & 1 or len(targets) > 1 or targets[0][1] == FLOOD:
             stats["flooded"] = stats.get("flooded", 0) + 1
 
     read_device(engine, buf, handle)
@@ -104,6 +104,9 @@ def rx_loop(engine) -> None:
                 drop(drops, "bad_heartbeat")
                 return
             why = health.received(sender, body)
+            if why == "unknown_peer":  # a neighbour newer than the timer's last look
+                health.set_peers(table.neighbours)
+                why = health.received(sender, body)
             if why:
                 drop(drops, why)
             else:

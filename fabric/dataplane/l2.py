@@ -134,28 +134,28 @@ class L2Receiver:
         self.drops[why] = self.drops.get(why, 0) + 1
 
     def feed(self, dgram, peer: PeerAddr) -> tuple[bytes, int] | None:
-        """Take one datagram from ``peer``; return (message, flags) when one is complete."""
+        """Take one datagram from ``peer``; return (message, flags) when one is complete.
+
+        Hot path (one call per datagram): only the bytes needed to reassemble are read here;
+        the header is unpacked once per complete message.
+        """
         hlen = self.hdr.size
         if len(dgram) <= hlen:
             self._drop("truncated")
             return None
         fields = self.hdr.unpack_from(dgram)
-        kind, idx, count, flags = fields[:4]
+        kind, idx, count = fields[0], fields[1], fields[2]
         if kind != self.kind:
             self._drop("wrong_type" if kind in _KNOWN else "garbage")
             return None
         if count == 0 or idx >= count:
             self._drop("bad_header")
             return None
-        session, counter = fields[-2], fields[-1]
-        part = bytes(dgram[hlen:])
         if count == 1:
-            body = part
+            body = bytes(dgram[hlen:])
             header = bytes(dgram[:hlen])
         else:
-            key = (peer.ip, session)
-            head = bytes(dgram[:hlen])
-            same = head[:1] + head[2:]
+            key = (peer.ip, fields[-2])  # per sender and session: several threads send
             cur = self._partial.get(key)
             if idx == 0:
                 if cur is not None:
@@ -163,19 +163,21 @@ class L2Receiver:
                 elif len(self._partial) >= self.MAX_PARTIAL:
                     del self._partial[next(iter(self._partial))]
                     self._drop("incomplete")
-                self._partial[key] = (same, [part])
+                self._partial[key] = (fields[2:], bytes(dgram[:hlen]), [bytes(dgram[hlen:])])
                 return None
-            if cur is None or cur[0] != same or len(cur[1]) != idx:
+            # every fragment repeats the header but for its index
+            if cur is None or len(cur[2]) != idx or fields[2:] != cur[0]:
                 if cur is not None:
                     del self._partial[key]
                 self._drop("incomplete")
                 return None
-            cur[1].append(part)
+            cur[2].append(bytes(dgram[hlen:]))
             if idx + 1 < count:
                 return None
             del self._partial[key]
-            body = b"".join(cur[1])
-            header = same[:1] + b"\x00" + same[1:]
+            body = b"".join(cur[2])
+            header = cur[1]
+        flags, session, counter = fields[3], fields[-2], fields[-1]
         self.route = fields[4:-2]
         if self.pair is None:
             return body, flags
