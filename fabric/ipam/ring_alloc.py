@@ -6,19 +6,24 @@ an address, or ``None`` after asking the peer with most free space for some
 ``consensus`` (Paxos over gossip, ``quorum`` peers), ``seed`` (every seed peer
 builds the same ring from the seed list) and ``observer`` (never owns space
 until it asks for some). Conflicts found while merging are kept in
-``inconsistencies`` and repaired (see :meth:`_check_lost`).
+``inconsistencies``, logged (rate-limited) and repaired (see :meth:`_check_lost`); removed
+peers, ring conflicts and waiting peers travel with the ring (``fabric.ipam.ring_guard``)
+and stop allocation where it would duplicate addresses (:meth:`refusal`).
 """
 
 from __future__ import annotations
 
 import bisect
-import contextlib
 import json
+import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
 from fabric.errors import ConfigError, IPAMError
+from fabric.ipam.ring_admin import RingAdmin
 from fabric.ipam.ring_crdt import Entry, Ring, RingMismatch, ring_id_for
+from fabric.ipam.ring_guard import Guards, IpamData
 from fabric.ipam.ring_paxos import Paxos
 from fabric.mesh.db import MeshDB
 from fabric.mesh.gossip import GossipData, Gossiper
@@ -26,38 +31,12 @@ from fabric.mesh.names import fmt_name
 from fabric.mesh.router import Router
 from fabric.mesh.wire import FrameError
 
-__all__ = ["IpamData", "RingAllocator", "CHANNEL"]
+__all__ = ["IpamData", "RingAllocator", "CHANNEL"]  # IpamData: from ring_guard
 
 CHANNEL = "ipam"
 
 
-class IpamData(GossipData):
-    def __init__(self, ring: Ring | None = None, paxos: dict | None = None) -> None:
-        self.ring = ring
-        self.paxos = paxos
-
-    def encode(self) -> bytes:
-        d: dict[str, Any] = {}
-        if self.ring is not None:
-            d["ring"] = self.ring.to_wire()
-        if self.paxos is not None:
-            d["paxos"] = self.paxos
-        return json.dumps(d, separators=(",", ":")).encode()
-
-    def merge(self, other: GossipData) -> IpamData:
-        assert isinstance(other, IpamData)
-        if other.ring is not None:
-            if self.ring is None:
-                self.ring = other.ring.subset(other.ring.tokens)
-            else:
-                with contextlib.suppress(RingMismatch):
-                    self.ring.merge(other.ring)
-        if other.paxos is not None:
-            self.paxos = {**(self.paxos or {}), **other.paxos}
-        return self
-
-
-class RingAllocator(Gossiper):
+class RingAllocator(RingAdmin, Gossiper):
     def __init__(self, router: Router, start: int, end: int, *, mode: str = "consensus",
                  quorum: int = 1, seeds: list[int] | None = None, db: MeshDB | None = None,
                  retry: float = 1.0) -> None:
@@ -72,6 +51,11 @@ class RingAllocator(Gossiper):
         self.router, self.me = router, router.name
         self.mode, self.seeds, self.db, self.retry = mode, sorted(seeds or []), db, retry
         self.ring = Ring(start, end)
+        # every seed-mode peer knows which ring its seed list makes: it adopts no other
+        self.expected_id = ring_id_for(start, end, self.seeds, "seed") if mode == "seed" else ""
+        self.guards = Guards(ttl=max(10.0, 10 * router.cfg.gossip_interval))
+        self.wall: Callable[[], float] = getattr(router.env, "wall", time.time)
+        self._foreign: dict[int, str] = {}  # neighbour -> its conflicting ring id
         self.paxos = Paxos(self.me, quorum) if mode == "consensus" else None
         self.allocs: dict[str, int] = {}
         self.used: list[int] = []
@@ -91,7 +75,14 @@ class RingAllocator(Gossiper):
                 if (saved.start, saved.end) != (start, end):
                     raise ConfigError(f"the database {db.path} holds a ring for another range",
                                       fix="use the same IPAM range, or reset this peer")
+                if self.expected_id and saved.ring_id != self.expected_id:
+                    raise ConfigError(f"the database {db.path} holds a ring of another seed "
+                                      "list (or another init) than seed="
+                                      + ",".join(map(fmt_name, self.seeds)),
+                                      fix="use the seed list the ring was made with, or "
+                                          "remove ring.db to start afresh")
                 self.ring = saved
+            self.guards.removed.update(db.get("removed") or {})
             for h, a in db.allocs().items():
                 self.allocs[h] = a
                 bisect.insort(self.used, a)
@@ -103,6 +94,12 @@ class RingAllocator(Gossiper):
     # ---- lifecycle -------------------------------------------------------------------
     def start(self) -> None:
         if self.ring.empty():
+            # peers that will not create a ring say so: an all-observer mesh can then tell
+            # it is stuck (consensus peers show up in the Paxos claims instead; extra
+            # gossip while Paxos runs was measured to stall 30-peer rounds in the bench)
+            if self.mode != "consensus":
+                self.guards.waiting[fmt_name(self.me)] = self.mode
+                self.channel.gossip(IpamData(waiting={fmt_name(self.me): self.mode}))
             if self.mode == "seed" and self.me in self.seeds:
                 self._init_ring(self.seeds, "seed")
             elif self.mode == "consensus":
@@ -188,6 +185,7 @@ class RingAllocator(Gossiper):
     def try_allocate(self, handle: str) -> int | None:
         if handle in self.allocs:
             return self.allocs[handle]
+        self.check_refusal()
         for lo, hi in self.owned():
             if self._used_in(lo, hi) >= hi - lo:
                 continue
@@ -205,6 +203,7 @@ class RingAllocator(Gossiper):
             return addr
         if self.ring.empty():
             return None
+        self.check_refusal()
         owner = self.ring.owner_entry(addr)
         if not self.ring.start <= addr < self.ring.end or owner is None:
             raise IPAMError(f"address {addr} is outside the IPAM range")
@@ -299,15 +298,23 @@ class RingAllocator(Gossiper):
 
     # ---- Gossiper ---------------------------------------------------------------------
     def gossip(self) -> GossipData | None:
+        g = self.guards
+        for peer, rid in list(self._foreign.items()):  # rings still touching: re-report
+            if peer in self.router.conns:
+                g.conflict_seen(self.ring.ring_id or self.expected_id, rid, self.wall())
+            else:
+                del self._foreign[peer]
+        data = IpamData(removed=g.removed, conflicts=g.live_conflicts(self.wall()),
+                        waiting=g.waiting if self.ring.empty() and not self.paxos else None)
         if not self.ring.empty():
             if self._free_dirty:
                 self._free_dirty = False
                 if self._refresh_free() and self.db is not None:
                     self.db.put("ring", self.ring.to_wire())
-            return IpamData(self.ring)
-        if self.paxos is not None:
-            return IpamData(paxos=self.paxos.to_wire())
-        return None
+            data.ring = self.ring
+        elif self.paxos is not None:
+            data.paxos = self.paxos.to_wire()
+        return None if data.empty() else data
 
     def on_gossip(self, sender: int, payload: bytes) -> GossipData | None:
         try:
@@ -316,16 +323,37 @@ class RingAllocator(Gossiper):
                 raise ValueError("not an object")
             raw_ring = d.get("ring")
             paxos = Paxos.from_wire(d["paxos"]) if "paxos" in d else None
+            delta = self.guards.merge(d)  # before the ring: "removed" decides _check_lost
         except (ValueError, TypeError, KeyError, IndexError, AttributeError,
                 RecursionError) as exc:
             raise FrameError("bad-ipam", str(exc)[:80]) from exc
-        delta = IpamData()
+        if fmt_name(self.me) in (delta.removed or {}):
+            self._report(sender, "removed", f"we were removed with rmpeer (our ranges went "
+                         f"to {self.guards.removed[fmt_name(self.me)]['heir']}): we refuse to "
+                         "allocate and yield our old ranges")
+        if self.guards.removed:
+            back = {fmt_name(n) for n in self.router.topology.reachable()} & set(
+                self.guards.removed) - {fmt_name(self.me)}
+            for name in sorted(back):
+                self._report(sender, "removed-back", f"peer {name}, removed with rmpeer, is "
+                             "reachable again: it refuses to allocate until it restarts "
+                             "under a new name")
         if raw_ring is not None:
             try:
+                rid = raw_ring.get("id") if isinstance(raw_ring, dict) else None
+                if (self.expected_id and rid != self.expected_id and raw_ring.get("entries")
+                        and (self.ring.empty() or self.ring.ring_id == self.expected_id)):
+                    raise RingMismatch(f"ring {rid} is not the ring our seed list makes "
+                                       f"({self.expected_id})")
                 changed = self.ring.merge_wire(raw_ring)
             except RingMismatch as exc:
                 self._report(sender, "ring-mismatch", str(exc))
-                return None
+                self._foreign[sender] = str(rid)
+                seen = self.guards.conflict_seen(self.ring.ring_id or self.expected_id,
+                                                 str(rid), self.wall())
+                if seen is not None:
+                    delta.merge(seen)
+                return None if delta.empty() else delta
             except ValueError as exc:
                 raise FrameError("bad-ipam", str(exc)[:80]) from exc
             if changed:
@@ -343,18 +371,18 @@ class RingAllocator(Gossiper):
                 delta.paxos = {str(k): v.to_wire() for k, v in paxos.items()
                                if self.paxos.claims.get(k) == v}
             self._paxos_step(False)
-        if delta.ring is None and not delta.paxos:
-            return None
-        return delta
+        return None if delta.empty() else delta
 
     def _check_lost(self, lost: list[int], sender: int) -> list[int]:
         """Tokens we owned that a merge gave away (only we may do that): reassert those
         holding our allocations (version above the intruder's), yield empty ones."""
         fixed = []
+        removed = fmt_name(self.me) in self.guards.removed  # never fight for old ranges
         for t in lost:
             e = self.ring.entries[t]
             hi = self.ring.range_end(t)
-            if self._used_in(t, hi):
+            gone = fmt_name(e.peer) in self.guards.removed  # stale entries of a removed peer
+            if (self._used_in(t, hi) or gone) and not removed:
                 self.ring._put(Entry(t, self.me, e.version + 1, hi - t - self._used_in(t, hi)))
                 fixed.append(t)
                 self._report(sender, "reasserted", f"peer {fmt_name(e.peer)} took our range "
@@ -370,6 +398,8 @@ class RingAllocator(Gossiper):
         if not self.inconsistencies or self.inconsistencies[-1]["message"] != message:
             self.inconsistencies.append(entry)
             del self.inconsistencies[:-50]
+        self.router.log(logging.WARNING, kind, entry["from"], "ring: %s from %s: %s", kind,
+                        entry["from"], message)
 
     def on_gossip_unicast(self, src: int, payload: bytes) -> None:
         try:
@@ -396,58 +426,6 @@ class RingAllocator(Gossiper):
                 self._timer = None
             self.request_space()
 
-    # ---- administration ---------------------------------------------------------------
-    def _heir(self, dead: int, tokens: list[int]) -> int | None:
-        """Owner of the nearest preceding token not owned by ``dead`` (deterministic)."""
-        if not tokens:
-            return None
-        idx = self.ring.tokens.index(tokens[0])
-        for k in range(1, len(self.ring.tokens) + 1):
-            e = self.ring.entries[self.ring.tokens[idx - k]]
-            if e.peer != dead:
-                return e.peer
-        return None
-
-    def rmpeer(self, dead: int) -> int:
-        """Hand a dead peer's tokens to a deterministic heir. Issued on several hosts at
-        once, every host computes the same entries (same heir, version + 1), so the merge
-        is idempotent instead of conflicting (weave PR 3078). Refused while it is alive."""
-        if dead == self.me:
-            raise IPAMError("cannot rmpeer ourselves", fix="use reset on this peer")
-        if dead in self.router.topology.reachable():
-            raise IPAMError(f"peer {fmt_name(dead)} is reachable",
-                            fix="stop it first, or run reset on it")
-        tokens = [t for t in self.ring.tokens if self.ring.entries[t].peer == dead]
-        heir = self._heir(dead, tokens)
-        if heir is None:
-            return 0
-        for t in tokens:
-            e = self.ring.entries[t]
-            self.ring._put(Entry(t, heir, e.version + 1, self.ring.range_end(t) - t))
-        self._changed(tokens + (self._refresh_free() if heir == self.me else []))
-        return len(tokens)
-
-    def reset(self, heir: int | None = None) -> int:
-        """Hand all our tokens to ``heir`` (default: deterministic neighbour), drop our
-        allocations and Paxos state; the ring is kept so we rejoin as an observer-like peer."""
-        tokens = [t for t, _ in self.owned()]
-        heir = heir if heir is not None else self._heir(self.me, tokens)
-        if tokens and heir is None:
-            raise IPAMError("no other peer to hand our ranges to",
-                            fix="connect to another peer first")
-        for t in tokens:
-            e = self.ring.entries[t]
-            self.ring._put(Entry(t, heir or 0, e.version + 1, self.ring.range_end(t) - t))
-        self.allocs.clear()
-        self.used.clear()
-        if self.db is not None:
-            self.db.clear_allocs()
-            self.db.delete("paxos")
-        self._changed(tokens)
-        if tokens:
-            self.channel.gossip_broadcast(IpamData(self._with_next(tokens)))
-        return len(tokens)
-
     # ---- status -----------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
         sizes = self.ring.size_by_peer()
@@ -465,4 +443,5 @@ class RingAllocator(Gossiper):
             "consensus": self.paxos.describe() if self.paxos is not None else None,
             "seeds": [fmt_name(s) for s in self.seeds], "requesting": self.requesting,
             "inconsistencies": list(self.inconsistencies), "stats": dict(self.stats),
+            **self.describe_guards(),
         }

@@ -7,7 +7,7 @@ and value) and gossips the whole map; merge keeps each node's newest entry.
 * acceptor: promise the highest proposal seen; accept a proposer's value
   when its accepted id equals our promise;
 * proposer: once a quorum promised our id, accept (with the value of the
-  highest earlier acceptance among them, else the known participants);
+  highest earlier acceptance among them, else the peers that promised our id);
 * learner: a quorum accepted the same id -> ``decided`` holds the value.
 """
 
@@ -87,7 +87,12 @@ class Paxos:
             promised = [c for c in self.claims.values() if c.promise == new.promise]
             if len(promised) >= self.quorum:
                 prior = max(promised, key=lambda c: c.accepted)
-                value = prior.value if prior.accepted != _ZERO else tuple(sorted(self.claims))
+                # the value is the set that agreed (promised this round): they are alive
+                # and connected now; peers merely heard of may be gone (weave hands the
+                # range to the round's peer set too). Later peers get space by donation.
+                agreed = tuple(sorted(n for n, c in self.claims.items()
+                                      if c.promise == new.promise or n == self.me))
+                value = prior.value if prior.accepted != _ZERO else agreed
                 new = attrs.evolve(new, accepted=new.promise, value=value)
         self.claims[self.me] = new
         # learner

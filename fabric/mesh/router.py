@@ -4,12 +4,22 @@ The router is single-threaded: an :class:`Env` (the simulator or the asyncio
 transport in ``fabric.mesh.tcp``) calls ``add_connection`` / ``remove_connection``
 / ``handle_frame`` / ``dial_failed`` and runs the timers it asks for. Connections
 are objects with ``remote``, ``remote_nickname``, ``address``, ``outbound``,
-``send(bytes)`` and ``close(reason)``.
+``send(bytes)`` and ``close(reason)``; ``remote_uid`` (the remote incarnation) when known.
+
+Peer names are persisted, so a copied state directory makes two live peers with one
+name (weave: PeerName + UID). uids order incarnations (a real node puts its start time
+in the high bits), and everyone applies one rule: the earlier incarnation keeps the name,
+the later one is told (directly, by a CLOSE frame from a third peer, or by the earlier
+one re-asserting its topology record above the later one's version) and *yields*: it
+stops the router, refuses connections and exposes ``name_collision`` (allocators refuse
+to allocate). A stale record of our own previous incarnation never has a version above
+ours (versions start at the start time), so a restart is not mistaken for a copy.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import random
@@ -22,8 +32,17 @@ import attrs
 from fabric.errors import ConfigError
 from fabric.mesh.gossip import GossipChannel, GossipData, Gossiper
 from fabric.mesh.names import fmt_name
+from fabric.mesh.ratelog import RateLimitedLog
 from fabric.mesh.topology import PeerRecord, Topology, TopologyUpdate
-from fabric.mesh.wire import BROADCAST, GOSSIP, UNICAST, Frame, FrameError, encode_frame
+from fabric.mesh.wire import (
+    BROADCAST,
+    CLOSE,
+    GOSSIP,
+    UNICAST,
+    Frame,
+    FrameError,
+    encode_frame,
+)
 
 _log = logging.getLogger("fabric.mesh")
 
@@ -59,6 +78,7 @@ class RouterConfig:
     fanout: int = 0  # 0: ceil(log2(known peers))
     backoff_base: float = 1.0
     backoff_max: float = 60.0
+    log_interval: float = 60.0  # one log line per (reason, peer) per interval
 
 
 @attrs.define
@@ -79,7 +99,16 @@ class _TopologyGossiper(Gossiper):
         return self.router.topology.full()
 
     def on_gossip(self, sender: int, payload: bytes) -> GossipData | None:
-        delta = self.router.topology.apply(TopologyUpdate.decode(payload))
+        update = TopologyUpdate.decode(payload)
+        r = self.router
+        for name, version, body in update.raw:
+            if name == r.name and version > r.version:  # newer than ours: not a stale one
+                rec = PeerRecord.from_wire(name, version, body)
+                if rec.uid != r.uid:
+                    r.name_collision_seen(rec.uid, f"gossip from {fmt_name(sender)}", version)
+        if r._stopped:
+            return None
+        delta = r.topology.apply(update)
         if delta.records:
             self.router._topology_changed()
             return delta
@@ -110,6 +139,9 @@ class Router:
         self._periodic: Any = None
         self._stopped = False
         self._seen: OrderedDict[bytes, None] = OrderedDict()  # digests of merged payloads
+        self.log = RateLimitedLog(_log, self.cfg.log_interval, env.now)
+        self.name_collision: dict[str, Any] | None = None  # set when we yielded our name
+        self.collisions: dict[int, dict[str, Any]] = {}  # other uids seen with our name
         self.new_gossip(TOPOLOGY, _TopologyGossiper(self))
 
     # ---- lifecycle -------------------------------------------------------------------
@@ -190,6 +222,13 @@ class Router:
     def add_connection(self, conn: Connection) -> bool:
         """Register an established connection; False (and closed) if it is a duplicate."""
         t = self.targets.get(conn.address) if conn.outbound else None
+        ruid = getattr(conn, "remote_uid", None)
+        if conn.remote == self.name and ruid not in (None, self.uid) and not self._stopped:
+            conn.close("peer name collision")
+            if t is not None:
+                t.state, t.last_error = "failed", "peer name collision"  # not retried
+            self.name_collision_seen(ruid, conn.address)
+            return False
         if self._stopped or conn.remote == self.name:
             conn.close("connection to ourself" if conn.remote == self.name else "stopped")
             if t is not None and not self._stopped:
@@ -198,6 +237,21 @@ class Router:
         if t is not None:
             t.state, t.failures, t.last_error, t.peer = "established", 0, "", conn.remote
         old = self.conns.get(conn.remote)
+        old_uid = getattr(old, "remote_uid", None)
+        if old is not None and None not in (ruid, old_uid) and ruid != old_uid:
+            # two live peers with one name: the earlier incarnation keeps it, the later is told
+            later, earlier_uid = (conn, old_uid) if ruid > old_uid else (old, ruid)
+            self.rejected["name-collision"] += 1
+            self.log(logging.ERROR, "name-collision", fmt_name(conn.remote),
+                     "mesh: two peers named %s (%s at %s, %s at %s); refusing the later one",
+                     fmt_name(conn.remote), old_uid, old.address, ruid, conn.address)
+            self._send(later, Frame(CLOSE, payload=json.dumps(
+                {"reason": "name-collision", "uid": earlier_uid}).encode()))
+            later.close("peer name collision")
+            if later is conn:
+                return False
+            old = None
+            del self.conns[conn.remote]
         if old is not None:
             # keep the connection initiated by the lower name; both ends agree
             keep_new = (self.name if conn.outbound else conn.remote) < (
@@ -253,6 +307,9 @@ class Router:
         """Dispatch one decoded frame; hostile content is counted, never raised."""
         self.stats["msgs_recv"] += 1
         self.stats["bytes_recv"] += size
+        if frame.type == CLOSE:
+            self._on_close_frame(conn, frame.payload)
+            return
         ch = self.channels.get(frame.channel)
         if frame.type in (GOSSIP, BROADCAST, UNICAST) and ch is None:
             self.rejected["unknown-channel"] += 1
@@ -291,6 +348,45 @@ class Router:
             self.rejected["handler-error"] += 1
             _log.exception("mesh: %s handler failed on a frame from %s", frame.channel,
                            fmt_name(conn.remote))
+
+    def _on_close_frame(self, conn: Connection, payload: bytes) -> None:
+        try:
+            msg = json.loads(payload)
+            reason, uid = str(msg["reason"]), msg.get("uid")
+        except (ValueError, TypeError, KeyError):
+            self.rejected["bad-close"] += 1
+            return
+        if reason == "name-collision" and type(uid) is int and uid != self.uid:
+            self.name_collision_seen(uid, f"{conn.address} (told by {fmt_name(conn.remote)})")
+
+    # ---- name collisions (see the module docstring) -----------------------------------
+    def name_collision_seen(self, other_uid: int, via: str, version: int = 0) -> None:
+        """Another live peer uses our name with incarnation ``other_uid``."""
+        earlier = other_uid < self.uid
+        self.collisions[other_uid] = {"uid": other_uid, "via": via, "we_yield": earlier,
+                                      "time": round(self.env.now(), 3)}
+        self.rejected["name-collision"] += 1
+        if not earlier:
+            self.log(logging.ERROR, "name-collision", str(other_uid),
+                     "mesh: a later peer also calls itself %s (seen via %s); it must yield "
+                     "(was its state directory copied?)", fmt_name(self.name), via)
+            if version >= self.version:  # re-assert our record above the intruder's
+                self.version = version
+                self._self_changed()
+            return
+        if self.name_collision is None:
+            self.name_collision = {
+                "message": f"another running peer (started earlier) uses our name "
+                           f"{fmt_name(self.name)} (seen via {via}); this peer refuses to "
+                           "join the mesh and to allocate",
+                "fix": "stop this peer and remove its state directory (it was copied from "
+                       "another peer) so that it starts under a new name"}
+            _log.error("mesh: %s (fix: %s)", self.name_collision["message"],
+                       self.name_collision["fix"])
+            self.stop()
+            for t in self.targets.values():
+                t.state, t.last_error = "failed", "refused: peer name collision"
+            self._topology_changed()
 
     def _forward(self, frame: Frame) -> bool:
         hop = self.topology.unicast_routes().get(frame.dst)
@@ -376,5 +472,7 @@ class Router:
                 conns.append({"peer": "", "nickname": "", "address": t.address,
                               "outbound": True, "state": t.state, "error": t.last_error})
         return {"name": fmt_name(self.name), "nickname": self.nickname,
+                "name_collision": self.name_collision,
+                "collisions": [{**c, "uid": str(c["uid"])} for c in self.collisions.values()],
                 "peers": peers, "connections": conns, "targets": sorted(self.targets),
                 "stats": dict(self.stats), "rejected": dict(self.rejected)}

@@ -38,6 +38,7 @@ class SimConn:
         self.net, self.router, self.peer_router = net, router, remote_router
         self.remote = remote_router.name
         self.remote_nickname = remote_router.nickname
+        self.remote_uid = remote_router.uid
         self.address, self.outbound, self.latency = address, outbound, latency
         self.other: SimConn | None = None
         self.open = True
@@ -63,10 +64,15 @@ class SimConn:
         self.router.handle_frame(self, frame, len(data))
 
     def close(self, reason: str) -> None:
-        for c in (self, self.other):
+        """Like TCP: frames already sent still arrive, then the other end sees the close."""
+        for c, delay in ((self, 0.0), (self.other, self.latency)):
             if c is not None and c.open:
-                c.open = False
-                self.net.call_later(0, lambda c=c: c.router.remove_connection(c, reason))
+                self.net.call_later(delay, lambda c=c: c._closed(reason))
+        self.open = False
+
+    def _closed(self, reason: str) -> None:
+        self.open = False
+        self.router.remove_connection(self, reason)
 
 
 class SimNet:
@@ -83,6 +89,9 @@ class SimNet:
 
     # ---- Env ------------------------------------------------------------------------
     def now(self) -> float:
+        return self._now
+
+    def wall(self) -> float:
         return self._now
 
     def call_later(self, delay: float, fn: Callable[[], None]) -> _Timer:

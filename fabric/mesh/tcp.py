@@ -7,14 +7,20 @@ Connection set-up (both sides send, then read)::
     ChaCha20-Poly1305 when a password is set; the first frame is HELLO (name, nickname, uid).
 
 Heartbeats every ``heartbeat`` seconds; a connection silent for 3 heartbeats is
-closed. Bad preambles, versions, passwords and frames are refused and counted in
-``router.rejected``; the peer keeps running.
+closed. Bad preambles, versions, passwords and frames are refused, counted in
+``router.rejected`` and logged (rate-limited, with the remote address); the peer keeps
+running. Before a peer is authenticated nothing big is read: the HELLO frame's length is
+checked against its 4 KiB limit before its body is read, at most ``max_handshakes``
+inbound handshakes run at once (more are closed at once, counted as ``handshake:busy``)
+and each must finish within ``handshake_timeout``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
+import os
 import struct
 import threading
 import time
@@ -30,6 +36,7 @@ from fabric.mesh.wire import (
     HEARTBEAT,
     HELLO,
     MAX_FRAME,
+    MAX_HELLO,
     Frame,
     FrameError,
     decode_body,
@@ -52,7 +59,7 @@ class TcpConn:
                  writer: asyncio.StreamWriter, address: str, outbound: bool) -> None:
         self.node, self.reader, self.writer = node, reader, writer
         self.address, self.outbound = address, outbound
-        self.remote, self.remote_nickname = 0, ""
+        self.remote, self.remote_nickname, self.remote_uid = 0, "", 0
         self.session: Session | None = None
         self.open = True
         self.last_rx = time.monotonic()
@@ -73,11 +80,13 @@ class TcpConn:
             if self.registered:
                 self.node.router.remove_connection(self, reason)
 
-    async def read_frame(self) -> Frame:
+    async def read_frame(self, limit: int = MAX_FRAME) -> Frame:
+        """One frame; a length above ``limit`` (+ the AEAD tag) is refused before a byte
+        of the body is read, so an unauthenticated sender cannot make us buffer it."""
         head = await self.reader.readexactly(4)
         (n,) = struct.unpack(">I", head)
-        if n == 0 or n > MAX_FRAME + 16:
-            raise FrameError("bad-length", str(n))
+        if n == 0 or n > limit + 16:
+            raise FrameError("bad-length" if limit == MAX_FRAME else "oversized-hello", str(n))
         body = await self.reader.readexactly(n)
         self.last_rx = time.monotonic()
         if self.session is not None:
@@ -93,7 +102,7 @@ class MeshNode:
                  nickname: str = "", password: str | bytes | None = None,
                  db: MeshDB | None = None, name: int | None = None,
                  config: RouterConfig | None = None, heartbeat: float = 1.0,
-                 handshake_timeout: float = 5.0) -> None:
+                 handshake_timeout: float = 5.0, max_handshakes: int = 64) -> None:
         self.host, self.port, self.db = host, port, db
         if isinstance(password, str):
             password = password.encode()
@@ -106,9 +115,14 @@ class MeshNode:
         if db is not None:
             db.put("name", self.name)
         self.heartbeat, self.handshake_timeout = heartbeat, handshake_timeout
+        self.max_handshakes, self.handshaking = max_handshakes, 0
         self.loop = asyncio.new_event_loop()
+        # uid orders incarnations: start time (ms) in the high bits, so of two live peers
+        # with one name (a copied state directory) every peer agrees which came first
+        now_ms = int(time.time() * 1000)
+        uid = (now_ms << 20) | int.from_bytes(os.urandom(3), "big") >> 4
         self.router = Router(self.name, nickname or f"peer-{self.name & 0xffff:04x}", self,
-                             config, version=int(time.time() * 1000))
+                             config, version=now_ms, uid=uid)
         if db is not None:
             self.router.connect(db.get("targets", []))
             self.router.on_targets_changed = lambda t: db.put("targets", t)
@@ -118,6 +132,10 @@ class MeshNode:
     # ---- Env ------------------------------------------------------------------------
     def now(self) -> float:
         return self.loop.time()
+
+    def wall(self) -> float:
+        """Wall-clock seconds: comparable across hosts (loop time is not)."""
+        return time.time()
 
     def call_later(self, delay: float, fn: Callable[[], None]) -> asyncio.TimerHandle:
         return self.loop.call_later(delay, fn)
@@ -220,18 +238,33 @@ class MeshNode:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername") or ("?", 0)
-        await self._run(TcpConn(self, reader, writer, f"{peer[0]}:{peer[1]}", False))
+        conn = TcpConn(self, reader, writer, f"{peer[0]}:{peer[1]}", False)
+        if self.handshaking >= self.max_handshakes:
+            self._refused(conn, "busy", f"{self.handshaking} handshakes already running")
+            return
+        self.handshaking += 1
+        await self._run(conn)
+
+    def _refused(self, conn: TcpConn, reason: str, detail: str) -> None:
+        self.router.rejected[f"handshake:{reason}"] += 1
+        conn.close(f"handshake failed: {detail}")
+        self.router.log(logging.WARNING, f"handshake:{reason}", conn.address.rpartition(":")[0],
+                        "mesh: refused %s connection %s %s: %s: %s",
+                        "outbound" if conn.outbound else "inbound",
+                        "to" if conn.outbound else "from", conn.address, reason, detail)
 
     async def _run(self, conn: TcpConn) -> None:
         try:
             await asyncio.wait_for(self._handshake(conn), self.handshake_timeout)
         except (TimeoutError, FrameError, asyncio.IncompleteReadError, OSError, FabricError) as exc:
             reason = exc.reason if isinstance(exc, FrameError) else type(exc).__name__
-            self.router.rejected[f"handshake:{reason}"] += 1
-            conn.close(f"handshake failed: {exc}")
+            self._refused(conn, reason, str(exc) or "timed out")
             if conn.outbound:
                 self.router.dial_failed(conn.address, f"handshake failed: {exc}")
             return
+        finally:
+            if not conn.outbound:
+                self.handshaking -= 1
         if not self.router.add_connection(conn):
             return
         conn.registered = True
@@ -255,11 +288,12 @@ class MeshNode:
         conn.send(encode_frame(Frame(HELLO, payload=encode_hello(
             {"name": self.name, "nickname": self.router.nickname, "uid": self.router.uid,
              "version": PROTOCOL_MAX}))))
-        frame = await conn.read_frame()
+        frame = await conn.read_frame(limit=MAX_HELLO + 1)
         if frame.type != HELLO:
             raise FrameError("bad-hello", "first frame is not HELLO")
         hello = decode_hello(frame.payload)
         conn.remote, conn.remote_nickname = hello["name"], hello["nickname"]
+        conn.remote_uid = hello["uid"]
 
     async def _read_loop(self, conn: TcpConn) -> None:
         reason = "closed by peer"
@@ -273,7 +307,7 @@ class MeshNode:
                         reason = f"stream broken: {exc}"
                         break
                     continue  # a bad body: counted, the stream is still in sync
-                if frame.type not in (HEARTBEAT, HELLO):
+                if frame.type not in (HEARTBEAT, HELLO) and conn.open:
                     self.router.handle_frame(conn, frame, len(frame.payload))
         except (asyncio.IncompleteReadError, ConnectionError, OSError) as exc:
             reason = f"connection lost: {type(exc).__name__}"

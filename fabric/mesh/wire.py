@@ -8,6 +8,7 @@ Every frame on an established connection is ``u32 length | u8 type | body``
     UNICAST    ch | src(6) | dst(6) | payload  relayed along unicast next hops
     HEARTBEAT  (empty)
     HELLO      JSON header (first frame after the clear-text preamble)
+    CLOSE      JSON ``{"reason": ..., ...}``: why the sender closes (e.g. name-collision)
 
 ``ch`` is a u8 length + ASCII channel name. Malformed, truncated or oversized
 frames raise :class:`FrameError`; the decoder counts them by reason.
@@ -23,10 +24,11 @@ from typing import Any
 import attrs
 
 __all__ = ["Frame", "FrameError", "FrameDecoder", "encode_frame", "decode_body",
-           "GOSSIP", "BROADCAST", "UNICAST", "HEARTBEAT", "HELLO", "MAX_FRAME",
+           "GOSSIP", "BROADCAST", "UNICAST", "HEARTBEAT", "HELLO", "CLOSE", "MAX_FRAME",
+           "MAX_HELLO",
            "encode_hello", "decode_hello"]
 
-GOSSIP, BROADCAST, UNICAST, HEARTBEAT, HELLO = 1, 2, 3, 4, 5
+GOSSIP, BROADCAST, UNICAST, HEARTBEAT, HELLO, CLOSE = 1, 2, 3, 4, 5, 6
 MAX_FRAME = 8 << 20  # like weave's 10 MB cap on TCP messages
 MAX_HELLO = 4096
 _LEN = struct.Struct(">I")
@@ -56,7 +58,7 @@ def _name6(n: int) -> bytes:
 def encode_frame(f: Frame) -> bytes:
     if f.type == HEARTBEAT:
         body = b""
-    elif f.type == HELLO:
+    elif f.type in (HELLO, CLOSE):
         body = f.payload
     else:
         ch = f.channel.encode("ascii")
@@ -80,10 +82,10 @@ def decode_body(data: bytes) -> Frame:
         if body:
             raise FrameError("bad-heartbeat")
         return Frame(HEARTBEAT)
-    if t == HELLO:
+    if t in (HELLO, CLOSE):
         if len(body) > MAX_HELLO:
             raise FrameError("oversized-hello")
-        return Frame(HELLO, payload=bytes(body))
+        return Frame(t, payload=bytes(body))
     if t not in (GOSSIP, BROADCAST, UNICAST):
         raise FrameError("bad-type", str(t))
     if not body:
