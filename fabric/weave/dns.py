@@ -92,6 +92,10 @@ class WeaveDNS(Gossiper):
         own = self.store.of(self.me)
         if own:
             self.channel.gossip_broadcast(DnsEntries(own))
+        # joined after the mesh connected: the neighbours' full gossip is over and the next
+        # periodic one may be 30 s away, so ask every reachable peer for its names now
+        for name in sorted(self.reachable - {self.me}):
+            self.channel.gossip_unicast(name, _ASK)
         self._timer = self.node.call_later(self.gc_interval, self._gc_tick)
 
     def stop(self) -> None:

@@ -221,3 +221,18 @@ def test_stop_leaves_the_channel(tmp_path: Path) -> None:
     assert CHANNEL in rs[0].channels
     d.stop()
     assert CHANNEL not in rs[0].channels and not rs[0].on_peers_changed
+
+
+def test_a_late_start_asks_reachable_peers_for_their_names(tmp_path: Path) -> None:
+    """The backend starts weaveDNS after the mesh has connected: the new neighbour's full
+    gossip is over, the next periodic one is far off (weave: 30 s)."""
+    net, rs = build(2, edges=[(0, 1)])
+    for r in rs:
+        r.cfg.gossip_interval = 1000.0
+    net.run_until(2)
+    b = WeaveDNS(SimHost(net, rs[1]), tmp_path / "b").start()
+    b.add("early", "10.32.0.1", "cb")
+    net.run_until(3)
+    a = WeaveDNS(SimHost(net, rs[0]), tmp_path / "a").start()
+    net.run_until(4)
+    assert a.lookup("early") == ["10.32.0.1"]
