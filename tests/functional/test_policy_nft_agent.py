@@ -287,11 +287,11 @@ spec:
     assert r.returncode == 1
     assert "spec.ingress[0].from[0].ipBlock.cidr" in r.stderr and "Traceback" not in r.stderr
     # an agent asked directly (bypassing the CLI's own check) refuses it the same way
-    with pytest.raises(FabricError, match=r"ports\[0\]\.port: unknown port name"):
+    with pytest.raises(FabricError, match=r"ports\[0\]\.port: 'No_Svc' is not a valid port"):
         call(node.sock, {"op": "policy.apply", "documents": [
             {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
              "metadata": {"name": "x"}, "spec": {"podSelector": {}, "ingress": [
-                 {"ports": [{"port": "no-such-svc"}]}]}}]})
+                 {"ports": [{"port": "No_Svc"}]}]}}]})
     assert node.policy("list", "--json").stdout == before
     assert node.nft("list", "table", "inet", "netfabric-pol").stdout.split("counter")[0] == \
         ruleset.split("counter")[0]
