@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 from ipaddress import IPv4Address, IPv4Interface
 
 from fabric.errors import BackendError
@@ -14,6 +15,7 @@ __all__ = [
     "link_index",
     "link_info",
     "ensure_bridge",
+    "random_mac",
     "ensure_vxlan",
     "delete_link",
     "set_address",
@@ -66,15 +68,33 @@ def set_up(name: str, mtu: int | None = None) -> None:
         netlink_call(f"setting {name} up", sock.link, "set", index=idx[0], **kw)
 
 
-def ensure_bridge(name: str, mtu: int) -> int:
-    """Create (or adopt) bridge ``name`` with ``mtu``, up; returns its index."""
+def random_mac() -> str:
+    """A random locally administered unicast MAC."""
+    octets = bytearray(os.urandom(6))
+    octets[0] = (octets[0] & 0xFC) | 0x02
+    return ":".join(f"{b:02x}" for b in octets)
+
+
+def ensure_bridge(name: str, mtu: int, mac: str | None = None) -> int:
+    """Create (or adopt) bridge ``name`` with ``mtu``, up, its MAC pinned; returns its index.
+
+    A bridge whose MAC was never set explicitly takes the lowest MAC of its ports, so a
+    new pod veth with a lower MAC changes the gateway's MAC under the pods that have the
+    old one in their ARP cache (8-45 s cut off, issue 16). As the reference bridge plugin
+    does, the MAC is set explicitly (``mac``, or a random one) when the bridge is created,
+    and an adopted bridge is pinned to the MAC it has now (the one pods know).
+    """
     with ipr() as sock:
         if not sock.link_lookup(ifname=name):
             netlink_call(
                 f"creating bridge {name}", sock.link, "add", ifname=name, kind="bridge",
-                ignore=(errno.EEXIST,),
+                address=mac or random_mac(), ignore=(errno.EEXIST,),
             )
         idx = sock.link_lookup(ifname=name)[0]
+        current = sock.get_links(idx)[0].get_attr("IFLA_ADDRESS")
+        # setting the address (even to the same value) marks it NET_ADDR_SET: pinned
+        netlink_call(f"pinning the MAC of {name}", sock.link, "set", index=idx,
+                     address=mac or current)
         netlink_call(f"setting {name} up", sock.link, "set", index=idx, mtu=mtu, state="up")
         return idx
 

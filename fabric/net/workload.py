@@ -324,19 +324,12 @@ def _pin_gateway(workload: Workload, gateway: IPv4Address) -> None:
 
 
 def detach_veth(host: str, workload: Workload) -> None:
-    """Delete the veth pair (host side, or pod side if the host side is gone). Idempotent."""
+    """Delete the veth pair through its host side. Idempotent.
+
+    The pod side is never deleted by name: a veth pair lives and dies together, so when
+    the host side is gone an interface named CNI_IFNAME in the pod belongs to someone
+    else (e.g. the attachment that made an ADD fail with "interface already exists")."""
     with ipr() as sock:
         idx = sock.link_lookup(ifname=host)
         if idx:
             netlink_call(f"deleting {host}", sock.link, "del", index=idx[0], ignore=(errno.ENODEV,))
-            return
-    if os.path.exists(workload.netns):
-        try:
-            with pod_netns(workload.netns) as pod:
-                idx = pod.link_lookup(ifname=workload.ifname)
-                if idx:
-                    netlink_call(
-                        "deleting pod link", pod.link, "del", index=idx[0], ignore=(errno.ENODEV,)
-                    )
-        except BackendError:
-            pass  # namespace vanished meanwhile: nothing left to delete
