@@ -143,11 +143,14 @@ class RingIPAM(IPAM):
         deadline = time.monotonic() + self.wait
         while not node.call(self.alloc.ready):
             if time.monotonic() > deadline:
-                st = node.call(self.alloc.describe)
-                raise IPAMError(f"the IPAM ring is not ready after {self.wait:.0f}s "
-                                f"(init {self.mode}, consensus {st['consensus']})",
-                                fix="connect this peer to the others (ipam_config peers) or "
-                                    "lower consensus=N to the number of peers")
+                try:
+                    node.call(self.alloc.require_ready)
+                except IPAMError as exc:
+                    st = node.call(self.alloc.describe)
+                    raise IPAMError(f"the IPAM ring is not ready after {self.wait:.0f}s "
+                                    f"(init {self.mode}, consensus {st['consensus']}): "
+                                    f"{exc.message}",
+                                    fix=exc.fix) from None
             time.sleep(0.05)
         return self.chunks()
 
