@@ -15,8 +15,6 @@ server threads read an immutable index that the mesh thread swaps after each cha
 
 from __future__ import annotations
 
-import json
-import os
 import threading
 import time
 from collections import Counter
@@ -32,19 +30,19 @@ from fabric.mesh.names import fmt_name, parse_name
 from fabric.mesh.router import Router
 from fabric.weave.dns_records import (
     DEFAULT_DOMAIN,
-    MAX_CONTAINER_ID,
     MAX_ENTRIES,
     TOMBSTONE_TTL,
     DnsEntries,
     Entry,
+    check_container_id,
     check_ip,
     normalize_name,
 )
+from fabric.weave.dns_state import STATE_FILE, load_state, save_state
 
 __all__ = ["WeaveDNS", "MeshHost", "CHANNEL", "STATE_FILE"]
 
 CHANNEL = "dns"
-STATE_FILE = "dns.json"
 _ASK = b"?"  # unicast: send me your own entries
 _Index = tuple[dict[str, tuple[str, ...]], dict[str, tuple[str, ...]]]
 
@@ -127,7 +125,7 @@ class WeaveDNS(Gossiper):
     def add(self, hostname: str, ip: str, container_id: str = "") -> Entry | None:
         """Register ``hostname -> ip`` for a container; None if it is registered already."""
         host, addr = normalize_name(hostname, self.domain), check_ip(ip)
-        cid = _check_cid(container_id)
+        cid = check_container_id(container_id)
         if not self.in_domain(host) or host == self.domain:
             raise ConfigError(f"hostname {hostname!r} is not in the weaveDNS domain "
                               f"{self.domain}", field="hostname",
@@ -149,7 +147,7 @@ class WeaveDNS(Gossiper):
         return self.node.call(self._tombstone, match)
 
     def remove_container(self, container_id: str) -> int:
-        return self.remove(container_id=_check_cid(container_id))
+        return self.remove(container_id=check_container_id(container_id))
 
     def remove_peer(self, name: int | str) -> int:
         """rmpeer: forget a dead peer's entries; refused while the peer is reachable."""
@@ -322,43 +320,14 @@ class WeaveDNS(Gossiper):
 
     # ---- persistence ------------------------------------------------------------------------
     def _save(self) -> None:
-        doc = {"format": 1, "domain": self.domain, "removed": sorted(self.removed),
-               "entries": [[e.hostname, e.ip, e.container_id, e.version, e.tombstone]
-                           for e in sorted(self.store.of(self.me), key=lambda e: e.key)]}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "w") as f:
-            json.dump(doc, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-        dfd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        save_state(self.path, self.store.of(self.me), self.removed, self.domain)
 
     def _load(self) -> None:
-        if not self.path.exists():
-            return
-        try:
-            doc = json.loads(self.path.read_text())
-            removed = {int(n) for n in doc.get("removed", [])}
-            # one version up: a restart re-announces at a version newer than any copy
-            own = [Entry(str(h), check_ip(ip), self.me, _check_cid(str(c)), int(v) + 1, int(t))
-                   for h, ip, c, v, t in doc["entries"]]
-            for e in own:
-                if normalize_name(e.hostname, self.domain) != e.hostname:
-                    raise ValueError(f"hostname {e.hostname!r} not normalised")
-        except (OSError, ValueError, TypeError, KeyError, ConfigError) as exc:
-            raise ConfigError(f"weaveDNS state file {self.path} is unreadable: {exc}",
-                              field="state_dir",
-                              fix=f"restore it, or delete {self.path} to start without "
-                              "this peer's DNS names") from exc
-        self.removed = removed
+        own, self.removed = load_state(self.path, self.me, self.domain)
         for e in own:
             self.store.put(e)
-        self._save()
+        if own or self.removed:
+            self._save()
 
     # ---- views ------------------------------------------------------------------------------
     def _entries(self) -> list[dict[str, Any]]:
@@ -389,10 +358,3 @@ def _check_domain(domain: str) -> str:
         raise ConfigError("the weaveDNS domain is empty", field="domain",
                           fix="use a domain such as weave.local")
     return normalize_name("x." + d).removeprefix("x.")
-
-
-def _check_cid(cid: str) -> str:
-    if not isinstance(cid, str) or len(cid) > MAX_CONTAINER_ID or not cid.isprintable():
-        raise ConfigError(f"container id {str(cid)[:40]!r}... is invalid", field="container_id",
-                          fix=f"use at most {MAX_CONTAINER_ID} printable characters")
-    return cid

@@ -31,7 +31,8 @@ from fabric.errors import ConfigError
 from fabric.mesh.gossip import GossipData
 from fabric.mesh.wire import MAX_FRAME, FrameError
 
-__all__ = ["Entry", "DnsEntries", "normalize_name", "check_ip", "TOMBSTONE_TTL",
+__all__ = ["Entry", "DnsEntries", "normalize_name", "check_ip", "check_container_id",
+           "TOMBSTONE_TTL",
            "MAX_ENTRIES", "MAX_CONTAINER_ID", "DEFAULT_DOMAIN"]
 
 DEFAULT_DOMAIN = "weave.local."
@@ -102,6 +103,13 @@ def check_ip(ip: str) -> str:
     except (AddressValueError, ValueError) as exc:
         raise ConfigError(f"address {ip!r} is not an IPv4 address", field="ip",
                           fix="give a dotted IPv4 address such as 10.32.0.5") from exc
+
+
+def check_container_id(cid: str) -> str:
+    if not isinstance(cid, str) or len(cid) > MAX_CONTAINER_ID or not cid.isprintable():
+        raise ConfigError(f"container id {str(cid)[:40]!r}... is invalid", field="container_id",
+                          fix=f"use at most {MAX_CONTAINER_ID} printable characters")
+    return cid
 
 
 def _bad(detail: str) -> FrameError:

@@ -213,6 +213,6 @@ def test_cni_dns_and_pod_resolv_conf() -> None:
 
 
 def test_public_surface() -> None:
-    from fabric.weave import dns, dns_conf, dns_records, dns_server
-    for mod in (dns, dns_conf, dns_records, dns_server):
+    from fabric.weave import dns, dns_conf, dns_records, dns_server, dns_state
+    for mod in (dns, dns_conf, dns_records, dns_server, dns_state):
         assert mod.__all__ and all(hasattr(mod, name) for name in mod.__all__)
