@@ -48,6 +48,10 @@ class WeaveBridge:
             if link.get_attr("IFLA_ADDRESS") != self.mac:
                 netlink_call(f"pinning the MAC of {self.name}", sock.link, "set", index=idx,
                              address=self.mac)
+            # Multicast floods to every peer, as weave: with snooping and no IGMP querier on
+            # the overlay, the bridge would prune groups whose members sit on other hosts.
+            netlink_call(f"multicast snooping off on {self.name}", sock.link, "set",
+                         index=idx, kind="bridge", br_mcast_snooping=0)
         return idx
 
     def expose(self, ip: IPv4Address, prefixlen: int) -> None:

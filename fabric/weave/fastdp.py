@@ -117,6 +117,8 @@ class FastDP:
         self._threads: list[threading.Thread] = []
         self._programmed: dict[int, IPv4Address] = {}
         self._view: MeshView | None = None
+        self._adopt: set[str] = set()
+        self._stale_after = 0.0
         self._wake = threading.Event()
 
     # ---- lifecycle --------------------------------------------------------------------
@@ -137,7 +139,12 @@ class FastDP:
                      local=self.ctx.node.public_ip, underlay_index=underlay,
                      mtu=pod_mtu, learning=True, mac=self.mac)
         self.bridge.add_port(self.device, isolated=True, mtu=pod_mtu)
-        self._flush_device_fdb()  # forget what an earlier run programmed or learned
+        # After a restart the kernel kept forwarding: adopt the flood entries of the last run
+        # (those peers stay on fastdp unless heartbeats fail), drop the rest once the mesh
+        # had time to reconnect.
+        self._adopt = {e["dst"] for e in self._fdb_entries()
+                       if e["mac"] == ZERO_MAC and e["dst"]}
+        self._stale_after = time.monotonic() + 15
         self._sock = self._open_socket()
         self.enabled = True
         self.sleeve.set_only(set())  # until heartbeats say otherwise, sleeve for nobody...
@@ -195,6 +202,10 @@ class FastDP:
             for name, (ip, mac) in peers.items():
                 if self.peers.get(name) != (ip, mac):
                     self._program_vtep(ip, mac)
+                if str(ip) in self._adopt:
+                    self._adopt.discard(str(ip))
+                    self._programmed[name] = ip
+                    self.fast.add(name)
             self.peers = peers
             self.health.set_peers(peers)
             self.fast &= set(peers)
@@ -212,14 +223,20 @@ class FastDP:
 
     def _sync_modes(self) -> None:
         """Level-triggered: every peer's mode follows its fastdp path's state (a failed
-        switch is retried on the next round)."""
+        switch is retried on the next round). ``pending`` keeps the current mode."""
         with self._lock:
             for name in list(self.peers):
                 state = self.health.state(name)
                 if state == "established" and name not in self.fast:
                     self._to_fast(name)
-                elif state != "established" and name in self.fast:
-                    self._to_sleeve(name, state or "gone")
+                elif state == "unreachable" and name in self.fast:
+                    self._to_sleeve(name, state)
+            if self._stale_after and time.monotonic() > self._stale_after:
+                self._stale_after = 0.0
+                current = {str(ip) for ip, _mac in self.peers.values()}
+                for entry in self._fdb_entries():
+                    if entry["dst"] and entry["dst"] not in current:
+                        self._fdb("del", entry["mac"], IPv4Address(entry["dst"]))
 
     def _to_fast(self, name: int) -> None:
         ip, _mac = self.peers[name]
@@ -328,11 +345,6 @@ class FastDP:
                 out.append({"mac": m.get_attr("NDA_LLADDR") or "",
                             "dst": m.get_attr("NDA_DST") or ""})
         return out
-
-    def _flush_device_fdb(self) -> None:
-        for entry in self._fdb_entries():
-            if entry["dst"]:
-                self._fdb("del", entry["mac"], IPv4Address(entry["dst"]))
 
     def _flush_bridge_learned(self) -> None:
         """Forget MACs the bridge learned on its overlay ports: the path to them changed."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fabric.api import NetworkContext
+from fabric.api import Capabilities, NetworkContext
 from fabric.weave import Sleeve, WeaveBackend
 from fabric.weave.fastdp import VXLAN_OVERHEAD, FastDP
 
@@ -22,6 +22,8 @@ __all__ = ["WeaveFastdpBackend"]
 
 class WeaveFastdpBackend(WeaveBackend):
     name = "weave-fastdp"
+    # pod traffic to fastdp peers never passes the agent: it outlives an agent restart
+    capabilities = Capabilities(encryption=True, multicast=True, userspace=False)
 
     def __init__(self, ctx: NetworkContext) -> None:
         super().__init__(ctx)

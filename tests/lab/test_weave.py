@@ -1,0 +1,188 @@
+"""weave-sleeve and weave-fastdp in 3-host labs: no datastore, relay, multicast, encryption,
+weaveDNS, and fastdp's per-peer fallback to sleeve (issues 11 and 12)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from fabric.lab import Lab, Topology
+from tests.lab.conftest import needs_root, stack_missing, up_or_skip
+from tests.lab.weave_util import (
+    Capture,
+    backend_status,
+    modes,
+    multicast_roundtrip,
+    wrong_password_peer,
+)
+
+pytestmark = [pytest.mark.root, pytest.mark.lab, needs_root]
+
+MARKER = "4e46534543524554"  # "NFSECRET", the pattern ping repeats in its payload
+
+
+def _up(lab_name: str, backend: str, **kw) -> Lab:
+    if why := stack_missing(backend, etcd=False):
+        pytest.skip(why)
+    lab = up_or_skip(Topology(lab_name, backend, hosts=3, pods_per_host=2, **kw))
+    res = lab.converge(timeout=30)
+    assert res.ok and len(res.pairs) == 30, res.summary()
+    return lab
+
+
+def _password_file(tmp_path, text: str = "correct horse battery staple") -> str:
+    path = tmp_path / "weave.pw"
+    path.write_text(text + "\n")
+    os.chmod(path, 0o600)
+    return str(path)
+
+
+def _marker_seen(lab: Lab, src: str, dst: str) -> bool:
+    """Ping ``dst`` from ``src`` with the marker payload; is it on ``src``'s underlay?"""
+    cap = Capture(lab.target(src[:2])[0], "udp")
+    ns, _ = lab.target(src)
+    _, ip = lab.target(dst)
+    res = lab.exec(src, ["ping", "-c", "3", "-i", "0.2", "-W", "1", "-p", MARKER, "-s", "200",
+                         str(ip)])
+    data = cap.stop()
+    assert res.ok, f"{src} -> {dst} ({ns}): {res.stdout}"
+    return bytes.fromhex(MARKER) in data
+
+
+def test_weave_sleeve_mesh_relay_multicast_dns(lab_name: str) -> None:
+    lab = _up(lab_name, "weave-sleeve")
+    try:
+        # no datastore anywhere
+        assert lab.etcd is None and not any(k.startswith("etcd") for k in lab.procs)
+        # every connection carries sleeve, established by heartbeats
+        lab.wait(lambda: all(m.startswith("sleeve established")
+                             for h in ("h1", "h2", "h3") for m in modes(lab, h).values())
+                 and len(modes(lab, "h1")) == 2, timeout=10)
+        st = backend_status(lab, "h1")
+        assert st["mtu"] == 1500 - 75 and "75 bytes" in st["mtu_reason"]
+        # the control: without a password the marker is on the wire
+        assert _marker_seen(lab, "h1p1", "h2p1")
+
+        # multicast from h1 reaches h2 and h3 (and h1's other pod) exactly once each
+        counts = multicast_roundtrip(lab, "h1p1", ["h1p2", "h2p1", "h3p2"], "mc-weave-1")
+        assert counts == {"h1p2": 1, "h2p1": 1, "h3p2": 1}, counts
+
+        # weaveDNS: names of pods on other hosts, two records under one name
+        _, ip = lab.target("h2p1")
+        out = lab.exec("h1p1", ["getent", "hosts", "h2p1.weave.local"])
+        assert out.ok and out.stdout.split()[0] == str(ip), out.stdout
+        _, ip1 = lab.target("h1p2")
+        _, ip3 = lab.target("h3p1")
+        lab.agent_call("h1", {"op": "backend.dns.add", "network": "",
+                              "args": {"name": "shared", "ip": str(ip1)}})
+        lab.agent_call("h3", {"op": "backend.dns.add", "network": "",
+                              "args": {"name": "shared", "ip": str(ip3)}})
+
+        def both() -> bool:
+            res = lab.exec("h2p2", ["getent", "ahostsv4", "shared.weave.local"])
+            return {str(ip1), str(ip3)} <= set(res.stdout.split())
+        lab.wait(both, timeout=10)
+
+        # partial connectivity: h1 and h3 cannot talk; h2 relays the mesh and the sleeve
+        lab.block("h1", "h3")
+        lab.wait(lambda: "h3" not in modes(lab, "h1"), timeout=15)
+        lab.wait(lambda: lab.ping("h1p1", "h3p1").ok and lab.ping("h3p2", "h1p2").ok,
+                 timeout=15)
+        assert lab.tcp_check("h1p2", "h3p1").ok
+        lab.unblock("h1", "h3")
+        lab.wait(lambda: "h3" in modes(lab, "h1"), timeout=75)  # direct path back
+        assert lab.ping("h1p1", "h3p1").ok
+
+        # a peer cut off from everyone: its names disappear everywhere, and come back
+        lab.block("h1", "h2")
+        lab.block("h3", "h2")
+        names = lambda: lab.exec("h1p1", ["getent", "hosts", "h2p1.weave.local"]).ok  # noqa: E731
+        lab.wait(lambda: not names(), timeout=20)
+        lab.unblock("h1", "h2")
+        lab.unblock("h3", "h2")
+        lab.wait(names, timeout=75)
+        res = lab.converge(timeout=20)
+        assert res.ok, res.summary()
+    finally:
+        lab.down()
+
+
+def test_weave_sleeve_encrypted(lab_name: str, tmp_path) -> None:
+    pw = _password_file(tmp_path)
+    lab = _up(lab_name, "weave-sleeve", backend_opts={"weave-sleeve": {"PasswordFile": pw}})
+    try:
+        st = backend_status(lab, "h1")
+        assert st["mesh"]["encryption"] and "sealed" in st["overlay"]["encryption_reason"]
+        # encryption costs the seal's bytes in the MTU
+        assert st["mtu"] < 1500 - 75
+        # pod traffic works and no plaintext of it crosses the underlay
+        assert not _marker_seen(lab, "h1p1", "h3p1")
+        assert lab.tcp_check("h2p1", "h1p2").ok
+        # a peer with another password is refused, and the refusal is visible
+        out = wrong_password_peer(lab, "rt", "198.18.0.1", "198.18.0.11:6783", "wrong")
+        assert '"established"' not in out, out
+        mesh = backend_status(lab, "h1")["mesh"]
+        refused = sum(mesh.get("rejected", {}).values())
+        assert refused >= 1, mesh
+        log = (lab.state_dir / "h1" / "agent.log").read_text()
+        assert "198.18.0.1" in log, "refused handshakes are logged with the address"
+    finally:
+        lab.down()
+
+
+def test_weave_fastdp_per_peer_fallback(lab_name: str) -> None:
+    lab = _up(lab_name, "weave-fastdp")
+    try:
+        lab.wait(lambda: all(m == "fastdp" for h in ("h1", "h2", "h3")
+                             for m in modes(lab, h).values())
+                 and len(modes(lab, "h1")) == 2, timeout=15)
+        assert lab.etcd is None
+        # pods send on the kernel path: nothing of theirs on the sleeve port
+        cap = Capture(lab.target("h1")[0], "udp port 6783")
+        assert lab.tcp_check("h1p1", "h2p1").ok
+        assert lab.ping("h1p2", "h3p2", count=3).ok
+        sleeve_bytes = cap.stop()
+        assert b"\x08\x00" not in sleeve_bytes[100:] or len(sleeve_bytes) < 2000, \
+            "pod traffic took the sleeve while fastdp was up"
+
+        # UDP 6784 blocked between h1 and h3: that pair falls back within 5 s, h1-h2 stays
+        stream = lab.ping_stream("h1p1", "h3p1", interval=0.1)
+        time.sleep(0.5)
+        lab.block("h1", "h3", proto="udp", port=6784)
+        t0 = time.monotonic()
+        lab.wait(lambda: modes(lab, "h1").get("h3", "").startswith("sleeve"), timeout=5.5)
+        switched = time.monotonic() - t0
+        assert modes(lab, "h1").get("h2") == "fastdp"
+        assert modes(lab, "h3").get("h1", "").startswith("sleeve")
+        time.sleep(2)
+        assert lab.ping("h1p2", "h3p2", count=2).ok and lab.tcp_check("h3p1", "h1p1").ok
+        sent, received = stream.stop()
+        stream.close()
+        print(f"fastdp -> sleeve after {switched:.1f}s; {received}/{sent} pings through it")
+        assert received >= sent - 60, (sent, received)  # at most ~6 s of loss
+        # and back when the path recovers
+        lab.unblock("h1", "h3", proto="udp", port=6784)
+        lab.wait(lambda: modes(lab, "h1").get("h3") == "fastdp", timeout=10)
+        res = lab.converge(timeout=10)
+        assert res.ok, res.summary()
+    finally:
+        lab.down()
+
+
+def test_weave_fastdp_with_password_uses_encrypted_sleeve(lab_name: str, tmp_path) -> None:
+    pw = _password_file(tmp_path)
+    lab = _up(lab_name, "weave-fastdp", backend_opts={"weave-fastdp": {"PasswordFile": pw}})
+    try:
+        st = backend_status(lab, "h2")
+        assert not st["overlay"]["fastdp"]["enabled"]
+        reason = st["overlay"]["encryption_reason"]
+        assert "sleeve" in reason and "ESP" in reason, reason
+        lab.wait(lambda: all(m.startswith("sleeve") for m in modes(lab, "h2").values()),
+                 timeout=10)
+        assert not _marker_seen(lab, "h2p1", "h3p2")
+        log = (lab.state_dir / "h2" / "agent.log").read_text()
+        assert "every peer uses encrypted sleeve" in log
+    finally:
+        lab.down()
