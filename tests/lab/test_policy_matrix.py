@@ -1,10 +1,12 @@
 """NetworkPolicy semantics checked with real TCP/UDP traffic, over every installed backend.
 
-One table of cases (policies -> expected reachability), one test body per backend:
-2 hosts; on h1 the target ``db`` and a same-host client ``web1``; on h2 ``web2``
-(app=web) and ``cli`` in namespace team-b; h2's own address is an egress ipBlock
-target. Policies go to every host's agent with `fabric policy apply --lab`, so the
-CLI's lab targeting is exercised too.
+One table of cases (policies -> expected reachability), one test body per backend and
+per bridge netfilter setting of the hosts (``net.bridge.bridge-nf-call-iptables`` 1 and 0:
+enforcement must not depend on it): 2 hosts; on h1 the target ``db`` (declares the named
+port ``pg`` = 5432) and a same-host client ``web1``; on h2 ``web2`` (app=web) and ``cli``
+in namespace team-b; h2's own address is an egress ipBlock target. Policies go to every
+host's agent with `fabric policy apply --lab`, so the CLI's lab targeting is exercised
+too; a pod relabelled on h2 changes what h1 enforces.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ CASES: dict[str, tuple[str, list[tuple[str, str, str, bool]]]] = {
     "deny-all-ingress": (HEAD + """metadata: {name: deny}
 spec: {podSelector: {matchLabels: {app: db}}}
 """, [("web1", "db", "tcp", False), ("web2", "db", "tcp", False),
-      ("web2", "db", "udp", False), ("db", "web2", "tcp", True), ("web2", "web1", "tcp", True)]),
+      ("web2", "db", "udp", False), ("db", "web2", "tcp", True), ("web2", "web1", "tcp", True),
+      ("db", "web1", "tcp", True), ("db", "web1", "udp", True)]),  # same-host replies
     "allow-from-label": (HEAD + """metadata: {name: from-web}
 spec:
   podSelector: {matchLabels: {app: db}}
@@ -55,13 +58,26 @@ spec:
   podSelector: {matchLabels: {app: db}}
   policyTypes: [Egress]
 """, [("db", "web2", "tcp", False), ("db", "web1", "udp", False),
-      ("web2", "db", "tcp", True), ("web1", "db", "udp", True)]),
+      ("web2", "db", "tcp", True), ("web1", "db", "udp", True), ("web1", "db", "tcp", True)]),
     "egress-ipblock": (HEAD + """metadata: {name: egress-h2}
 spec:
   podSelector: {matchLabels: {app: db}}
   policyTypes: [Egress]
   egress: [{to: [{ipBlock: {cidr: "{h2ip}/32"}}], ports: [{protocol: TCP}]}]
 """, [("db", "h2", "tcp", True), ("db", "h2", "udp", False), ("db", "web2", "tcp", False)]),
+    "named-ports": (HEAD + """metadata: {name: pg-in}
+spec:
+  podSelector: {matchLabels: {app: db}}
+  ingress: [{ports: [{port: pg}]}]
+---
+""" + HEAD + """metadata: {name: pg-out}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  policyTypes: [Egress]
+  egress: [{ports: [{port: pg}]}]
+""", [("cli", "db", "tcp:5432", True), ("cli", "db", "tcp:5433", False),
+      ("web2", "db", "tcp:5432", True), ("web2", "db", "tcp:5433", False),
+      ("web1", "db", "tcp:5432", True), ("web2", "cli", "tcp:5432", False)]),
     "namespace-selector": ("""apiVersion: v1
 kind: Namespace
 metadata: {name: team-b, labels: {team: b}}
@@ -92,15 +108,38 @@ def _remote_known(lab: Lab, want: int) -> bool:
     return True
 
 
+def _relabel_followed(lab: Lab, tmp_path: Path) -> None:
+    """web2 (on h2) loses app=web: h1 stops letting it in, within seconds; and back."""
+    path = tmp_path / "from-web.yaml"
+    path.write_text(CASES["allow-from-label"][0])
+    _policy(lab, "apply", "-f", str(path))
+    port = iter(range(30000, 31000))
+
+    def open_(src: str) -> bool:
+        ns, ip = lab.target("db")
+        return probe_many([Probe(lab.target(src)[0], ns, ip, next(port), "tcp")])[0].ok
+
+    assert open_("web2")
+    _policy(lab, "label", "web2", "app=other")
+    lab.wait(lambda: not open_("web2"), timeout=10)  # LabError: the relabel never reached h1
+    _policy(lab, "label", "default/web2", "app=web")
+    lab.wait(lambda: open_("web2"), timeout=10)
+    _policy(lab, "delete", "from-web")
+
+
+@pytest.mark.parametrize("bridge_nf", [1, 0], ids=["bridge-nf-on", "bridge-nf-off"])
 @pytest.mark.parametrize("backend", installed_backends())
-def test_policy_matrix(backend: str, lab_name: str, tmp_path: Path) -> None:
+def test_policy_matrix(backend: str, bridge_nf: int, lab_name: str, tmp_path: Path) -> None:
     if why := stack_missing(backend):
         pytest.skip(why)
     setup = dict(SETUP.get(backend, {}))
     setup["agent_args"] = (*setup.get("agent_args", ()), "--policy", "nftables")
     lab = up_or_skip(Topology(lab_name, backend, hosts=2, pods_per_host=1, **setup))
     try:
-        lab.add_pod("h1", "db", labels={"app": "db"})
+        for h in lab.hosts.values():  # per network namespace: the hosts' own setting
+            subprocess.run(["ip", "netns", "exec", h.ns, "sysctl", "-qw",
+                            f"net.bridge.bridge-nf-call-iptables={bridge_nf}"], check=True)
+        lab.add_pod("h1", "db", labels={"app": "db", "port.netfabric.io/pg": "5432"})
         lab.add_pod("h1", "web1", labels={"app": "web"})
         lab.add_pod("h2", "web2", labels={"app": "web"})
         lab.add_pod("h2", "cli", labels={"app": "cli"}, namespace="team-b")
@@ -133,6 +172,7 @@ def test_policy_matrix(backend: str, lab_name: str, tmp_path: Path) -> None:
                     pname = doc.split("metadata: {name: ")[1].split("}")[0]
                     _policy(lab, "delete", pname)
         assert not failures, "\n".join(failures)
+        _relabel_followed(lab, tmp_path)
         # with every policy gone, the drop counters stay readable and traffic flows again
         st = lab.agent_call("h1", {"op": "status"})["networks"][0]["policy_status"]
         assert st["policies"] == 0 and st["last_error"] is None
