@@ -21,6 +21,7 @@ _EXTENSIONS = [
     ("fabric.lab.cli", "register"),
     ("fabric.weave.cli", "register"),
     ("fabric.policy.cli", "register"),
+    ("fabric.cni.install", "register"),
 ]
 _BENCH_EXTENSIONS = ["fabric.bench.throughput", "fabric.bench.mesh", "fabric.bench.dataplane",
                      "fabric.bench.policy"]
