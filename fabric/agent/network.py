@@ -312,6 +312,8 @@ class Network:
             except Exception as exc:  # status must always answer
                 return {"error": str(exc)}
 
+        backend_status = safe(self.backend.status)
+        ipam_status = safe(self.ipam.status)
         return {
             "name": self.spec.name,
             "backend": self.spec.backend,
@@ -324,8 +326,11 @@ class Network:
             "workloads": len(self._workloads),
             "peer_events": self.peer_events,
             "last_peer_error": self.last_peer_error,
-            "backend_status": safe(self.backend.status),
-            "ipam_status": safe(self.ipam.status),
+            # datastore records / peers kept from the kernel as invalid, with the reason
+            "refused": [r for st in (ipam_status, backend_status) if isinstance(st, dict)
+                        for k in ("refused", "refused_peers") for r in st.get(k) or []],
+            "backend_status": backend_status,
+            "ipam_status": ipam_status,
             "policy_status": safe(self.policy.status),
         }
 

@@ -43,65 +43,12 @@ from fabric.api import (
     PeersCallback,
 )
 from fabric.errors import ConfigError, IPAMError, PoolExhausted, StoreCompacted, StoreError
+from fabric.ipam.block_record import Block, block_key, check_block, check_node, parse_block_key
+from fabric.net.validate import Refusals
 
 __all__ = ["Block", "BlockIPAM", "block_key", "parse_block_key"]
 
 _RETRIES = 12
-
-
-def block_key(prefix: str, cidr: IPv4Network) -> str:
-    return f"{prefix}/blocks/{cidr.network_address}-{cidr.prefixlen}"
-
-
-def parse_block_key(key: str) -> IPv4Network | None:
-    name = key.rsplit("/", 1)[-1]
-    try:
-        return IPv4Network(name.replace("-", "/"))
-    except ValueError:
-        return None
-
-
-@attrs.define
-class Block:
-    """One block record: its CIDR, the node it is affine to, and who holds which ordinal."""
-
-    cidr: IPv4Network
-    affinity: str | None = None
-    allocations: dict[int, dict[str, str]] = attrs.field(factory=dict)
-
-    def encode(self) -> str:
-        allocs = {str(k): v for k, v in sorted(self.allocations.items())}
-        return json.dumps({"cidr": str(self.cidr), "affinity": self.affinity,
-                           "allocations": allocs}, sort_keys=True)
-
-    @classmethod
-    def decode(cls, text: str) -> Block:
-        try:
-            raw = json.loads(text)
-            cidr = IPv4Network(raw["cidr"])
-            allocs = {}
-            for k, v in dict(raw.get("allocations") or {}).items():
-                ordinal = int(k)
-                if not 0 <= ordinal < cidr.num_addresses or not isinstance(v, dict):
-                    raise ValueError(f"bad allocation {k!r}")
-                allocs[ordinal] = {"handle": str(v["handle"]), "node": str(v["node"])}
-            affinity = raw.get("affinity")
-            if affinity is not None and not isinstance(affinity, str):
-                raise ValueError("affinity is not a string")
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise IPAMError(f"block record is corrupt: {exc}: {text[:120]!r}",
-                            fix="delete the block key in etcd if no pod uses it") from exc
-        return cls(cidr, affinity, allocs)
-
-    def ip(self, ordinal: int) -> IPv4Address:
-        return self.cidr.network_address + ordinal
-
-    def free_ordinal(self) -> int | None:
-        return next((o for o in range(self.cidr.num_addresses) if o not in self.allocations),
-                    None)
-
-    def copy(self) -> Block:
-        return Block(self.cidr, self.affinity, {k: dict(v) for k, v in self.allocations.items()})
 
 
 class BlockIPAM(IPAM):
@@ -138,6 +85,7 @@ class BlockIPAM(IPAM):
         self._watch = None
         self._stopped = threading.Event()
         self.conflicts = 0
+        self.refused = Refusals(ctx.log, "record")  # blocks/node records kept from the kernel
 
     # -- store access --
     @property
@@ -159,22 +107,27 @@ class BlockIPAM(IPAM):
         rel = key[len(self.prefix) + 1:]
         if rel.startswith("blocks/") and (cidr := parse_block_key(key)) is not None:
             blocks.pop(cidr, None)
-            try:
-                if value:
-                    blocks[cidr] = Block.decode(value)
-            except IPAMError as exc:
-                self.ctx.log.error("ignoring block %s: %s", key, exc)
+            if not value:
+                self.refused.accept(key)
+                return
+            block, why = check_block(cidr, value, self.ctx.spec.cidr, self.block_size)
+            if block is None:  # never a peer's subnet, never a route
+                self.refused.refuse(key, why, value)
+                return
+            self.refused.accept(key)
+            blocks[cidr] = block
         elif rel.startswith("nodes/"):
             name = rel[len("nodes/"):]
             nodes.pop(name, None)
             if not value:
+                self.refused.accept(key)
                 return
-            try:
-                rec = json.loads(value)
-                IPv4Address(rec["public_ip"])
-                nodes[name] = rec
-            except (ValueError, KeyError, TypeError) as exc:
-                self.ctx.log.error("ignoring node record %s: %s", key, exc)
+            own = None if name == self.me else self.ctx.node.public_ip
+            if why := check_node(name, value, self.ctx.spec.cidr, own):
+                self.refused.refuse(key, why, value)
+                return
+            self.refused.accept(key)
+            nodes[name] = json.loads(value)
 
     def _mutate(self, cidr: IPv4Network, change: Callable[[Block], Block | None]) -> Block | None:
         """Read-modify-CAS one block with retries; ``change`` returns None to delete it."""
@@ -310,10 +263,43 @@ class BlockIPAM(IPAM):
                               if self._blocks.get(a.chunk, Block(a.chunk)).affinity != self.me)
         return tuple(self._affine()) + tuple(borrowed)
 
-    def allocate(self, handle: Handle) -> Allocation:
+    def allocate(self, handle: Handle, requested: IPv4Address | None = None) -> Allocation:
         with self._lock:
-            if handle in self._allocs:
-                return self._allocs[handle]
+            have = self._allocs.get(handle)
+        if have is not None and requested not in (None, have.ip):
+            raise IPAMError(f"{handle.key()} already holds {have.ip}, not the requested "
+                            f"{requested}", fix="delete the attachment first (CNI DEL)")
+        if have is not None:
+            return have
+        if requested is not None:  # exactly that address, in one of this node's blocks
+            cidr = next((c for c in self._affine() if requested in c), None)
+            if cidr is None:
+                raise ConfigError(
+                    f"requested address {requested} is outside this node's blocks "
+                    f"({', '.join(map(str, self._affine())) or 'none yet'})",
+                    fix="request an address inside one of them, or none", field="ips")
+            ordinal = int(requested) - int(cidr.network_address)
+
+            def claim(block: Block) -> Block:
+                held = block.allocations.get(ordinal)
+                if held is not None and held["handle"] != handle.key():
+                    raise IPAMError(f"requested address {requested} is in use by "
+                                    f"{held['handle']} on {held['node']}",
+                                    fix="request a free address, or release the other one")
+                if block.affinity != self.me:
+                    raise _Gone(cidr)
+                block.allocations[ordinal] = {"handle": handle.key(), "node": self.me}
+                return block
+
+            try:
+                self._mutate(cidr, claim)
+            except _Gone as exc:
+                raise IPAMError(f"block {cidr} changed owner while claiming {requested}",
+                                fix="retry") from exc
+            alloc = Allocation(handle, requested, cidr)
+            with self._lock:
+                self._allocs[handle] = alloc
+            return alloc
         for cidr in self._affine():
             alloc = self._take(cidr, handle, affine_only=True)
             if alloc is not None:
@@ -406,6 +392,7 @@ class BlockIPAM(IPAM):
                 "pool_blocks_claimed": len(self._blocks),
                 "nodes": sorted(self._nodes),
                 "cas_conflicts": self.conflicts,
+                "refused": self.refused.status(),
             }
 
     def stop(self) -> None:

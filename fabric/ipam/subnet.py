@@ -18,14 +18,12 @@ and keeps allocating addresses from it.
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
-import random
 import threading
 import time
 from collections.abc import Mapping
-from ipaddress import IPv4Network
+from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
 from fabric.api import (
@@ -42,7 +40,6 @@ from fabric.errors import (
     ConfigError,
     FabricError,
     IPAMError,
-    PoolExhausted,
     StoreError,
     StoreUnavailable,
 )
@@ -53,11 +50,12 @@ from fabric.ipam.netconfig import (
     ensure_netconfig,
     lease_owner,
     parse_duration,
-    parse_leases,
-    peers_from_leases,
     subnet_key,
 )
+from fabric.ipam.subnet_acquire import LeaseAcquirer
+from fabric.ipam.subnet_check import LeaseCheck
 from fabric.ipam.subnet_env import read_subnet_env, subnet_from_env
+from fabric.net.validate import Refusals
 from fabric.store.base import Store, StoreLease, WatchEvent
 from fabric.store.sync import PrefixMirror
 
@@ -66,10 +64,9 @@ __all__ = ["SubnetLeaseIPAM", "DEFAULT_LEASE_TTL"]
 log = logging.getLogger("fabric.ipam.subnet")
 
 DEFAULT_LEASE_TTL = 24 * 3600
-_ATTEMPTS = 10
 
 
-class SubnetLeaseIPAM(IPAM):
+class SubnetLeaseIPAM(LeaseAcquirer, IPAM):
     name = "subnet"
 
     def __init__(self, ctx: NetworkContext) -> None:
@@ -94,7 +91,7 @@ class SubnetLeaseIPAM(IPAM):
         self._confirmed = False  # the lease was acquired/verified in etcd since start
         self._store_error: str | None = None
         self._peers: dict[IPv4Network, Peer] = {}
-        self._warned: set[tuple[str, int]] = set()  # malformed leases already logged
+        self.check = LeaseCheck(ctx.spec.cidr, self.public_ip, Refusals(log, "lease"))
         self._on_peers: PeersCallback | None = None
         self._on_chunks: ChunksCallback | None = None
         self._lock = threading.RLock()
@@ -134,56 +131,11 @@ class SubnetLeaseIPAM(IPAM):
         except OSError as exc:
             raise IPAMError(f"cannot record the lease in {self._record_path}: {exc}") from exc
 
-    # -- acquiring the lease --
-    def _acquire(self, preferred: IPv4Network | None) -> IPv4Network:
-        assert self.config is not None
-        prefix = f"{self.prefix}/subnets/"
-        for _ in range(_ATTEMPTS):
-            kvs, _rev = self.store.get_prefix(prefix)
-            leases = parse_leases(kvs)
-            mine = [
-                s
-                for s, (_kv, rec) in leases.items()
-                if rec is not None and rec.public_ip == self.public_ip and self.config.contains(s)
-            ]
-            if mine:
-                subnet = preferred if preferred in mine else sorted(mine)[0]
-                kv, rec = leases[subnet]
-                lease = self.store.lease(self.lease_ttl, lease_id=kv.lease or None)
-                if (
-                    rec != self._record() or kv.lease != lease.id
-                ) and not self.store.compare_and_swap(
-                    kv.key, self._record().to_json(), kv.mod_revision, lease
-                ):
-                    continue  # changed under us: look again
-                for stale in mine:  # older leases of this node (e.g. before a config change)
-                    if stale != subnet:
-                        self.store.delete(leases[stale][0].key, leases[stale][0].mod_revision)
-                return self._took(subnet, lease, reused=True)
-            free = list(
-                itertools.islice((s for s in self.config.subnets() if s not in leases), 100)
-            )
-            if not free:
-                raise PoolExhausted(
-                    f"network {self.config.network}: all {len(leases)} subnets are leased",
-                    fix="free leases of dead nodes, widen SubnetMin/SubnetMax or shorten SubnetLen",
-                )
-            if (
-                preferred is not None
-                and self.config.contains(preferred)
-                and preferred not in leases
-            ):
-                subnet = preferred  # our previous subnet is still free: take it back
-            else:
-                subnet = random.choice(free)  # spread nodes like flannel (first 100 free)
-            lease = self.store.lease(self.lease_ttl)
-            if self.store.create(subnet_key(self.prefix, subnet), self._record().to_json(), lease):
-                return self._took(subnet, lease, reused=False)
-            lease.revoke()  # lost the race for that subnet
-        raise IPAMError(
-            f"could not lease a subnet of {self.config.network} after {_ATTEMPTS} tries",
-            fix="too much contention; retry",
-        )
+    # -- validating records (other nodes', or anyone's, writes) --
+    def _load_config(self) -> NetConfig:
+        config = ensure_netconfig(self.store, self.prefix, self.ctx.spec)
+        self.check.set_config(config)  # raises ConfigError if it leaves the local network
+        return config
 
     def _took(self, subnet: IPv4Network, lease: StoreLease, reused: bool) -> IPv4Network:
         with self._lock:
@@ -222,7 +174,7 @@ class SubnetLeaseIPAM(IPAM):
         self._stop.clear()
         preferred, _ = self._load_local_record()
         try:
-            self.config = ensure_netconfig(self.store, self.prefix, self.ctx.spec)
+            self.config = self._load_config()
             self._acquire(preferred)
         except StoreUnavailable as exc:
             if preferred is None or (self.config and not self.config.contains(preferred)):
@@ -258,8 +210,8 @@ class SubnetLeaseIPAM(IPAM):
         with self._lock:
             return (self._subnet,) if self._subnet else ()
 
-    def allocate(self, handle: Handle) -> Allocation:
-        return self.allocator.allocate(handle)
+    def allocate(self, handle: Handle, requested: IPv4Address | None = None) -> Allocation:
+        return self.allocator.allocate(handle, requested)
 
     def release(self, handle: Handle) -> Allocation | None:
         return self.allocator.release(handle)
@@ -289,6 +241,7 @@ class SubnetLeaseIPAM(IPAM):
                     for p in self._peers.values()
                 ],
                 "allocations": len(self.allocator.allocations()),
+                "refused": self.check.refused.status(),
             }
 
     def stop(self) -> None:
@@ -350,7 +303,7 @@ class SubnetLeaseIPAM(IPAM):
 
     def _maintain(self) -> None:
         if self.config is None:  # started while etcd was down
-            self.config = ensure_netconfig(self.store, self.prefix, self.ctx.spec)
+            self.config = self._load_config()
         with self._lock:
             subnet, lease, confirmed = self._subnet, self._lease, self._confirmed
         if not confirmed or lease is None or subnet is None:
@@ -365,7 +318,7 @@ class SubnetLeaseIPAM(IPAM):
             self._acquire(subnet)
             return
         kv = self.store.get(subnet_key(self.prefix, subnet))
-        if kv is None or kv.lease != lease.id or lease_owner(kv) != self.public_ip:
+        if kv is None or kv.lease != lease.id or kv.value != self._record().to_json():
             log.warning("lease %s was deleted or changed in etcd; re-acquiring", subnet)
             self._acquire(subnet)
             return
@@ -386,7 +339,7 @@ class SubnetLeaseIPAM(IPAM):
             return
         with mirror.lock, self._lock:
             items = mirror.items()
-            peers = peers_from_leases(items.values(), self.public_ip, self._peers, self._warned)
+            peers = self.check.peers(items, self._subnet, self._peers)
             events = [PeerEvent("removed", p) for s, p in self._peers.items() if s not in peers]
             events += [PeerEvent("added", p) for s, p in peers.items() if self._peers.get(s) != p]
             self._peers = peers
@@ -394,9 +347,9 @@ class SubnetLeaseIPAM(IPAM):
             if (
                 self._subnet is not None
                 and self._confirmed
-                and (own is None or lease_owner(own) != self.public_ip)
+                and (own is None or own.value != self._record().to_json())
             ):
-                self._wake.set()  # our lease vanished or was taken: the keeper re-acquires
+                self._wake.set()  # our lease vanished or was overwritten: the keeper re-asserts
             if events and self._on_peers is not None:
                 try:
                     self._on_peers(events)

@@ -66,7 +66,9 @@ class ControlMixin:
         popen = self._popen.pop(role, None)
         if role == "etcd" and self._etcd_handle is not None:
             handle, self._etcd_handle = self._etcd_handle, None
-            popen = popen or getattr(handle, "_proc", None)  # an EtcdServer's process: reap it
+            if popen is None:  # reap the process object we hold (Popen or an EtcdServer's)
+                popen = handle if isinstance(handle, subprocess.Popen) else getattr(
+                    handle, "_proc", None)
         return stop(self.procs[role], kill9=kill9, proc=popen)
 
     def start_process(self, name: str, *, timeout: float = 60) -> ProcRecord:

@@ -30,9 +30,10 @@ from fabric.net.fastpath import (
     remove_fast_path,
     sync_fast_path,
 )
-from fabric.net.kernel import ipr, netlink_call, sysctl_set
+from fabric.net.kernel import ipr, sysctl_set
 from fabric.net.links import bridge_ports, delete_link, ensure_bridge, link_index, set_address
-from fabric.net.routes import RTPROT_FABRIC, delete_route, fabric_routes
+from fabric.net.routes import delete_route, fabric_routes, replace_route
+from fabric.net.validate import peer_problem
 from fabric.net.workload import attach_bridged, check_pod, detach_veth, host_ifname
 
 __all__ = ["BridgeBackend", "route_is_direct"]
@@ -59,6 +60,7 @@ class BridgeBackend(Backend):
         self.chunks: tuple[IPv4Network, ...] = ()
         self.peers: dict[IPv4Network, Peer] = {}
         self.peer_state: dict[IPv4Network, str] = {}
+        self.refused: dict[IPv4Network, str] = {}  # peer records refused before the kernel
         self._lock = threading.RLock()
         self.fast = fast_path_from_config(ctx)  # option FastPath (fabric.net.fastpath)
 
@@ -67,7 +69,13 @@ class BridgeBackend(Backend):
         raise NotImplementedError
 
     def unprogram_peer(self, peer: Peer, subnet: IPv4Network) -> None:
-        delete_route(subnet)
+        delete_route(subnet, gateway=peer.public_ip, dev=self.ctx.node.iface)
+
+    def peer_problem(self, peer: Peer, subnet: IPv4Network) -> str | None:
+        """Why this peer record must not reach the kernel (None: it may). Subclasses add
+        their own BackendData checks."""
+        return peer_problem((subnet,), peer.public_ip, peer.data, self.ctx.spec.cidr,
+                            own=self.ctx.node.public_ip)
 
     def uplinks(self) -> list[str]:
         """Devices where pod traffic from other nodes arrives (for the fast path)."""
@@ -110,7 +118,7 @@ class BridgeBackend(Backend):
                         dst not in self.chunks and r["type"] != 6
                     ):
                         self.ctx.log.info("removing stale route %s", dst)
-                        delete_route(dst)
+                        delete_route(dst, gateway=r["gateway"], dev=r["dev"])
             except BackendError as exc:
                 self.ctx.log.warning("reconcile failed: %s", exc)
 
@@ -123,9 +131,18 @@ class BridgeBackend(Backend):
                     if ev.kind == "removed":
                         old = self.peers.pop(subnet, None)
                         self.peer_state.pop(subnet, None)
+                        self.refused.pop(subnet, None)
                         if old is not None:
                             self.unprogram_peer(old, subnet)
                         continue
+                    if why := self.peer_problem(ev.peer, subnet):
+                        # refused before the kernel; a previously valid peer stays programmed
+                        if self.refused.get(subnet) != why:
+                            self.ctx.log.error("peer %s (%s) refused: %s", ev.peer.public_ip,
+                                               subnet, why)
+                        self.refused[subnet] = why
+                        continue
+                    self.refused.pop(subnet, None)
                     old = self.peers.get(subnet)
                     if old is not None and old != ev.peer:
                         self.unprogram_peer(old, subnet)
@@ -158,7 +175,9 @@ class BridgeBackend(Backend):
             self.fast.attach(host, "pod")
         return Endpoint(
             workload=workload, host_ifname=host, mac=pod.mac, addresses=(address,),
-            gateway=gateway, routes=(Route(IPv4Network("0.0.0.0/0"), gateway),), mtu=self.mtu,
+            gateway=gateway, mtu=self.mtu,
+            # no default route when another interface of the pod owns it (fabric.net.workload)
+            routes=(Route(IPv4Network("0.0.0.0/0"), gateway),) if pod.default_gateway else (),
         )
 
     def detach(self, workload: Workload) -> None:
@@ -186,13 +205,15 @@ class BridgeBackend(Backend):
                  "state": self.peer_state.get(s, "?")}
                 for s, p in sorted(self.peers.items())
             ]
-        return {"bridge": self.bridge, "peers": peers, "fast_path": fast_path_status(self.fast)}
+            refused = [{"subnet": str(s), "reason": why} for s, why in sorted(self.refused.items())]
+        return {"bridge": self.bridge, "peers": peers, "refused_peers": refused,
+                "fast_path": fast_path_status(self.fast)}
 
     def remove_routes(self) -> None:
         """Delete every route we installed into this network's CIDR (also after a crash)."""
         for r in fabric_routes():
             if r["dst"].subnet_of(self.ctx.spec.cidr) and r["type"] != 6:
-                delete_route(r["dst"])
+                delete_route(r["dst"], gateway=r["gateway"], dev=r["dev"])
 
     def stop(self) -> None:
         if self.fast is not None:
@@ -203,12 +224,5 @@ class BridgeBackend(Backend):
         self.remove_routes()
         delete_link(self.bridge)
 
-    @staticmethod
-    def onlink_route(dst: IPv4Network, gateway: IPv4Address, dev: str) -> None:
-        with ipr() as sock:
-            idx = sock.link_lookup(ifname=dev)
-            if not idx:
-                raise BackendError(f"device {dev} does not exist")
-            netlink_call(f"route {dst} via {gateway} dev {dev} onlink", sock.route, "replace",
-                         dst=str(dst), gateway=str(gateway), oif=idx[0], flags=4,
-                         proto=RTPROT_FABRIC)
+    def onlink_route(self, dst: IPv4Network, gateway: IPv4Address, dev: str) -> None:
+        replace_route(dst, gateway=gateway, dev=dev, onlink=True, within=self.ctx.spec.cidr)

@@ -284,8 +284,11 @@ def test_unexpected_routes_from_a_peer_are_filtered(cluster, tmp_path):
         table = sh("ip", "route", ns=c.hosts[0]).stdout
         assert "default" not in table and "198.18.0.0/16" not in table
         logged = (tmp_path / "h1.log").read_text()
-        assert "announced 0.0.0.0/0 outside" in logged and "198.18.0.0/16 outside" in logged
+        assert "subnet 0.0.0.0/0 is outside the network" in logged
+        assert "subnet 198.18.0.0/16 is outside the network" in logged
         st = c.drivers[0].ok(op="status")
+        assert {r["key"] for r in st["refused"]} == {
+            f"route 0.0.0.0/0 from {SEG}.2", f"route 198.18.0.0/16 from {SEG}.2"}
         assert st["bgp"]["speaker"]["restarts"] == 0
         wait_for(lambda: c.block(1) in routes(c.hosts[0]) and c.block(0) in routes(c.hosts[1]),
                  20, "node routes next to the rogue ones")

@@ -33,6 +33,7 @@ from fabric.net import (
     remove_fast_path,
     sync_fast_path,
 )
+from fabric.net.validate import Refusals, mac_problem, public_ip_problem, subnet_problem
 from fabric_calico_bgp.config import parse_config
 from fabric_calico_bgp.dataplane import Dataplane
 from fabric_calico_bgp.exabgp import BgpNeighbor, Speaker, render_config
@@ -65,6 +66,7 @@ class CalicoBgpBackend(Backend):
         self.chunks: tuple[IPv4Network, ...] = ()
         self.nodes: dict[str, Peer] = {}
         self.route_state: dict[IPv4Network, str] = {}
+        self.refused = Refusals(ctx.log, "record")  # node records and routes, before the kernel
         self.sessions: dict[IPv4Address, dict[str, Any]] = {}
         self.neighbors: dict[IPv4Address, BgpNeighbor] = {}
         self.speaker: Speaker | None = None
@@ -172,7 +174,12 @@ class CalicoBgpBackend(Backend):
             for ev in events:
                 if ev.kind == "removed":
                     self.nodes.pop(ev.peer.name, None)
+                    self.refused.accept(f"node {ev.peer.name}")
+                elif why := self._node_problem(ev.peer):
+                    self.refused.refuse(f"node {ev.peer.name}", why, ev.peer)
+                    self.nodes.pop(ev.peer.name, None)
                 else:
+                    self.refused.accept(f"node {ev.peer.name}")
                     old = self.nodes.get(ev.peer.name)
                     if old is None or old.data.get("VtepMAC") != ev.peer.data.get("VtepMAC"):
                         touched.add(ev.peer.public_ip)
@@ -261,12 +268,27 @@ class CalicoBgpBackend(Backend):
         if self.reflector is not None:
             self.reflector.reflect(filtered)
 
+    def _node_problem(self, peer: Peer) -> str | None:
+        """A node record (written by another node) fit to become a BGP neighbour."""
+        if why := public_ip_problem(peer.public_ip, self.ctx.spec.cidr, own=self.router_id):
+            return why
+        mac = peer.data.get("VtepMAC") if isinstance(peer.data, dict) else None
+        if mac is not None and (why := mac_problem(mac)):
+            return f"BackendData.VtepMAC: {why}"
+        return None
+
     def _acceptable(self, peer: IPv4Address, prefix: IPv4Network, nexthop: IPv4Address) -> bool:
-        if not prefix.subnet_of(self.ctx.spec.cidr):
-            self.ctx.log.warning("peer %s announced %s outside %s: ignored", peer, prefix,
-                                 self.ctx.spec.cidr)
+        """A learned route may reach the kernel only inside the pod network (strictly: never
+        the whole network, a default route or the underlay) via a unicast underlay hop."""
+        key = f"route {prefix} from {peer}"
+        why = subnet_problem(prefix, self.ctx.spec.cidr)
+        if why is None and nexthop != self.router_id:  # our own routes reflected back: skip
+            why = public_ip_problem(nexthop, self.ctx.spec.cidr)
+        if why is not None:
+            self.refused.refuse(key, why, str(nexthop))
             return False
-        return not (nexthop == self.router_id or nexthop.is_unspecified or nexthop.is_loopback)
+        self.refused.accept(key)
+        return nexthop != self.router_id
 
     # -- kernel --
     def _vtep_mac(self, nexthop: IPv4Address) -> str | None:

@@ -105,7 +105,7 @@ class Dataplane:
                     and r["dst"] not in wanted:
                 delete_route(r["dst"], blackhole=True)
         for c in wanted:
-            replace_blackhole(c)
+            replace_blackhole(c, within=self.ctx.spec.cidr)
 
     # -- remote routes --
     def direct(self, nexthop: IPv4Address) -> bool:
@@ -133,7 +133,8 @@ class Dataplane:
             # A next hop behind a router resolves recursively (like BIRD's "gateway
             # recursive"): pod traffic goes to that router, which must know pod routes.
             gateway = nexthop if self.direct(nexthop) else self.resolve(nexthop)
-            replace_route(prefix, gateway=gateway, dev=self.ctx.node.iface)
+            replace_route(prefix, gateway=gateway, dev=self.ctx.node.iface,
+                          within=self.ctx.spec.cidr)
             how = "native" if gateway == nexthop else f"native via router {gateway}"
         elif self.mode == "vxlan":
             if not peer_mac:
@@ -141,11 +142,13 @@ class Dataplane:
             gw = prefix.network_address
             replace_neigh(self.vx, gw, peer_mac)
             replace_fdb(self.vx, peer_mac, nexthop)
-            replace_route(prefix, gateway=gw, dev=self.vx, onlink=True)
+            replace_route(prefix, gateway=gw, dev=self.vx, onlink=True,
+                          within=self.ctx.spec.cidr)
             self._vx_entries[prefix] = (peer_mac, nexthop)
             how = "vxlan"
         else:
-            replace_route(prefix, gateway=nexthop, dev="tunl0", onlink=True)
+            replace_route(prefix, gateway=nexthop, dev="tunl0", onlink=True,
+                          within=self.ctx.spec.cidr)
             how = "ipip"
         self.installed[prefix] = (nexthop, how)
         return how
@@ -170,13 +173,14 @@ class Dataplane:
                     or dst in keep or dst in local or dst.prefixlen == 32 and r["dev"] and
                     r["dev"] not in (self.ctx.node.iface, self.vx, "tunl0")):
                 continue  # pod /32 routes on veths are the workloads', not ours to sweep
-            delete_route(dst)
+            delete_route(dst, gateway=r["gateway"], dev=r["dev"])
             removed += 1
         return removed
 
     def teardown(self) -> None:
         for r in fabric_routes():
             if r["dst"].subnet_of(self.ctx.spec.cidr):
-                delete_route(r["dst"], blackhole=r["type"] == RTN_BLACKHOLE)
+                delete_route(r["dst"], gateway=r["gateway"], dev=r["dev"],
+                             blackhole=r["type"] == RTN_BLACKHOLE)
         self.installed.clear()
         delete_link(self.vx)

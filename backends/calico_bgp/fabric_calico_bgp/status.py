@@ -32,6 +32,7 @@ def build_status(b: CalicoBgpBackend) -> dict[str, Any]:
         })
     sp = b.speaker
     return {
+        "refused": b.refused.status(),  # untrusted records kept from the kernel
         # rendered as a table by `fabric status` (same columns as other backends)
         "peers": [{
             "name": f"{x['node']} ({x['type']})" if x["type"] != "global" else "global",

@@ -39,4 +39,5 @@ class HostGwBackend(BridgeBackend):
                 f"({self.ctx.node.iface}); host-gw needs all nodes on one segment",
                 fix="use the vxlan backend (or vxlan with DirectRouting) across segments",
             )
-        replace_route(subnet, gateway=peer.public_ip, dev=self.ctx.node.iface)
+        replace_route(subnet, gateway=peer.public_ip, dev=self.ctx.node.iface,
+                      within=self.ctx.spec.cidr)

@@ -35,6 +35,7 @@ from fabric.net import (
     set_address,
 )
 from fabric.net.bridge_backend import BridgeBackend, route_is_direct
+from fabric.net.validate import mac_problem
 
 __all__ = ["VxlanBackend", "VXLAN_OVERHEAD"]
 
@@ -51,9 +52,7 @@ def _int_option(cfg: dict, key: str, default: int, low: int, high: int) -> int:
 
 
 def _valid_mac(mac: Any) -> bool:
-    parts = mac.split(":") if isinstance(mac, str) else []
-    return len(parts) == 6 and all(len(p) == 2 and all(c in "0123456789abcdefABCDEF" for c in p)
-                                   for p in parts)
+    return mac_problem(mac) is None  # six hex octets, unicast, not all zero
 
 
 class VxlanBackend(BridgeBackend):
@@ -148,7 +147,8 @@ class VxlanBackend(BridgeBackend):
 
     def program_peer(self, peer: Peer, subnet: IPv4Network) -> None:
         if self.direct_routing and route_is_direct(peer.public_ip):
-            replace_route(subnet, gateway=peer.public_ip, dev=self.ctx.node.iface)
+            replace_route(subnet, gateway=peer.public_ip, dev=self.ctx.node.iface,
+                          within=self.ctx.spec.cidr)
             return
         mac = peer.data.get("VtepMAC") if isinstance(peer.data, dict) else None
         if not _valid_mac(mac):
@@ -162,10 +162,20 @@ class VxlanBackend(BridgeBackend):
         replace_fdb(self.device, mac, peer.public_ip)
         self.onlink_route(subnet, vtep, self.device)
 
+    def peer_problem(self, peer: Peer, subnet: IPv4Network) -> str | None:
+        if why := super().peer_problem(peer, subnet):
+            return why
+        if self.direct_routing:
+            return None  # a peer on our segment needs no VTEP; others fail in program_peer
+        why = mac_problem(peer.data.get("VtepMAC"))
+        return f"BackendData.VtepMAC: {why}" if why else None
+
     def unprogram_peer(self, peer: Peer, subnet: IPv4Network) -> None:
-        delete_route(subnet)
+        vtep = IPv4Address(subnet.network_address)
+        delete_route(subnet, gateway=vtep, dev=self.device)
+        delete_route(subnet, gateway=peer.public_ip, dev=self.ctx.node.iface)  # DirectRouting
         mac = peer.data.get("VtepMAC") if isinstance(peer.data, dict) else None
-        delete_neigh(self.device, IPv4Address(subnet.network_address))
+        delete_neigh(self.device, vtep)
         if _valid_mac(mac):
             delete_fdb(self.device, mac, peer.public_ip)
 
