@@ -15,6 +15,7 @@ server threads read an immutable index that the mesh thread swaps after each cha
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import Counter
@@ -39,6 +40,8 @@ from fabric.weave.dns_records import (
     normalize_name,
 )
 from fabric.weave.dns_state import STATE_FILE, load_state, save_state
+
+_log = logging.getLogger("fabric.weave.dns")
 
 __all__ = ["WeaveDNS", "MeshHost", "CHANNEL", "STATE_FILE"]
 
@@ -218,6 +221,7 @@ class WeaveDNS(Gossiper):
             raise NotFound(f"peer {fmt_name(name)} was removed already",
                            fix="see `fabric dns list` for the peers with entries")
         self.removed.add(name)
+        _log.info("weaveDNS: rmpeer %s: forgot %d entries", fmt_name(name), n)
         self._save()
         self._rebuild()
         return n
@@ -238,6 +242,8 @@ class WeaveDNS(Gossiper):
         if back:  # a removed peer is alive after all: ask it for its names (the router
             self.removed -= back  # skips re-sent gossip we refused once, so plain
             self._save()  # gossip would not bring them back)
+            _log.info("weaveDNS: removed peers are back: %s",
+                      ", ".join(fmt_name(n) for n in sorted(back)))
             for name in sorted(back):
                 if self.channel is not None:
                     self.channel.gossip_unicast(name, _ASK)
@@ -307,6 +313,9 @@ class WeaveDNS(Gossiper):
         if cur is not None and not e.beats(cur):
             return None
         self.counters["own_entries_reasserted"] += 1
+        _log.warning("weaveDNS: a peer holds %s -> %s of ours at version %d, which we do not "
+                     "(state lost, or a copied state directory?); re-announcing ours",
+                     e.hostname, e.ip, e.version)
         if cur is None:
             if not e.live:  # a tombstone of ours we had forgotten: keep it, nothing to say
                 self.store.entries[e.key] = e

@@ -20,6 +20,7 @@ datagrams are dropped and counted.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import random
 import socket
@@ -43,6 +44,7 @@ import dns.reversename
 import dns.rrset
 
 from fabric.errors import ConfigError
+from fabric.mesh.ratelog import RateLimitedLog
 from fabric.weave.dns import WeaveDNS
 from fabric.weave.dns_conf import nameservers, parse_upstream
 
@@ -53,6 +55,7 @@ RESOLV_CONF = "/etc/resolv.conf"
 _ARPA = dns.name.from_text("in-addr.arpa.")
 _MAX_TCP_CONNS = 64
 _TCP_IDLE = 5.0
+_log = logging.getLogger("fabric.weave.dns")
 _IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)  # Linux; also covers IPv6 sockets
 
 
@@ -67,7 +70,8 @@ class DnsServer:
         self._fixed = [parse_upstream(u) for u in upstream] if upstream is not None else None
         self._conf_cache: tuple[float, float, list[tuple[str, int]]] = (0.0, -1.0, [])
         self.counters: Counter[str] = Counter()
-        self._lock = threading.Lock()  # counters are bumped from worker threads
+        self._lock = threading.Lock()  # counters and the log are used from worker threads
+        self._rlog = RateLimitedLog(_log)
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="weavedns")
         self._inflight = threading.BoundedSemaphore(workers * 16)
         self._tcp_slots = threading.BoundedSemaphore(_MAX_TCP_CONNS)
@@ -98,6 +102,9 @@ class DnsServer:
                               fix="free the port or give another address") from exc
         self.udp.settimeout(0.2)  # so stop() is noticed
         self.tcp.settimeout(0.2)
+        _log.info("weaveDNS: serving %s on %s:%d (UDP, TCP); upstream %s", self.dns.domain,
+                  self.address, self.port,
+                  "from " + self.resolv_conf if self._fixed is None else self._fixed or "none")
         for fn in (self._udp_loop, self._tcp_loop):
             t = threading.Thread(target=fn, name=f"weavedns-{fn.__name__[1:4]}", daemon=True)
             t.start()
@@ -125,6 +132,10 @@ class DnsServer:
     def _count(self, key: str, n: int = 1) -> None:
         with self._lock:
             self.counters[key] += n
+
+    def _warn(self, reason: str, who: str, msg: str, *args: Any) -> None:
+        with self._lock:
+            self._rlog(logging.WARNING, reason, who, msg, *args)
 
     def status(self) -> dict[str, Any]:
         with self._lock:
@@ -173,7 +184,7 @@ class DnsServer:
 
     def _udp_one(self, wire: bytes, peer: Any) -> None:
         try:
-            out = self.handle(wire, tcp=False)
+            out = self.handle(wire, tcp=False, client=str(peer[0]))
             if out is not None and self.udp is not None:
                 self.udp.sendto(out, peer)
         except OSError:
@@ -185,7 +196,7 @@ class DnsServer:
         assert self.tcp is not None
         while not self._stop.is_set():
             try:
-                conn, _peer = self.tcp.accept()
+                conn, peer = self.tcp.accept()
             except TimeoutError:
                 continue
             except OSError:
@@ -196,10 +207,10 @@ class DnsServer:
                 self._count("dropped_busy")
                 conn.close()
                 continue
-            threading.Thread(target=self._tcp_conn, args=(conn,), daemon=True,
+            threading.Thread(target=self._tcp_conn, args=(conn, str(peer[0])), daemon=True,
                              name="weavedns-tcpconn").start()
 
-    def _tcp_conn(self, conn: socket.socket) -> None:
+    def _tcp_conn(self, conn: socket.socket, client: str) -> None:
         """Length-prefixed queries, answered in order, until idle or closed."""
         with self._lock:
             self._tcp_open.add(conn)
@@ -214,7 +225,7 @@ class DnsServer:
                 if wire is None:
                     return
                 self._count("queries_tcp")
-                out = self.handle(wire, tcp=True)
+                out = self.handle(wire, tcp=True, client=client)
                 if out is None:
                     return  # a malformed stream: close it
                 conn.sendall(struct.pack(">H", len(out)) + out)
@@ -227,15 +238,16 @@ class DnsServer:
             self._tcp_slots.release()
 
     # ---- queries --------------------------------------------------------------------------
-    def handle(self, wire: bytes, tcp: bool) -> bytes | None:
+    def handle(self, wire: bytes, tcp: bool, client: str = "?") -> bytes | None:
         """One query in, the answer's wire form out; None when the query is dropped."""
         try:
             q = dns.message.from_wire(wire)
-        except Exception:  # noqa: BLE001 - anything a hostile datagram triggers is "malformed"
+            if q.flags & dns.flags.QR or len(q.question) != 1:
+                raise ValueError("a response, or not exactly one question")
+        except Exception as exc:  # anything a hostile datagram triggers is "malformed"
             self._count("dropped_malformed")
-            return None
-        if q.flags & dns.flags.QR or len(q.question) != 1:
-            self._count("dropped_malformed")
+            self._warn("malformed", client, "weaveDNS: dropped a malformed query from %s: %s",
+                       client, type(exc).__name__)
             return None
         if q.opcode() != dns.opcode.QUERY:
             return self._error(q, dns.rcode.NOTIMP)
@@ -311,6 +323,8 @@ class DnsServer:
     def _forward(self, q: dns.message.Message, tcp: bool) -> bytes:
         servers = self.upstreams()
         if not servers:
+            self._warn("upstream", "", "weaveDNS: no upstream server to forward %s to",
+                       q.question[0].name)
             self._count("forward_failed")
             return self._error(q, dns.rcode.SERVFAIL)
         orig = q.id
@@ -322,8 +336,10 @@ class DnsServer:
                 else:
                     resp = dns.query.udp(q, host, timeout=self.timeout, port=port,
                                          ignore_unexpected=True)
-            except (dns.exception.DNSException, OSError, EOFError):
+            except (dns.exception.DNSException, OSError, EOFError) as exc:
                 self._count("upstream_errors")
+                self._warn("upstream", f"{host}:{port}", "weaveDNS: upstream %s:%d failed: %s",
+                           host, port, type(exc).__name__)
                 continue
             resp.id = orig
             self._count("forwarded")
