@@ -119,3 +119,13 @@ def test_handler_fuzz(tmp_path_factory: pytest.TempPathFactory, data: bytes) -> 
     srv = DnsServer(d, "127.0.0.1", 0, upstream=[])
     out = srv.handle(data, False)
     assert out is None or dns.message.from_wire(out).flags & dns.flags.QR
+
+
+def test_malformed_queries_are_logged_rate_limited(server: DnsServer,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="fabric.weave.dns"):
+        for _ in range(5):
+            server.handle(b"junk", False, client="10.9.9.9")
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and "10.9.9.9" in lines[0]
+    assert server.counters["dropped_malformed"] == 5
