@@ -279,6 +279,7 @@ class WeaveDNS(Gossiper):
     def on_gossip(self, sender: int, payload: bytes) -> GossipData | None:
         update = DnsEntries.decode(payload)  # FrameError: counted by the router
         theirs, reassert = [], []
+        room = MAX_ENTRIES - len(self.store)  # for new keys: a cap against a flooding peer
         for e in update:
             if e.origin == self.me:
                 fixed = self._own_claim(e)
@@ -286,10 +287,13 @@ class WeaveDNS(Gossiper):
                     reassert.append(fixed)
             elif e.origin in self.removed:
                 self.counters["dropped_removed_peer"] += 1
-            elif len(self.store) >= MAX_ENTRIES and e.key not in self.store.entries:
-                self.counters["dropped_store_full"] += 1
-            else:
+            elif e.key in self.store.entries:
                 theirs.append(e)
+            elif room > 0:
+                room -= 1
+                theirs.append(e)
+            else:
+                self.counters["dropped_store_full"] += 1
         delta = self.store.merge_delta(DnsEntries(theirs))
         if reassert:
             self._changed(reassert)

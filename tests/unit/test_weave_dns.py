@@ -236,3 +236,16 @@ def test_a_late_start_asks_reachable_peers_for_their_names(tmp_path: Path) -> No
     a = WeaveDNS(SimHost(net, rs[0]), tmp_path / "a").start()
     net.run_until(4)
     assert a.lookup("early") == ["10.32.0.1"]
+
+
+def test_the_store_is_capped_against_a_flooding_peer(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from fabric.weave import dns as dns_mod
+    monkeypatch.setattr(dns_mod, "MAX_ENTRIES", 3)
+    net, rs = build(1, edges=[])
+    d = WeaveDNS(SimHost(net, rs[0]), tmp_path).start()
+    flood = DnsEntries(Entry(f"h{i}.weave.local.", "10.32.0.1", 7, "", 1, 0) for i in range(5))
+    d.on_gossip(7, flood.encode())
+    assert len(d.entries()) == 3 and d.counters["dropped_store_full"] == 2
+    with pytest.raises(ConfigError, match="3 entries"):
+        d.add("mine", "10.32.0.2")
