@@ -6,20 +6,13 @@ transport in ``fabric.mesh.tcp``) calls ``add_connection`` / ``remove_connection
 are objects with ``remote``, ``remote_nickname``, ``address``, ``outbound``,
 ``send(bytes)`` and ``close(reason)``; ``remote_uid`` (the remote incarnation) when known.
 
-Peer names are persisted, so a copied state directory makes two live peers with one
-name (weave: PeerName + UID). uids order incarnations (a real node puts its start time
-in the high bits), and everyone applies one rule: the earlier incarnation keeps the name,
-the later one is told (directly, by a CLOSE frame from a third peer, or by the earlier
-one re-asserting its topology record above the later one's version) and *yields*: it
-stops the router, refuses connections and exposes ``name_collision`` (allocators refuse
-to allocate). A stale record of our own previous incarnation never has a version above
-ours (versions start at the start time), so a restart is not mistaken for a copy.
+Name collisions (two live peers with one name): :mod:`fabric.mesh.collision`;
+targets with backoff: :mod:`fabric.mesh.targets`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import random
@@ -30,9 +23,11 @@ from typing import Any, Protocol
 import attrs
 
 from fabric.errors import ConfigError
+from fabric.mesh.collision import NameCollisions
 from fabric.mesh.gossip import GossipChannel, GossipData, Gossiper
 from fabric.mesh.names import fmt_name
 from fabric.mesh.ratelog import RateLimitedLog
+from fabric.mesh.targets import Target, Targets
 from fabric.mesh.topology import PeerRecord, Topology, TopologyUpdate
 from fabric.mesh.wire import (
     BROADCAST,
@@ -81,16 +76,6 @@ class RouterConfig:
     log_interval: float = 60.0  # one log line per (reason, peer) per interval
 
 
-@attrs.define
-class _Target:
-    address: str
-    state: str = "pending"  # pending | connecting | established | failed
-    failures: int = 0
-    last_error: str = ""
-    timer: Any = None
-    peer: int = 0  # who answered at this address last time
-
-
 class _TopologyGossiper(Gossiper):
     def __init__(self, router: Router) -> None:
         self.router = router
@@ -101,11 +86,7 @@ class _TopologyGossiper(Gossiper):
     def on_gossip(self, sender: int, payload: bytes) -> GossipData | None:
         update = TopologyUpdate.decode(payload)
         r = self.router
-        for name, version, body in update.raw:
-            if name == r.name and version > r.version:  # newer than ours: not a stale one
-                rec = PeerRecord.from_wire(name, version, body)
-                if rec.uid != r.uid:
-                    r.name_collision_seen(rec.uid, f"gossip from {fmt_name(sender)}", version)
+        r._check_own_record(update, sender)
         if r._stopped:
             return None
         delta = r.topology.apply(update)
@@ -115,7 +96,7 @@ class _TopologyGossiper(Gossiper):
         return None
 
 
-class Router:
+class Router(NameCollisions, Targets):
     def __init__(self, name: int, nickname: str, env: Env, config: RouterConfig | None = None,
                  *, version: int = 1, uid: int | None = None,
                  rng: random.Random | None = None) -> None:
@@ -127,7 +108,7 @@ class Router:
         self.uid = uid if uid is not None else self.rng.getrandbits(62)
         self.version = version
         self.conns: dict[int, Connection] = {}
-        self.targets: dict[str, _Target] = {}
+        self.targets: dict[str, Target] = {}
         self.channels: dict[str, GossipChannel] = {}
         self.topology = Topology(self._record())
         self.stats: Counter[str] = Counter()
@@ -174,46 +155,6 @@ class Router:
         self.channels[channel] = ch
         return ch
 
-    # ---- targets (ConnectionMaker) ----------------------------------------------------
-    def connect(self, addresses: list[str]) -> None:
-        for a in addresses:
-            if a not in self.targets:
-                t = self.targets[a] = _Target(a)
-                if self._periodic is not None:
-                    self._dial(t)
-        self._targets_changed()
-
-    def forget(self, addresses: list[str]) -> None:
-        for a in addresses:
-            t = self.targets.pop(a, None)
-            if t is not None and t.timer is not None:
-                t.timer.cancel()
-        self._targets_changed()
-
-    def _targets_changed(self) -> None:
-        if self.on_targets_changed:
-            self.on_targets_changed(sorted(self.targets))
-
-    def _dial(self, t: _Target) -> None:
-        if self._stopped or t.address not in self.targets:
-            return
-        t.timer = None
-        if t.peer in self.conns:
-            t.state = "established"
-            return
-        t.state = "connecting"
-        self.stats["dials"] += 1
-        self.env.dial(self, t.address)
-
-    def dial_failed(self, address: str, reason: str) -> None:
-        t = self.targets.get(address)
-        if t is None or self._stopped:
-            return
-        t.failures += 1
-        t.state, t.last_error = "failed", reason
-        delay = min(self.cfg.backoff_max, self.cfg.backoff_base * 2 ** min(t.failures - 1, 16))
-        t.timer = self.env.call_later(delay * self.rng.uniform(0.8, 1.2), lambda: self._dial(t))
-
     # ---- connections ------------------------------------------------------------------
     def _record(self) -> PeerRecord:
         conns = tuple(sorted((p, c.address, c.outbound) for p, c in self.conns.items()))
@@ -222,12 +163,7 @@ class Router:
     def add_connection(self, conn: Connection) -> bool:
         """Register an established connection; False (and closed) if it is a duplicate."""
         t = self.targets.get(conn.address) if conn.outbound else None
-        ruid = getattr(conn, "remote_uid", None)
-        if conn.remote == self.name and ruid not in (None, self.uid) and not self._stopped:
-            conn.close("peer name collision")
-            if t is not None:
-                t.state, t.last_error = "failed", "peer name collision"  # not retried
-            self.name_collision_seen(ruid, conn.address)
+        if self._same_name_other_uid(conn, t):
             return False
         if self._stopped or conn.remote == self.name:
             conn.close("connection to ourself" if conn.remote == self.name else "stopped")
@@ -237,21 +173,11 @@ class Router:
         if t is not None:
             t.state, t.failures, t.last_error, t.peer = "established", 0, "", conn.remote
         old = self.conns.get(conn.remote)
-        old_uid = getattr(old, "remote_uid", None)
-        if old is not None and None not in (ruid, old_uid) and ruid != old_uid:
-            # two live peers with one name: the earlier incarnation keeps it, the later is told
-            later, earlier_uid = (conn, old_uid) if ruid > old_uid else (old, ruid)
-            self.rejected["name-collision"] += 1
-            self.log(logging.ERROR, "name-collision", fmt_name(conn.remote),
-                     "mesh: two peers named %s (%s at %s, %s at %s); refusing the later one",
-                     fmt_name(conn.remote), old_uid, old.address, ruid, conn.address)
-            self._send(later, Frame(CLOSE, payload=json.dumps(
-                {"reason": "name-collision", "uid": earlier_uid}).encode()))
-            later.close("peer name collision")
-            if later is conn:
+        if old is not None and self._two_peers_one_name(old, conn):
+            if old.open:  # the new connection was the later incarnation: refused
                 return False
             old = None
-            del self.conns[conn.remote]
+            self.conns.pop(conn.remote, None)
         if old is not None:
             # keep the connection initiated by the lower name; both ends agree
             keep_new = (self.name if conn.outbound else conn.remote) < (
@@ -274,14 +200,7 @@ class Router:
             return
         del self.conns[conn.remote]
         self.stats["connections_lost"] += 1
-        for t in self.targets.values():  # targets served by this peer must be redialled
-            if t.peer == conn.remote and t.state == "established" and not self._stopped:
-                t.state, t.last_error = "failed", reason
-                t.failures += 1
-                delay = min(self.cfg.backoff_max,
-                            self.cfg.backoff_base * 2 ** min(t.failures - 1, 16))
-                t.timer = self.env.call_later(delay * self.rng.uniform(0.8, 1.2),
-                                              lambda t=t: self._dial(t))
+        self._redial_served_by(conn.remote, reason)
         self._self_changed()
 
     def _self_changed(self) -> None:
@@ -348,45 +267,6 @@ class Router:
             self.rejected["handler-error"] += 1
             _log.exception("mesh: %s handler failed on a frame from %s", frame.channel,
                            fmt_name(conn.remote))
-
-    def _on_close_frame(self, conn: Connection, payload: bytes) -> None:
-        try:
-            msg = json.loads(payload)
-            reason, uid = str(msg["reason"]), msg.get("uid")
-        except (ValueError, TypeError, KeyError):
-            self.rejected["bad-close"] += 1
-            return
-        if reason == "name-collision" and type(uid) is int and uid != self.uid:
-            self.name_collision_seen(uid, f"{conn.address} (told by {fmt_name(conn.remote)})")
-
-    # ---- name collisions (see the module docstring) -----------------------------------
-    def name_collision_seen(self, other_uid: int, via: str, version: int = 0) -> None:
-        """Another live peer uses our name with incarnation ``other_uid``."""
-        earlier = other_uid < self.uid
-        self.collisions[other_uid] = {"uid": other_uid, "via": via, "we_yield": earlier,
-                                      "time": round(self.env.now(), 3)}
-        self.rejected["name-collision"] += 1
-        if not earlier:
-            self.log(logging.ERROR, "name-collision", str(other_uid),
-                     "mesh: a later peer also calls itself %s (seen via %s); it must yield "
-                     "(was its state directory copied?)", fmt_name(self.name), via)
-            if version >= self.version:  # re-assert our record above the intruder's
-                self.version = version
-                self._self_changed()
-            return
-        if self.name_collision is None:
-            self.name_collision = {
-                "message": f"another running peer (started earlier) uses our name "
-                           f"{fmt_name(self.name)} (seen via {via}); this peer refuses to "
-                           "join the mesh and to allocate",
-                "fix": "stop this peer and remove its state directory (it was copied from "
-                       "another peer) so that it starts under a new name"}
-            _log.error("mesh: %s (fix: %s)", self.name_collision["message"],
-                       self.name_collision["fix"])
-            self.stop()
-            for t in self.targets.values():
-                t.state, t.last_error = "failed", "refused: peer name collision"
-            self._topology_changed()
 
     def _forward(self, frame: Frame) -> bool:
         hop = self.topology.unicast_routes().get(frame.dst)
