@@ -19,10 +19,13 @@ debs:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
 
-$(BIN)/fabric: pyproject.toml $(BACKENDS)
+# Editable core with every extra, every backend, and the test-only plugins (`fake` backend and
+# IPAM, private etcd) that a plain `pip install netfabric` never has.
+$(BIN)/fabric: pyproject.toml $(BACKENDS) tests/plugins/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test,bgp]' $(foreach b,$(BACKENDS),-e $(dir $(b)))
+	$(BIN)/pip install -q -e '.[test,bgp,fast]' $(foreach b,$(BACKENDS),-e $(dir $(b))) \
+	  -e tests/plugins
 	@touch $@
 
 venv: $(BIN)/fabric
@@ -41,11 +44,15 @@ test-unit: venv
 lint: venv
 	$(BIN)/ruff check fabric backends tests examples
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 bench: deps
 	$(BIN)/fabric bench throughput --backend vxlan
 	$(BIN)/fabric bench throughput --backend hostgw
 
+# Takes down every lab on this machine (`fabric lab list`), then removes the venv and build files.
 clean:
-	-$(BIN)/fabric lab down --all
-	rm -rf $(VENV) build *.egg-info
+	-@[ -x $(BIN)/fabric ] && for lab in $$($(BIN)/fabric lab list); do \
+	  $(BIN)/fabric lab down --name $$lab; done; true
+	rm -rf $(VENV) build dist *.egg-info backends/*/*.egg-info tests/plugins/*.egg-info \
+	  examples/*/*.egg-info

@@ -93,6 +93,8 @@ class Peer:
 
 @attrs.frozen
 class PeerEvent:
+    """A peer appeared or went away; what ``IPAM.subscribe`` delivers to backends."""
+
     kind: Literal["added", "removed"]
     peer: Peer
 
@@ -145,6 +147,8 @@ class Workload:
 
 @attrs.frozen
 class Route:
+    """A route the workload gets (CNI result ``routes``): ``dst`` via ``gateway``."""
+
     dst: IPv4Network
     gateway: IPv4Address | None = None
 
@@ -166,6 +170,8 @@ class Endpoint:
 
 @attrs.frozen
 class Capabilities:
+    """What a backend can do and needs; the lab and docs read it, the agent does not."""
+
     encryption: bool = False  # can encrypt traffic between nodes
     needs_l2: bool = False  # all peers must share one L2 segment (host-gw)
     multicast: bool = False

@@ -37,6 +37,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="fabric", description="netfabric: multi-backend container network fabric")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
@@ -216,14 +217,28 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    from fabric import __version__
+
+    return __version__
+
+
+_TOP_OPTIONS_WITH_VALUE = ("--log-level",)
+
+
 def _normalise_argv(argv: list[str]) -> list[str]:
-    """`fabric bench --backend X` is short for `fabric bench throughput --backend X`."""
-    if "bench" in argv:
-        i = argv.index("bench")
-        if i + 1 < len(argv) and argv[i + 1].startswith("--") and argv[i + 1] not in (
-            "--help",
-        ):
-            return [*argv[: i + 1], "throughput", *argv[i + 1 :]]
+    """`fabric bench --backend X` is short for `fabric bench throughput --backend X`.
+
+    Only the command word counts: `bench` as an option's value (`lab up --name bench`)
+    is left alone.
+    """
+    i = 0
+    while i < len(argv) and argv[i].startswith("-"):  # options before the command
+        i += 2 if argv[i] in _TOP_OPTIONS_WITH_VALUE else 1
+    if i < len(argv) and argv[i] == "bench":
+        rest = argv[i + 1 :]
+        if rest and rest[0].startswith("--") and rest[0] != "--help":
+            return [*argv[: i + 1], "throughput", *rest]
     return argv
 
 

@@ -27,6 +27,8 @@ _INTERFACES = {"backend": "Backend", "ipam": "IPAM", "policy": "PolicyEngine"}
 
 @attrs.frozen
 class PluginInfo:
+    """One installed entry point: kind, name, ``module:attr`` target, its distribution."""
+
     kind: str  # backend | ipam | policy
     name: str
     target: str  # module:attribute
@@ -52,6 +54,7 @@ def list_plugins(kind: str | None = None) -> list[PluginInfo]:
 
 
 def known_names(kind: str) -> list[str]:
+    """Names of the installed plugins of one kind, sorted (for error messages, `fabric plugins`)."""
     return sorted({p.name for p in list_plugins(kind)})
 
 

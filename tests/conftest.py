@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from fabric.testing.etcd import EtcdServer, etcd_binary
+from fabric_testplugins.etcd import EtcdServer, etcd_binary
 
 
 @pytest.fixture

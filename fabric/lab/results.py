@@ -27,6 +27,8 @@ def _json(inst: Any) -> dict[str, Any]:
 
 @attrs.frozen
 class HostInfo:
+    """One emulated host of a lab: namespace, underlay address, agent state directory."""
+
     name: str  # "h1"
     index: int
     ns: str
@@ -49,6 +51,8 @@ class HostInfo:
 
 @attrs.frozen
 class PodInfo:
+    """One pod of a lab: its namespace, host and the address its CNI ADD returned."""
+
     name: str  # "h1p1"
     host: str
     ns: str
@@ -76,6 +80,8 @@ class PodInfo:
 
 @attrs.frozen
 class ExecResult:
+    """A command run in a lab host or pod: exit code and output."""
+
     target: str
     argv: tuple[str, ...]
     returncode: int
@@ -89,6 +95,8 @@ class ExecResult:
 
 @attrs.frozen
 class PingPair:
+    """One ping from ``src`` to ``dst``: whether it answered and its round-trip time."""
+
     src: str
     dst: str
     dst_ip: IPv4Address
@@ -99,6 +107,8 @@ class PingPair:
 
 @attrs.frozen
 class PingResult:
+    """Pings between pod pairs; ``ok`` when all answered, ``summary()`` names failures."""
+
     pairs: tuple[PingPair, ...]
 
     @property
@@ -121,6 +131,8 @@ class PingResult:
 
 @attrs.frozen
 class TcpResult:
+    """A TCP connect-and-echo check between two lab targets."""
+
     src: str
     dst: str
     dst_ip: IPv4Address
@@ -132,6 +144,8 @@ class TcpResult:
 
 @attrs.frozen
 class IperfResult:
+    """One iperf3 TCP run between two lab targets: throughput and retransmits."""
+
     src: str
     dst: str
     dst_ip: IPv4Address
@@ -148,6 +162,8 @@ class IperfResult:
 
 @attrs.frozen
 class DownReport:
+    """What tearing a lab down did: processes stopped, namespaces deleted, leftovers."""
+
     name: str
     stopped: tuple[str, ...]  # roles of processes ended
     namespaces: tuple[str, ...]  # namespaces deleted

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from fabric.lab.netns import LabError, add_ns, add_veth, ip_batch, run, sysctl
-from fabric.lab.procs import ProcRecord, is_alive, proc_start_time, spawn
+from fabric.lab.procs import ProcRecord, spawn
 from fabric.lab.topology import ETCD_IP, ETCD_PORT, HostSpec, Topology, router_ns, switch_ns
 
 __all__ = ["build_switch", "build_host", "start_etcd", "etcd_url", "wait_tcp", "wait_etcd"]
@@ -79,43 +79,11 @@ def wait_tcp(ns: str, host: str, port: int, timeout: float) -> None:
         raise LabError(f"{host}:{port} did not answer within {timeout}s in {ns}")
 
 
-def _server_pid(srv: Any) -> int | None:
-    for attr in ("pid", "proc", "process", "_proc", "_process"):
-        val = getattr(srv, attr, None)
-        if isinstance(val, int):
-            return val
-        if val is not None and isinstance(getattr(val, "pid", None), int):
-            return val.pid
-    return None
-
-
 def start_etcd(topo: Topology, state: Path) -> tuple[Any, ProcRecord]:
-    """Real etcd in the switch namespace on 198.18.0.2; returns (handle, record).
-
-    Uses ``fabric.testing.etcd.EtcdServer`` when installed (and it exposes its
-    pid), else starts the `etcd` binary itself. The handle is the EtcdServer or
-    the Popen object.
-    """
+    """Real etcd in the switch namespace on 198.18.0.2; returns (Popen handle, record)."""
     sw = switch_ns(topo.name)
     data = state / "etcd"
     marker = f"{state}/"
-    try:
-        from fabric.testing.etcd import EtcdServer
-    except ImportError:
-        EtcdServer = None  # noqa: N806
-    if EtcdServer is not None:
-        srv = EtcdServer(data, host=str(ETCD_IP), client_port=ETCD_PORT, netns=sw)
-        srv.__enter__()
-        pid = _server_pid(srv)
-        start = proc_start_time(pid) if pid else None
-        if pid and start is not None:
-            argv = srv._command()
-            if argv[:3] == ["ip", "netns", "exec"]:
-                argv = argv[4:]  # recorded without the namespace: ProcRecord.ns has it
-            rec = ProcRecord("etcd", pid, start, marker, sw, str(state / "etcd.log"), argv)
-            if is_alive(rec):
-                return srv, rec
-        srv.__exit__(None, None, None)  # cannot record its pid: fall back to our own
     peer = f"http://{ETCD_IP}:2380"
     argv = ["etcd", "--name", "sw", "--data-dir", str(data),
             "--listen-client-urls", etcd_url(), "--advertise-client-urls", etcd_url(),

@@ -12,7 +12,7 @@ from fabric.api import Handle, NetworkContext, NetworkSpec, Node
 from fabric.errors import PoolExhausted, StoreError
 from fabric.ipam.blocks import BlockIPAM, block_key
 from fabric.store import connect
-from fabric.testing.etcd import EtcdServer, etcd_binary
+from fabric_testplugins.etcd import EtcdServer, etcd_binary
 
 pytestmark = pytest.mark.skipif(etcd_binary() is None, reason="etcd is not installed")
 

@@ -15,7 +15,7 @@ from fabric.errors import ConfigError, PoolExhausted, StoreUnavailable
 from fabric.ipam.subnet import SubnetLeaseIPAM
 from fabric.plugins import load_plugin
 from fabric.store import connect
-from fabric.testing.etcd import EtcdServer
+from fabric_testplugins.etcd import EtcdServer
 from tests.util import wait_for
 
 PREFIX = "/netfabric/t"

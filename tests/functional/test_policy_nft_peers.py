@@ -11,7 +11,7 @@ import pytest
 
 from fabric.policy.compile import EndpointInfo
 from fabric.policy.peers import EndpointDirectory
-from fabric.testing.etcd import EtcdServer, etcd_binary
+from fabric_testplugins.etcd import EtcdServer, etcd_binary
 
 pytestmark = pytest.mark.skipif(etcd_binary() is None, reason="etcd is not installed")
 

@@ -12,7 +12,7 @@ from fabric.store import connect
 from fabric.store.base import WatchEvent
 from fabric.store.etcd import prefix_end
 from fabric.store.sync import PrefixMirror
-from fabric.testing.etcd import EtcdServer, free_port
+from fabric_testplugins.etcd import EtcdServer, free_port
 from tests.util import wait_for
 
 

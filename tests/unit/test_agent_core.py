@@ -13,7 +13,7 @@ import pytest
 from fabric.agent.config import AgentConfig, network_from_mapping
 from fabric.agent.daemon import Agent
 from fabric.errors import AgentUnavailable, ConfigError, NotFound
-from fabric.testing.fake import reset_fake_cluster
+from fabric_testplugins.fake import reset_fake_cluster
 
 
 @pytest.fixture(autouse=True)

@@ -22,7 +22,7 @@ import pytest
 from fabric.agent.config import AgentConfig
 from fabric.agent.daemon import Agent
 from fabric.cni.main import run
-from fabric.testing.fake import reset_fake_cluster
+from fabric_testplugins.fake import reset_fake_cluster
 
 NETNS = "/proc/self/ns/net"  # exists; the fake backend creates nothing in it
 

@@ -72,7 +72,7 @@ def test_plugin_that_fails_to_import_is_named(extra_path: Path) -> None:
 
 def test_two_plugins_with_one_name_conflict(extra_path: Path) -> None:
     body = """
-    from fabric.testing.fake import FakeBackend as Plugin
+    from fabric_testplugins.fake import FakeBackend as Plugin
     """
     (extra_path / "a").mkdir()
     (extra_path / "b").mkdir()
