@@ -40,3 +40,13 @@ def test_status_before_ring() -> None:
     st = mesh_status(routers[0], allocs[0])
     assert not st["ipam"]["ready"]
     assert "waiting for consensus" in render_ipam(st)
+
+
+def test_status_says_why_no_ring_and_why_refusing() -> None:
+    net, routers = build(2, edges=[(0, 1)])
+    allocs = allocators(routers, mode="observer")
+    net.run_until(2.0)
+    st = mesh_status(routers[0], allocs[0])
+    assert "no peer in this mesh will create the IPAM ring" in render_ipam(st)
+    assert "observers" in render_status(st)
+    json.dumps(st)
