@@ -25,13 +25,14 @@ class PodDNS:
     def __init__(self, dns: WeaveDNS, address: IPv4Address, domain: str, state_file) -> None:
         self.dns, self.address, self.domain = dns, address, domain
         self.state_file = state_file
+        self.refused_names = 0  # pod names DNS could not hold (the pod still attached)
 
     def register(self, workload: Workload, ip: IPv4Address) -> dict[str, Any]:
         if workload.name:
             try:
                 self.dns.add(workload.name, str(ip), workload.container_id)
             except ConfigError as exc:  # a name DNS cannot hold must not fail the pod
-                self.dns.counters["refused_names"] += 1
+                self.refused_names += 1
                 log.warning("weaveDNS: pod %r not registered: %s", workload.name, exc)
         return {"nameservers": [str(self.address)], "search": [self.domain.rstrip(".")],
                 "options": ["ndots:2"]}
@@ -64,6 +65,7 @@ class PodDNS:
         st = self.dns.status()
         st.setdefault("address", str(self.address))
         st.setdefault("domain", self.domain)
+        st["refused_pod_names"] = self.refused_names
         return st
 
     def stop(self) -> None:

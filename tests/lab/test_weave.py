@@ -139,13 +139,14 @@ def test_weave_fastdp_per_peer_fallback(lab_name: str) -> None:
                              for m in modes(lab, h).values())
                  and len(modes(lab, "h1")) == 2, timeout=15)
         assert lab.etcd is None
-        # pods send on the kernel path: nothing of theirs on the sleeve port
-        cap = Capture(lab.target("h1")[0], "udp port 6783")
-        assert lab.tcp_check("h1p1", "h2p1").ok
+        # pod traffic takes the kernel path: the sleeve engine carries (almost) none of it
+        def sleeve_bytes() -> int:
+            return backend_status(lab, "h1")["overlay"]["sleeve"]["tx"]["bytes"]
+        before = sleeve_bytes()
+        perf = lab.iperf("h1p1", "h2p1", seconds=1)
+        assert perf.gbps > 0.05, perf
         assert lab.ping("h1p2", "h3p2", count=3).ok
-        sleeve_bytes = cap.stop()
-        assert b"\x08\x00" not in sleeve_bytes[100:] or len(sleeve_bytes) < 2000, \
-            "pod traffic took the sleeve while fastdp was up"
+        assert sleeve_bytes() - before < 100_000, "pod traffic took the sleeve"
 
         # UDP 6784 blocked between h1 and h3: that pair falls back within 5 s, h1-h2 stays
         stream = lab.ping_stream("h1p1", "h3p1", interval=0.1)
