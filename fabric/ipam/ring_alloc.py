@@ -275,7 +275,9 @@ class RingAllocator(RingAdmin, RingDonation, Gossiper):
                 raise ValueError("not an object")
             raw_ring = d.get("ring")
             paxos = Paxos.from_wire(d["paxos"]) if "paxos" in d else None
-            delta = self.guards.merge(d)  # before the ring: "removed" decides _check_lost
+            if raw_ring is not None and not isinstance(raw_ring, dict):
+                raise ValueError("ring is not an object")
+            delta = self.guards.merge(d, self.wall())  # before the ring: see _check_lost
         except (ValueError, TypeError, KeyError, IndexError, AttributeError,
                 RecursionError) as exc:
             raise FrameError("bad-ipam", str(exc)[:80]) from exc

@@ -78,8 +78,10 @@ class Guards:
         self.conflicts: dict[str, float] = {}
         self.waiting: dict[str, str] = {}
 
-    def merge(self, d: dict[str, Any]) -> IpamData:
-        """Merge the guard fields of a decoded ipam payload; ValueError if malformed."""
+    def merge(self, d: dict[str, Any], now: float) -> IpamData:
+        """Merge the guard fields of a decoded ipam payload; ValueError if malformed.
+        Conflict times from the future (beyond clock skew of ``ttl``) are refused: one
+        would stop allocation for good."""
         new = IpamData()
         removed, conflicts, waiting = (d.get("removed") or {}, d.get("conflicts") or {},
                                        d.get("waiting") or {})
@@ -94,6 +96,8 @@ class Guards:
         for key, when in conflicts.items():
             if type(when) not in (int, float) or key.count("|") != 1:
                 raise ValueError("malformed ring conflict")
+            if when > now + self.ttl:
+                continue
             if when > self.conflicts.get(key, float("-inf")):
                 self.conflicts[key] = float(when)
                 new.conflicts = {**(new.conflicts or {}), key: float(when)}

@@ -3,6 +3,8 @@ peer, a removed peer's return is refused, the agreed consensus set, all-observer
 
 from __future__ import annotations
 
+import json
+
 import attrs
 import pytest
 
@@ -119,3 +121,17 @@ def test_all_observer_mesh_says_nobody_will_create_a_ring() -> None:
         assert "no peer" in st["waiting"] and "observer" in st["waiting"]
     with pytest.raises(IPAMError, match="no peer"):
         allocs[0].require_ready()
+
+
+def test_hostile_guard_gossip_is_refused() -> None:
+    from fabric.mesh.wire import FrameError
+
+    net, routers = build(1, edges=[])
+    a = allocators(routers, seeds=[routers[0].name])[0]
+    future = {"conflicts": {f"{a.ring.ring_id}|x": net.now() + 1e9}}
+    a.on_gossip(99, json.dumps(future).encode())
+    assert a.refusal() is None and a.try_allocate("ok") is not None
+    for bad in ({"ring": [1]}, {"removed": {"x": 1}}, {"conflicts": {"nobar": 1.0}},
+                {"waiting": {"x": "boss"}}):
+        with pytest.raises(FrameError):
+            a.on_gossip(99, json.dumps(bad).encode())
