@@ -47,11 +47,20 @@ def _store(config: AgentConfig):
     return connect(config.etcd)
 
 
+def _health(store, config: AgentConfig):
+    if store is None:
+        return None
+    from fabric.store.health import PROBE_KEY, HealthMonitor
+
+    return HealthMonitor(lambda: store.get(PROBE_KEY), f"etcd at {config.etcd}")
+
+
 class Agent:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
         self.node = _node(config)
         self.store = _store(config)
+        self.health = _health(self.store, config)  # datastore outages visible in status
         self.networks: dict[str, Network] = {}
         for spec in config.networks:
             ctx = network_context(spec, self.node, config.state_dir, self.store)
@@ -72,6 +81,8 @@ class Agent:
         self.config.state_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.config.state_dir / "agent.json", self.config.to_json())
         self.server.start()
+        if self.health is not None:
+            self.health.start()
         (self.config.state_dir / "agent.pid").write_text(f"{os.getpid()}\n")
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -93,6 +104,8 @@ class Agent:
                 net.teardown()
             else:
                 net.stop()
+        if self.health is not None:
+            self.health.stop()
         if self.store is not None:
             try:
                 self.store.close()
@@ -181,6 +194,7 @@ class Agent:
             "node": {"name": self.node.name, "public_ip": str(self.node.public_ip),
                      "iface": self.node.iface, "mtu": self.node.mtu},
             "etcd": self.config.etcd,
+            "datastore": self.health.status() if self.health is not None else None,
             "networks": [n.status() for n in self.networks.values()],
         }
 

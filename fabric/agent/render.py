@@ -40,12 +40,24 @@ def _value(key: str, value: Any, indent: int) -> list[str]:
     return [f"{pad}{key}: {value}"]
 
 
+def _datastore(health: Any) -> str:
+    if not isinstance(health, dict):
+        return "-"
+    if health.get("reachable") is None:
+        return "not checked yet"
+    if health["reachable"]:
+        return f"reachable (since {health.get('since')})"
+    return (f"UNREACHABLE since {health.get('since')} ({health.get('down_for')} s): "
+            f"{health.get('error')}")
+
+
 def render_status(status: dict[str, Any]) -> str:
     node = status.get("node", {})
     lines = ["Node:"]
     lines += _kv([("name", node.get("name")), ("public ip", node.get("public_ip")),
                   ("interface", f"{node.get('iface')} (mtu {node.get('mtu')})"),
                   ("etcd", status.get("etcd") or "-"),
+                  ("datastore", _datastore(status.get("datastore"))),
                   ("agent", f"{status.get('version')} pid {status.get('pid')} "
                             f"up {status.get('uptime')}s")])
     for net in status.get("networks", []):
@@ -78,6 +90,8 @@ def render_status(status: dict[str, Any]) -> str:
         for key, value in backend.items():
             if key != "peers":
                 lines += _value(key, value, 2)
+        for r in net.get("refused") or []:
+            lines.append(f"  REFUSED {r.get('key') or r.get('subnet')}: {r.get('reason')}")
         if net.get("last_peer_error"):
             lines.append(f"  last peer error: {net['last_peer_error']}")
     return "\n".join(lines)

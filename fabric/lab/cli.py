@@ -136,6 +136,9 @@ def cmd_status(args: argparse.Namespace) -> int:
                           f"{'ready' if n.get('ready') else 'NOT READY'} "
                           f"{' '.join(n.get('chunks') or [])}" for n in nets)
         alive = "up" if h["alive"] else "DOWN"
+        store = (h.get("agent") or {}).get("datastore") or {}
+        if store.get("reachable") is False:
+            state += f"  datastore UNREACHABLE since {store.get('since')}"
         print(f"  {name:4} {h['ip']:14} agent {alive} pid {h['pid']}  "
               f"{state or h.get('error', '')}")
     for name, addr in st["pods"].items():
