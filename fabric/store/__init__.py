@@ -6,13 +6,16 @@ implementation, ``sync`` the list-then-watch helper (:class:`PrefixMirror`).
 
 from __future__ import annotations
 
-from fabric.store.base import KeyValue, Store, StoreLease, Watch, WatchEvent
+from collections.abc import Sequence
 
-__all__ = ["connect", "KeyValue", "Store", "StoreLease", "Watch", "WatchEvent"]
+from fabric.store.base import KeyValue, Store, StoreLease, TLSFiles, Watch, WatchEvent
+
+__all__ = ["connect", "KeyValue", "Store", "StoreLease", "TLSFiles", "Watch", "WatchEvent"]
 
 
-def connect(url: str) -> Store:
-    """A store for ``url`` (``http://host:port`` of an etcd >= 3.4). Does no I/O."""
+def connect(urls: str | Sequence[str], tls: TLSFiles | None = None) -> Store:
+    """A store for etcd >= 3.4 at ``urls`` (one URL, a comma list or a sequence: failover,
+    in order), with client TLS files if given. Does no I/O."""
     from fabric.store.etcd import EtcdStore
 
-    return EtcdStore(url)
+    return EtcdStore(urls, tls=tls)

@@ -9,12 +9,41 @@ store errors: ``StoreUnavailable`` when etcd cannot be reached,
 from __future__ import annotations
 
 import abc
+import os
 from collections.abc import Callable
 from typing import Literal
 
 import attrs
 
-__all__ = ["KeyValue", "WatchEvent", "StoreLease", "Watch", "Store"]
+from fabric.errors import ConfigError
+
+__all__ = ["KeyValue", "WatchEvent", "StoreLease", "Watch", "Store", "TLSFiles"]
+
+
+@attrs.frozen
+class TLSFiles:
+    """Client TLS for etcd, flannel's ``-etcd-cafile/-etcd-certfile/-etcd-keyfile``.
+
+    ``cafile`` alone verifies the server; ``certfile`` + ``keyfile`` (both or none) also
+    authenticate this client (etcd's ``--client-cert-auth``).
+    """
+
+    cafile: str = ""
+    certfile: str = ""
+    keyfile: str = ""
+
+    def __attrs_post_init__(self) -> None:
+        if bool(self.certfile) != bool(self.keyfile):
+            raise ConfigError("--etcd-certfile and --etcd-keyfile go together",
+                              fix="pass both (the client certificate and its key) or neither")
+        for opt, path in (("--etcd-cafile", self.cafile), ("--etcd-certfile", self.certfile),
+                          ("--etcd-keyfile", self.keyfile)):
+            if path and not os.access(path, os.R_OK):
+                raise ConfigError(f"{opt} {path}: not a readable file", field=opt,
+                                  fix="give the path of a PEM file the agent can read")
+
+    def __bool__(self) -> bool:
+        return bool(self.cafile or self.certfile)
 
 
 @attrs.frozen

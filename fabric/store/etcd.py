@@ -1,66 +1,64 @@
 """``EtcdStore``: :class:`fabric.store.base.Store` over etcd's v3 JSON gateway.
 
-Unary calls go through etcd3gw's client (``/v3/kv/*``, ``/v3/lease/*``); the
-watch stream is read here directly because etcd3gw's ``Watcher`` hides
-``compact_revision`` and reconnects. Every failure leaves as a
-:mod:`fabric.errors` store error.
+Production etcd: a list of endpoints (flannel's ``-etcd-endpoints``) and client TLS
+(:class:`~fabric.store.base.TLSFiles`), shared by unary calls and watch streams.
+Calls go to the current endpoint; when it cannot be reached the store moves on to the
+next one and, if the request never reached the old one (connection refused, TLS
+handshake), sends it there at once. A request that may have been received (read
+timeout, reset mid-answer) is not re-sent: a create or compare-and-swap could otherwise
+apply twice; it fails with ``StoreUnavailable`` and the next call uses the next
+endpoint. Every failure leaves as a :mod:`fabric.errors` store error.
 """
 
 from __future__ import annotations
 
-import base64
-import contextlib
 import json
 import logging
-import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-import etcd3gw
 import requests
-from etcd3gw import exceptions as gwexc
 
-from fabric.errors import ConfigError, StoreCompacted, StoreError, StoreUnavailable
-from fabric.store.base import KeyValue, Store, StoreLease, Watch, WatchEvent
+from fabric.errors import ConfigError, StoreError, StoreUnavailable
+from fabric.store.base import KeyValue, Store, StoreLease, TLSFiles, Watch, WatchEvent
+from fabric.store.etcd_codec import b64 as _b64
+from fabric.store.etcd_codec import kv_from_json as _kv
+from fabric.store.etcd_codec import prefix_end
+from fabric.store.etcd_watch import EtcdWatch
 
-__all__ = ["EtcdStore", "EtcdLease", "EtcdWatch", "prefix_end"]
+__all__ = ["EtcdStore", "EtcdLease", "EtcdWatch", "prefix_end", "parse_endpoints"]
 
 log = logging.getLogger("fabric.store")
 
 _REQUEST_TIMEOUT = 5.0  # seconds, every unary call
-_WATCH_READ_TIMEOUT = 15 * 60.0  # > etcd's 10 min progress-notify interval
-_RETRY_MIN, _RETRY_MAX = 0.1, 5.0
 
 
-def _b64(data: str) -> str:
-    return base64.b64encode(data.encode()).decode()
+def parse_endpoints(urls: str | Sequence[str], tls: bool = False) -> list[str]:
+    """``"https://a:2379,https://b:2379"`` (or a list) -> normalised URLs, in order.
 
-
-def _unb64(data: str) -> str:
-    return base64.b64decode(data).decode(errors="replace")
-
-
-def prefix_end(prefix: str) -> str:
-    """etcd's range_end for "every key starting with prefix" (last byte + 1)."""
-    raw = bytearray(prefix.encode())
-    while raw and raw[-1] == 0xFF:
-        raw.pop()
-    if not raw:
-        return "\0"
-    raw[-1] += 1
-    return raw.decode(errors="surrogateescape")
-
-
-def _kv(item: dict[str, Any]) -> KeyValue:
-    return KeyValue(
-        key=_unb64(item.get("key", "")),
-        value=_unb64(item.get("value", "")),
-        mod_revision=int(item.get("mod_revision", 0)),
-        create_revision=int(item.get("create_revision", 0)),
-        lease=int(item.get("lease", 0)),
-    )
+    A bare ``HOST:PORT`` gets ``https://`` when TLS files are given, else ``http://``.
+    """
+    items = urls.split(",") if isinstance(urls, str) else list(urls)
+    out: list[str] = []
+    for raw in (u.strip() for u in items):
+        if not raw:
+            continue
+        default = "https" if tls else "http"
+        parts = urlsplit(raw if "://" in raw else f"{default}://{raw}")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(
+                f"etcd URL {raw!r} is invalid", field="--etcd-endpoints",
+                fix="use http(s)://HOST:PORT, e.g. https://198.18.0.2:2379",
+            )
+        url = f"{parts.scheme}://{parts.hostname}:{parts.port or 2379}"
+        if url not in out:
+            out.append(url)
+    if not out:
+        raise ConfigError("no etcd endpoint given", field="--etcd-endpoints",
+                          fix="e.g. --etcd-endpoints https://10.0.0.1:2379,https://10.0.0.2:2379")
+    return out
 
 
 class EtcdLease(StoreLease):
@@ -88,42 +86,84 @@ class EtcdLease(StoreLease):
 
 
 class EtcdStore(Store):
-    """Talks to one etcd endpoint URL (``http://host:port``)."""
+    """Talks to a list of etcd endpoints (``http(s)://host:port``), one at a time."""
 
-    def __init__(self, url: str, *, timeout: float = _REQUEST_TIMEOUT) -> None:
-        parts = urlsplit(url if "://" in url else f"http://{url}")
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigError(
-                f"etcd URL {url!r} is invalid",
-                fix="use http://HOST:PORT, e.g. http://198.18.0.2:2379",
-            )
-        self.url = f"{parts.scheme}://{parts.netloc}"
+    def __init__(self, urls: str | Sequence[str], *, tls: TLSFiles | None = None,
+                 timeout: float = _REQUEST_TIMEOUT) -> None:
+        self.tls = tls or TLSFiles()
+        self.endpoints = parse_endpoints(urls, bool(self.tls))
+        if self.tls and not any(u.startswith("https:") for u in self.endpoints):
+            raise ConfigError("TLS files given but every etcd endpoint is http://",
+                              field="--etcd-endpoints", fix="use https:// endpoints")
         self.timeout = timeout
-        self._client = etcd3gw.Etcd3Client(
-            host=parts.hostname,
-            port=parts.port or 2379,
-            protocol=parts.scheme,
-            timeout=timeout,
-            api_path="/v3/",  # etcd >= 3.4; skips the /version discovery round trip
-        )
+        self._current = 0
+        self._session = self.new_session()
         self._watches: set[EtcdWatch] = set()
         self._lock = threading.Lock()
 
+    @property
+    def url(self) -> str:
+        """The endpoint calls go to now."""
+        return self.endpoints[self._current]
+
+    def new_session(self) -> requests.Session:
+        """A session with this store's TLS settings (watches open one each)."""
+        session = requests.Session()
+        if self.tls.cafile:
+            session.verify = self.tls.cafile
+        if self.tls.certfile:
+            session.cert = (self.tls.certfile, self.tls.keyfile)
+        return session
+
+    def failover(self, failed_url: str) -> None:
+        """Move to the endpoint after ``failed_url`` (no-op if another caller already did)."""
+        with self._lock:
+            if len(self.endpoints) > 1 and self.endpoints[self._current] == failed_url:
+                self._current = (self._current + 1) % len(self.endpoints)
+                log.warning("etcd at %s is unreachable; using %s", failed_url, self.url)
+
     # -- plumbing --
     def _call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        errors: list[str] = []
+        last: BaseException | None = None
+        for _ in self.endpoints:
+            url = self.url
+            try:
+                return self._post(url, path, body)
+            except _NotSent as exc:  # never reached that member: safe to send elsewhere
+                errors.append(str(exc))
+                last = exc.__cause__
+                self.failover(url)
+            except StoreUnavailable:
+                self.failover(url)
+                raise
+        raise StoreUnavailable(
+            f"etcd is unreachable: {'; '.join(errors)}",
+            fix=_TLS_FIX if any("TLS" in e for e in errors) else
+            "check that etcd runs and the URLs are right; the agent retries",
+        ) from last
+
+    def _post(self, url: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
         try:
-            return self._client.post(self._client.get_url(path), json=body)
-        except (gwexc.ConnectionFailedError, gwexc.ConnectionTimeoutError) as exc:
-            raise StoreUnavailable(
-                f"etcd at {self.url} is unreachable: {exc.detail_text or exc}",
-                fix="check that etcd runs and the URL is right; the agent retries",
-            ) from exc
-        except gwexc.Etcd3Exception as exc:
-            raise StoreError(f"etcd at {self.url} refused {path}: {_detail(exc)}") from exc
+            resp = self._session.post(f"{url}/v3{path}", json=body, timeout=self.timeout)
+        except requests.exceptions.SSLError as exc:
+            raise _NotSent(f"TLS with {url} failed: {_reason(exc)}") from exc
+        except requests.exceptions.ConnectTimeout as exc:
+            raise _NotSent(f"{url}: connect timed out") from exc
+        except requests.exceptions.ConnectionError as exc:
+            if _refused(exc):
+                raise _NotSent(f"{url}: {_reason(exc)}") from exc
+            raise StoreUnavailable(f"etcd at {url} is unreachable: {exc}",
+                                   fix="the agent retries; the next call uses the next "
+                                       "endpoint") from exc
         except requests.RequestException as exc:
-            raise StoreUnavailable(f"etcd at {self.url} is unreachable: {exc}") from exc
+            raise StoreUnavailable(f"etcd at {url} is unreachable: {exc}") from exc
+        if resp.status_code != 200:
+            raise StoreError(f"etcd at {url} refused {path}: {_detail(resp.text)}")
+        try:
+            return resp.json()
         except ValueError as exc:  # a non-JSON answer
-            raise StoreError(f"etcd at {self.url} sent a malformed answer to {path}") from exc
+            raise StoreError(f"etcd at {url} sent a malformed answer to {path}") from exc
 
     def _txn(self, compare: list[dict], success: list[dict]) -> dict[str, Any]:
         return self._call("/kv/txn", {"compare": compare, "success": success, "failure": []})
@@ -216,173 +256,38 @@ class EtcdStore(Store):
             watches = list(self._watches)
         for watch in watches:
             watch.cancel()
-        self._client.session.close()
+        self._session.close()
 
     def __repr__(self) -> str:
-        return f"EtcdStore({self.url!r})"
+        return f"EtcdStore({', '.join(self.endpoints)!r})"
 
 
-def _detail(exc: gwexc.Etcd3Exception) -> str:
-    text = exc.detail_text or ""
+_TLS_FIX = "check --etcd-cafile/--etcd-certfile/--etcd-keyfile against etcd's certificates"
+
+
+class _NotSent(Exception):
+    """The request never reached the endpoint (refused / TLS handshake): re-send elsewhere."""
+
+
+def _refused(exc: requests.exceptions.ConnectionError) -> bool:
+    """No TCP connection came up (refused, no route): urllib3's NewConnectionError inside."""
+    text = str(exc)
+    return "NewConnectionError" in text or "Failed to establish a new connection" in text
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc)
+    for marker in ("CERTIFICATE_VERIFY_FAILED", "certificate required", "Connection refused",
+                   "unknown ca", "bad certificate", "No route to host"):
+        if marker.lower() in text.lower():
+            return marker
+    return text[:200]
+
+
+def _detail(text: str) -> str:
     try:
         return str(json.loads(text).get("message") or text)
     except (ValueError, AttributeError):
-        return text or type(exc).__name__
+        return text or "no detail"
 
 
-class EtcdWatch(Watch):
-    """One prefix watch on its own thread and HTTP stream; reconnects from the last revision."""
-
-    def __init__(
-        self,
-        store: EtcdStore,
-        prefix: str,
-        callback: Callable[[list[WatchEvent]], None],
-        start_revision: int,
-        on_error: Callable[[Exception], None] | None,
-    ) -> None:
-        self.store = store
-        self.prefix = prefix
-        self.callback = callback
-        self.on_error = on_error
-        self.next_revision = max(1, start_revision)
-        self.connected = threading.Event()  # set while a stream is established
-        self._stopped = threading.Event()
-        self._deliver = threading.RLock()  # held while calling back; cancel() waits on it
-        self._resp: requests.Response | None = None
-        self._thread = threading.Thread(target=self._run, name=f"etcd-watch {prefix}", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def cancel(self) -> None:
-        self._stopped.set()
-        self._abort_stream()
-        with self._deliver:  # a callback in progress finishes; none starts after this
-            pass
-        if threading.current_thread() is not self._thread:
-            self._thread.join(timeout=5)
-        self.store._forget(self)
-
-    def _abort_stream(self) -> None:
-        resp = self._resp
-        if resp is None:
-            return
-        try:  # unblock the reader: shut the socket down under it
-            sock = socket.fromfd(resp.raw.fileno(), socket.AF_INET, socket.SOCK_STREAM)
-            sock.shutdown(socket.SHUT_RDWR)
-            sock.close()
-        except (OSError, AttributeError, ValueError):
-            pass
-        with contextlib.suppress(Exception):  # closing a broken stream must not raise
-            resp.close()
-
-    def _run(self) -> None:
-        delay = _RETRY_MIN
-        while not self._stopped.is_set():
-            try:
-                self._stream()
-                delay = _RETRY_MIN  # the server closed a healthy stream: reconnect at once
-            except StoreCompacted as exc:
-                self._fail(exc)
-                return
-            except StoreError as exc:
-                log.debug("watch %s: %s; retrying in %.1fs", self.prefix, exc, delay)
-            except Exception:  # a bug must not end the watch silently
-                log.exception("watch %s: unexpected error; retrying in %.1fs", self.prefix, delay)
-            finally:
-                self.connected.clear()
-            if self._stopped.wait(delay):
-                break
-            delay = min(delay * 2, _RETRY_MAX)
-        self.store._forget(self)
-
-    def _fail(self, exc: Exception) -> None:
-        with self._deliver:
-            if self._stopped.is_set():
-                return
-            self._stopped.set()
-            if self.on_error is not None:
-                self.on_error(exc)
-            else:
-                log.error("watch %s ended: %s", self.prefix, exc)
-
-    def _stream(self) -> None:
-        create = {
-            "key": _b64(self.prefix),
-            "range_end": _b64(prefix_end(self.prefix)),
-            "start_revision": self.next_revision,
-            "progress_notify": True,
-        }
-        session = requests.Session()
-        try:
-            self._resp = session.post(
-                self.store._client.get_url("/watch"),
-                json={"create_request": create},
-                stream=True,
-                timeout=(self.store.timeout, _WATCH_READ_TIMEOUT),
-            )
-            if self._stopped.is_set():
-                return
-            if self._resp.status_code != 200:
-                raise StoreError(f"etcd refused a watch on {self.prefix}: {self._resp.text}")
-            for message in self._messages(self._resp):
-                self._handle(message)
-                if self._stopped.is_set():
-                    return
-        except requests.RequestException as exc:
-            if not self._stopped.is_set():
-                raise StoreUnavailable(f"watch stream to {self.store.url} broke: {exc}") from exc
-        except (OSError, AttributeError, ValueError) as exc:  # socket shut under the reader
-            if not self._stopped.is_set():
-                raise StoreUnavailable(f"watch stream to {self.store.url} broke: {exc}") from exc
-        finally:
-            resp, self._resp = self._resp, None
-            if resp is not None:
-                resp.close()
-            session.close()
-
-    @staticmethod
-    def _messages(resp: requests.Response) -> Iterator[dict[str, Any]]:
-        buf = b""
-        for chunk in resp.iter_content(chunk_size=None):
-            buf += chunk
-            while b"\n" in buf:
-                line, buf = buf.split(b"\n", 1)
-                if line.strip():
-                    yield json.loads(line)
-        if buf.strip():
-            yield json.loads(buf)
-
-    def _handle(self, message: dict[str, Any]) -> None:
-        if "error" in message:
-            raise StoreUnavailable(f"watch on {self.prefix} failed: {message['error']}")
-        result = message.get("result", {})
-        compacted = int(result.get("compact_revision", 0))
-        if compacted:
-            raise StoreCompacted(
-                f"watch on {self.prefix} from revision {self.next_revision} was compacted "
-                f"(oldest kept revision {compacted})",
-                compact_revision=compacted,
-            )
-        if result.get("created"):
-            self.connected.set()
-            return
-        if result.get("canceled"):
-            raise StoreUnavailable(f"etcd cancelled the watch on {self.prefix}")
-        events = []
-        for ev in result.get("events") or []:
-            kv = _kv(ev.get("kv", {}))
-            events.append(WatchEvent("delete" if ev.get("type") == "DELETE" else "put", kv))
-        header_rev = int(result.get("header", {}).get("revision", 0))
-        if events:
-            self.next_revision = max(self.next_revision, events[-1].kv.mod_revision + 1)
-            with self._deliver:
-                if self._stopped.is_set():
-                    return
-                try:
-                    self.callback(events)
-                except Exception:  # a faulty callback must not kill the watch
-                    log.exception("watch %s: callback failed", self.prefix)
-        elif header_rev and not result.get("fragment"):  # progress notification
-            self.next_revision = max(self.next_revision, header_rev + 1)
