@@ -44,10 +44,17 @@ class NameCollisions:
 
     def _two_peers_one_name(self: Router, old: Connection, conn: Connection) -> bool:
         """We hold ``old`` to a peer and ``conn`` arrives with its name but another uid:
-        keep the earlier incarnation, tell and close the later one (True)."""
+        keep the earlier incarnation, tell and close the later one (True) — unless the old
+        connection is silent (``alive()`` False): then the new incarnation replaces it."""
         ruid, old_uid = getattr(conn, "remote_uid", None), getattr(old, "remote_uid", None)
         if None in (ruid, old_uid) or ruid == old_uid:
             return False
+        alive = getattr(old, "alive", None)
+        if ruid > old_uid and alive is not None and not alive():
+            # the old connection is silent: most likely our peer restarted and its old
+            # connection has not timed out yet; a new incarnation replaces it
+            old.close("replaced by a newer incarnation of the peer")
+            return True
         later, earlier_uid = (conn, old_uid) if ruid > old_uid else (old, ruid)
         self.rejected["name-collision"] += 1
         self.log(logging.ERROR, "name-collision", fmt_name(conn.remote),

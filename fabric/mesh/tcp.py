@@ -65,6 +65,10 @@ class TcpConn:
         self.last_rx = time.monotonic()
         self.registered = False
 
+    def alive(self) -> bool:
+        """Heard from within 1.5 heartbeats (a peer that restarted leaves a silent one)."""
+        return self.open and time.monotonic() - self.last_rx < 1.5 * self.node.heartbeat
+
     def send(self, data: bytes) -> None:
         if not self.open:
             return

@@ -62,3 +62,25 @@ def test_copied_peer_yields_and_both_report(via: str) -> None:
     assert witness.rejected["name-collision"] >= 1
     assert allocs[orig].try_allocate("pod-c") is not None
     assert copy.describe()["name_collision"]
+
+
+def test_restarted_peer_replaces_its_silent_old_connection() -> None:
+    """Not a copy: the old incarnation's connection is silent (it died, no close seen yet),
+    so a third peer takes the new incarnation instead of telling it to yield."""
+    net = SimNet(seed=4, heartbeat_timeout=5.0)
+    old = _router(net, 1, uid=100, address="sim:old", version=10)
+    p = _router(net, 2, uid=200, address="sim:p")
+    old.connect(["sim:p"])
+    old.start()
+    p.start()
+    net.run_until(1.0)
+    old._stopped = True  # the old process dies; no close reaches p
+    for c in old.conns.values():
+        c.open = False
+    p.conns[1].alive = lambda: False  # what a TCP connection reports after 1.5 heartbeats
+    new = _router(net, 1, uid=500, address="sim:new", version=50)
+    new.connect(["sim:p"])
+    new.start()
+    net.run_until(2.0)
+    assert new.name_collision is None and 2 in new.conns
+    assert p.conns[1].remote_uid == 500
