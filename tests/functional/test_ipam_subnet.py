@@ -215,10 +215,10 @@ def test_bad_values_in_etcd_are_ignored_with_an_error(make, store, caplog) -> No
     assert a.start({}) == (IPv4Network("10.50.3.0/24"),)  # garbage counts as taken
     peers = Peers()
     a.subscribe(peers)
-    store.put(f"{PREFIX}/subnets/10.50.9.0-24",
+    store.put(f"{PREFIX}/subnets/10.50.1.0-24",
               json.dumps({"PublicIP": "198.18.0.50", "BackendType": "vxlan"}))  # fmt: skip
     assert wait_for(lambda: peers.seen("added", "198.18.0.50"), 2)
-    store.put(f"{PREFIX}/subnets/10.50.9.0-24", "[broken")  # a known peer turns to garbage
+    store.put(f"{PREFIX}/subnets/10.50.1.0-24", "[broken")  # a known peer turns to garbage
     time.sleep(0.3)
     assert peers.seen("removed", "198.18.0.50") is None  # kept, as flannel does
     assert "malformed" in caplog.text
