@@ -21,6 +21,7 @@ Backend options such as ``--backend-opt FastPath=true`` are passed to the lab.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import secrets
@@ -28,6 +29,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from fabric.bench.reference import REF_DEV, UdpTunReference
 from fabric.errors import ConfigError
 
 __all__ = ["register", "run", "TARGETS"]
@@ -49,6 +51,11 @@ def register(subparsers: Any) -> None:
                         "CPU 1; 'one' both on CPU 0")
     p.add_argument("--congestion", default="", metavar="NAME",
                    help="client TCP congestion control, e.g. cubic (default: the machine's)")
+    p.add_argument("--reference", choices=["c-udp"], default=None,
+                   help="also measure a reference path in the same rounds: c-udp = flannel "
+                        "udp's per-packet C loop between h1 and h2 (default for user-space "
+                        "backends)")
+    p.add_argument("--no-reference", action="store_true", help="never measure a reference")
     p.add_argument("--backend-opt", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--name", default="", help="lab name (default: a random bNNNN)")
     p.add_argument("--json", type=Path, dest="json_file", help="also write the JSON here")
@@ -59,7 +66,7 @@ def register(subparsers: Any) -> None:
 def run(backend: str, *, hosts: int = 2, duration: int = 3, repeat: int = 5,
         streams: int = 1, backend_opts: dict[str, Any] | None = None,
         name: str = "", pin: str | bool | None = None,
-        congestion: str = "") -> dict[str, Any]:
+        congestion: str = "", reference: str | None = None) -> dict[str, Any]:
     """Bring up a lab, measure, take it down; returns the result mapping."""
     from fabric.lab.lab import Lab
     from fabric.lab.topology import Topology
@@ -83,17 +90,26 @@ def run(backend: str, *, hosts: int = 2, duration: int = 3, repeat: int = 5,
                           fix=f"use one of {', '.join(sorted(PIN_MODES))}")
     cpus = PIN_MODES[mode] if mode and (os.cpu_count() or 1) > max(PIN_MODES[mode]) else None
     kinds = {"underlay": ("h1", "h2", under), "pod": ("h1p1", "h2p1", pod)}
+    ref: list[float] = []
     load_before = os.getloadavg()[0]
-    with Lab(topo) as lab:
+    with Lab(topo) as lab, contextlib.ExitStack() as stack:
+        refpath = stack.enter_context(UdpTunReference(lab)) if reference == "c-udp" else None
+        if refpath is not None:
+            kinds["reference"] = ("h1", f"h2:{REF_DEV}", ref)
+
+        def measure(kind: str, seconds: float, n: int = 1) -> Any:
+            src, dst, _ = kinds[kind]
+            kw = dict(seconds=seconds, streams=n, cpus=cpus, congestion=congestion)
+            return refpath.iperf(**kw) if kind == "reference" and refpath else \
+                lab.iperf(src, dst, **kw)
         mtu = lab.exec("h1p1", ["cat", "/sys/class/net/eth0/mtu"]).stdout.strip()
-        for src, dst, _ in kinds.values():  # warm-up: neighbours, routes, caches
-            lab.iperf(src, dst, seconds=1, cpus=cpus, congestion=congestion)
+        for kind in kinds:  # warm-up: neighbours, routes, caches
+            measure(kind, 1)
         for i in range(repeat):
-            order = ("underlay", "pod") if i % 2 == 0 else ("pod", "underlay")
+            order = list(kinds) if i % 2 == 0 else list(reversed(kinds))
             for kind in order:
                 src, dst, out = kinds[kind]
-                res = lab.iperf(src, dst, seconds=duration, streams=streams, cpus=cpus,
-                                congestion=congestion)
+                res = measure(kind, duration, streams)
                 out.append(res.gbps)
                 runs.append({"run": i + 1, "kind": kind, "src": src, "dst": dst,
                              "dst_ip": str(res.dst_ip), "gbps": res.gbps,
@@ -104,6 +120,15 @@ def run(backend: str, *, hosts: int = 2, duration: int = 3, repeat: int = 5,
     per_round = [b / a for a, b in zip(under, pod, strict=True) if a]
     ratio = round(statistics.median(per_round), 3) if per_round else None
     target = TARGETS.get(backend)
+    per_ref = [b / a for a, b in zip(ref, pod, strict=False) if a]
+    reference_fields: dict[str, Any] = {}
+    if ref:
+        reference_fields = {
+            "reference": reference,
+            "reference_gbps": round(statistics.median(ref), 3),
+            "ratio_to_reference": round(statistics.median(per_ref), 3) if per_ref else None,
+            "reference_to_underlay": round(statistics.median(ref) / u, 3) if u else None,
+        }
     return {
         "bench": "throughput",
         "backend": backend,
@@ -126,11 +151,22 @@ def run(backend: str, *, hosts: int = 2, duration: int = 3, repeat: int = 5,
         "meets_target": None if target is None or ratio is None else ratio >= target,
         "pod_mtu": int(mtu) if mtu.isdigit() else None,
         "underlay_mtu": topo.mtu,
+        **reference_fields,
         "runs": runs,
         "cpus": os.cpu_count(),
         "loadavg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],  # before, after
         "kernel": platform.release(),
     }
+
+
+def _userspace(backend: str) -> bool:
+    """Does the backend's data path run in user space (so the C loop is its reference)?"""
+    from fabric.plugins import load_plugin
+
+    try:
+        return bool(load_plugin("backend", backend).capabilities.userspace)
+    except Exception:  # an unknown backend fails clearly in run()
+        return False
 
 
 def _sysctl(key: str) -> str:
@@ -145,13 +181,20 @@ def cmd_throughput(args: argparse.Namespace) -> int:
     from fabric.agent.config import parse_key_values
     from fabric.bench.report import emit, format_table
 
+    reference = args.reference
+    if reference is None and not args.no_reference and _userspace(args.backend):
+        reference = "c-udp"
     data = run(args.backend, hosts=args.hosts, duration=args.duration, repeat=args.repeat,
                streams=args.streams, backend_opts=parse_key_values(args.backend_opt),
-               name=args.name, pin=args.pin, congestion=args.congestion)
+               name=args.name, pin=args.pin, congestion=args.congestion,
+               reference=None if args.no_reference else reference)
     columns = ["run", "kind", "src", "dst", "gbps", "retransmits", "cpu_sender_pct"]
-    summary = {"run": "median", "kind": "pod/underlay", "src": "", "dst": "",
-               "gbps": data["ratio"], "retransmits": ""}
-    emit(data, rows=[*data["runs"], summary], columns=columns, json_file=args.json_file)
+    summary = [{"run": "median", "kind": "pod/underlay", "src": "", "dst": "",
+                "gbps": data["ratio"], "retransmits": ""}]
+    if data.get("reference"):
+        summary.append({"run": "median", "kind": f"pod/{data['reference']}", "src": "",
+                        "dst": "", "gbps": data["ratio_to_reference"], "retransmits": ""})
+    emit(data, rows=[*data["runs"], *summary], columns=columns, json_file=args.json_file)
     if args.table:
-        print(format_table([*data["runs"], summary], columns))
+        print(format_table([*data["runs"], *summary], columns))
     return 0
