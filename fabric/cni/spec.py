@@ -235,6 +235,28 @@ def static_ips(nc: NetConf, cni_args: dict[str, str]) -> list[str]:
     return nc.ips or env
 
 
+_PORT_LABEL = "port.netfabric.io/"  # fabric.policy.model.PORT_LABEL_PREFIX (stdlib only here)
+
+
+def _ports(value: Any) -> dict[str, str]:
+    """``args.cni.ports``: named container ports for NetworkPolicy, as port labels.
+
+    ``{"http": 8080, "dns": "53/UDP"}`` or the pod spec's list of ``{"name",
+    "containerPort", "protocol"}``; the policy engine checks names and numbers."""
+    items = value.items() if isinstance(value, dict) else (
+        [(p.get("name"), f"{p.get('containerPort')}/{p.get('protocol', 'TCP')}")
+         for p in value if isinstance(p, dict)]
+        if isinstance(value, list) and all(isinstance(p, dict) for p in value) else None)
+    out = {}
+    for name, port in items if items is not None else [(None, None)]:
+        number, _, proto = str(port).partition("/")
+        if not isinstance(name, str) or isinstance(port, bool) or not number.isdigit():
+            raise _bad("args.cni.ports", 'must map port names to numbers or "NUMBER/PROTOCOL", '
+                       'or be a list of {"name", "containerPort", "protocol"}')
+        out[_PORT_LABEL + name] = f"{number}-{proto.upper()}" if proto else number
+    return out
+
+
 def _dns(value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise _bad("dns", "must be an object")
@@ -293,6 +315,8 @@ def parse_netconf(conf: Any, verb: str, environ: os._Environ[str] | dict[str, st
             raise _bad("args.cni", "must be an object")
         if cni_args.get("labels") is not None:
             nc.labels = _labels(cni_args["labels"])
+        if cni_args.get("ports") is not None:
+            nc.labels.update(_ports(cni_args["ports"]))
         namespace = cni_args.get("namespace")
         if namespace is not None:
             if not isinstance(namespace, str):
