@@ -35,6 +35,7 @@ __all__ = ["register", "run", "TARGETS", "EnginePair"]
 TARGETS = {"tun": 2.5, "tap": 2.0}  # Gbit/s (issue 4), reported, not enforced
 UNDER_A, UNDER_B = "198.19.255.1", "198.19.255.2"
 ROUTED_NAMES = {"a": "0a:fb:00:00:00:01", "b": "0a:fb:00:00:00:02"}
+CLASSIC_INNER = ("10.252.0.1/24", "10.252.0.2/24")  # --vs-classic: the second engine pair
 INNER = {"tun": ("10.250.1.1/16", "10.250.2.1/16"), "tap": ("10.251.0.1/24", "10.251.0.2/24")}
 
 
@@ -44,6 +45,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--encrypt", action="store_true", help="seal the L2 path (tap only)")
     p.add_argument("--routed", action="store_true",
                    help="tap: the weave-routed format (origin/dst header, WeaveRoutes)")
+    p.add_argument("--vs-classic", action="store_true",
+                   help="with --routed: also run classic L2 engines and alternate them in the "
+                        "same rounds (routed / classic ratio)")
     p.add_argument("--cipher", default="aesgcm", choices=["aesgcm", "chacha20poly1305"])
     p.add_argument("--no-offload", action="store_true", help="measure the fallback only")
     p.add_argument("--with-fallback", action="store_true",
@@ -103,7 +107,8 @@ class EnginePair:
                       offload: bool | tuple[bool, bool] = True, partial: bool = False,
                       device: str = "nfdp0", port: int = 8285,
                       extra_peers: tuple[str, ...] = (), split: bool = False,
-                      routed: bool = False) -> list[int]:
+                      routed: bool = False,
+                      inner: tuple[str, str] | None = None) -> list[int]:
         """Start an engine in each namespace (``offload`` may differ per side: (a, b))."""
         from fabric.dataplane.crypto import KeyPair
 
@@ -116,7 +121,7 @@ class EnginePair:
                 with os.fdopen(fd, "wb") as fh:
                     fh.write(pair.private_bytes())
                 keys[side] = (path, pair.public.hex())
-        inner = INNER[mode]
+        inner = inner or INNER[mode]
         offloads = offload if isinstance(offload, tuple) else (offload, offload)
         pids = []
         sides = (("a", self.a, UNDER_A, UNDER_B, inner[0], "b"),
@@ -158,7 +163,7 @@ class EnginePair:
             pids.append(proc.pid)
             if ready.get("helper_pid"):
                 pids.append(ready["helper_pid"])
-        dst = INNER[mode][1].split("/")[0]
+        dst = inner[1].split("/")[0]
         for _ in range(50):  # ARP / first packets
             if _sh("ping", "-c", "1", "-W", "0.2", dst, ns=self.a, check=False).returncode == 0:
                 break
@@ -235,7 +240,7 @@ def _median(values: list[float]) -> float | None:
 def run(mode: str = "tun", *, encrypt: bool = False, cipher: str = "aesgcm",
         offload: bool = True, with_fallback: bool = False, partial: bool = False,
         duration: float = 5, repeat: int = 1, split: bool = False,
-        bidir: bool = False, routed: bool = False) -> dict[str, Any]:
+        bidir: bool = False, routed: bool = False, vs_classic: bool = False) -> dict[str, Any]:
     """Build the pair, measure, remove everything; returns the result mapping."""
     if mode not in TARGETS:
         raise ConfigError(f"--mode {mode!r} is invalid", fix="use tun or tap")
@@ -243,6 +248,8 @@ def run(mode: str = "tun", *, encrypt: bool = False, cipher: str = "aesgcm",
         raise ConfigError("--encrypt needs --mode tap", fix="the sealed path is L2 only")
     if routed and mode != "tap":
         raise ConfigError("--routed needs --mode tap", fix="the routed format is L2 only")
+    if vs_classic and not routed:
+        raise ConfigError("--vs-classic compares the routed format", fix="add --routed")
     if not 1 <= duration <= 120 or not 1 <= repeat <= 20:
         raise ConfigError("--duration must be 1-120 s (whole seconds) and --repeat 1-20")
     if os.geteuid() != 0:
@@ -259,13 +266,20 @@ def run(mode: str = "tun", *, encrypt: bool = False, cipher: str = "aesgcm",
     try:
         pids = pair.start_engines(mode, encrypt=encrypt, cipher=cipher, offload=offload,
                                   partial=partial, split=split, routed=routed)
+        targets = {"underlay": (UNDER_B, []), "engine": (dst, pids)}
+        if vs_classic:  # same namespaces, other device, port and subnet: alternated per round
+            cpids = pair.start_engines(mode, encrypt=encrypt, cipher=cipher, offload=offload,
+                                       device="nfdp1", port=8287, split=split,
+                                       inner=CLASSIC_INNER)
+            targets["classic"] = (CLASSIC_INNER[1].split("/")[0], cpids)
         pair.iperf(UNDER_B, 1, [])  # warm-up
-        pair.iperf(dst, 1, pids)
+        for kind in targets:
+            if kind != "underlay":
+                pair.iperf(targets[kind][0], 1, targets[kind][1])
+        kinds = list(targets)
         for i in range(repeat):
-            order = ("underlay", "engine") if i % 2 == 0 else ("engine", "underlay")
-            for kind in order:
-                res = pair.iperf(UNDER_B if kind == "underlay" else dst, duration,
-                                 [] if kind == "underlay" else pids, bidir)
+            for kind in (kinds if i % 2 == 0 else kinds[::-1]):
+                res = pair.iperf(targets[kind][0], duration, targets[kind][1], bidir)
                 runs.append({"run": i + 1, "kind": kind, **res})
         status = pair.stop_engines()
         if with_fallback and offload:
@@ -283,6 +297,8 @@ def run(mode: str = "tun", *, encrypt: bool = False, cipher: str = "aesgcm",
 
     under, eng, fb = pick("underlay", "gbps"), pick("engine", "gbps"), pick("fallback", "gbps")
     per_round = [e / u for u, e in zip(under, eng, strict=False) if u]
+    classic = pick("classic", "gbps")
+    vs_round = [e / c for c, e in zip(classic, eng, strict=False) if c]
     gbps = _median(eng)
     return {
         "bench": "dataplane",
@@ -303,6 +319,11 @@ def run(mode: str = "tun", *, encrypt: bool = False, cipher: str = "aesgcm",
         "engine_gbps": gbps,
         "ratio": _median(per_round),
         "fallback_gbps": _median(fb),
+        "classic_gbps": _median(classic),
+        "routed_vs_classic": _median(vs_round),
+        "routed_vs_classic_cpu": round(_median(pick("engine", "engine_cpu_s_per_gb"))
+                                       / _median(pick("classic", "engine_cpu_s_per_gb")), 3)
+        if classic and _median(pick("classic", "engine_cpu_s_per_gb")) else None,
         "speedup_vs_fallback": round(gbps / _median(fb), 2) if fb and gbps and _median(fb)
         else None,
         "cpu_s_per_gb": {"underlay": _median(pick("underlay", "cpu_s_per_gb")),
@@ -328,7 +349,7 @@ def cmd_dataplane(args: argparse.Namespace) -> int:
     data = run(args.mode, encrypt=args.encrypt, cipher=args.cipher, offload=not args.no_offload,
                with_fallback=args.with_fallback, partial=args.partial_checksum,
                duration=args.duration, repeat=args.repeat, split=args.split,
-               bidir=args.bidir, routed=args.routed)
+               bidir=args.bidir, routed=args.routed, vs_classic=args.vs_classic)
     columns = ["run", "kind", "gbps", "retransmits", "cpu_s_per_gb", "engine_cpu_s_per_gb"]
     summary = {"run": "median", "kind": "engine/underlay", "gbps": data["ratio"]}
     emit(data, rows=[*data["runs"], summary], columns=columns, json_file=args.json_file)

@@ -93,13 +93,15 @@ class L2Sender:
         if len(out) < total:
             out.extend(bytes(total - len(out)))
         o = 0
+        view = memoryview(body)  # slices without copies: each byte is copied once, into out
         for i in range(count):  # the header is the same for every fragment but its index
-            part = body[i * chunk:(i + 1) * chunk]
+            part = view[i * chunk:(i + 1) * chunk]
+            n = len(part)
             out[o:o + hlen] = header
             out[o + 1] = i
             o += hlen
-            out[o:o + len(part)] = part
-            o += len(part)
+            out[o:o + n] = part
+            o += n
         return o
 
     def forget(self, peer: PeerAddr) -> None:

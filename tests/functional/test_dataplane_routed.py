@@ -162,8 +162,9 @@ def nft_unblock(ns: str) -> None:
     sh("nft", "delete table inet nfdrblock", ns=ns, check=False)
 
 
-def test_unicast_direct_then_relayed_through_b(mesh_factory) -> None:
-    m = mesh_factory()
+@pytest.mark.parametrize("encrypt", [False, True], ids=["plain", "sealed"])
+def test_unicast_direct_then_relayed_through_b(mesh_factory, encrypt: bool) -> None:
+    m = mesh_factory(encrypt=encrypt)  # sealed: b opens with a's key and seals again for c
     m.full_mesh()
     assert m.ping("a", "c", 3)
     assert m.status("b")["rx"].get("relayed", 0) == 0
@@ -183,6 +184,7 @@ def test_unicast_direct_then_relayed_through_b(mesh_factory) -> None:
     origins = {e["origin"] for e in m.engines["a"].table.macs()}
     assert "0a:fb:00:00:00:03" in origins  # c's MAC learned against c, not against b
     assert not st_a["errors"] and not st_b["errors"]
+    assert not _drops(m.status("c"), "rx", "auth_failed")
 
 
 def _packet_socket(ns: str) -> socket.socket:
