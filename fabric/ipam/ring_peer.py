@@ -2,7 +2,7 @@
 
     python -m fabric.ipam.ring_peer --state DIR [--host 127.0.0.1] [--port 6783] [--nickname N]
         [--password P] [--connect HOST:PORT ...] [--init consensus=N|seed=A,B|observer]
-        [--range 10.32.0.0/12] [--gossip-interval 1]
+        [--range 10.32.0.0/12] [--gossip-interval 1] [--name aa:bb:cc:dd:ee:ff]
 
 Prints one JSON line ``{"ready": true, "name": ..., "address": ...}`` once it
 listens, then answers one JSON line per command read from stdin:
@@ -70,11 +70,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--init", default="consensus=1")
     p.add_argument("--range", default="10.32.0.0/12")
     p.add_argument("--gossip-interval", type=float, default=1.0)
+    p.add_argument("--name", help="peer name for a new state directory (default: random)")
     args = p.parse_args(argv)
     try:
         mode, n, seeds = parse_init(args.init)
         net = IPv4Network(args.range)
-        node = MeshNode(host=args.host, port=args.port, nickname=args.nickname,
+        name = parse_name(args.name) if args.name else None
+        node = MeshNode(host=args.host, port=args.port, nickname=args.nickname, name=name,
                         password=args.password, db=MeshDB(args.state / "mesh.db"),
                         config=RouterConfig(gossip_interval=args.gossip_interval,
                                             relay_delay=0.02, backoff_base=0.2,

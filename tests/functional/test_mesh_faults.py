@@ -130,3 +130,28 @@ def test_all_observer_ring_ipam_says_nobody_will_create_a_ring(tmp_path: Path) -
         assert "consensus" in err.value.fix
     finally:
         ipam.stop()
+
+
+def test_mismatched_seed_lists_stop_every_peer(tmp_path: Path, peers: list[Peer]) -> None:
+    """Six real peers in a line, two seed lists: every peer refuses to allocate, not only
+    the two at the boundary (issue 11: the others kept allocating from two rings)."""
+    names = [f"02:00:00:00:07:{i:02x}" for i in range(1, 7)]
+    line: list[Peer] = []
+    for i, name in enumerate(names):
+        seed = names[0] if i < 3 else names[5]
+        extra = ["--connect", line[-1].address] if i and i != 3 else []
+        line.append(Peer(tmp_path / f"p{i}", f"127.77.3.{21 + i}", "--name", name,
+                         "--init", f"seed={seed}", *extra))
+        peers.append(line[-1])
+    until(lambda: all(p.cmd("status")["ipam"]["ready"] for p in line))
+    assert a_alloc(line[0]) and a_alloc(line[5])  # two rings, each fine on its own
+    line[3].cmd(f"connect {line[2].address}")  # the rings meet between p2 and p3
+    until(lambda: all((p.cmd("status")["ipam"]["refusing"] or "").startswith("ring conflict")
+                      for p in line), timeout=30)
+    for p in (line[0], line[5]):  # far from the boundary too
+        out = raw(p, "alloc after")
+        assert not out["ok"] and "initialised separately" in out["error"], out
+
+
+def a_alloc(p: Peer) -> str:
+    return until(lambda: p.cmd("alloc before"))
