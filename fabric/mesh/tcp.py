@@ -250,12 +250,14 @@ class MeshNode:
         await self._run(conn)
 
     def _refused(self, conn: TcpConn, reason: str, detail: str) -> None:
+        if not detail.startswith(reason):
+            detail = f"{reason}: {detail}"
         self.router.rejected[f"handshake:{reason}"] += 1
         conn.close(f"handshake failed: {detail}")
         self.router.log(logging.WARNING, f"handshake:{reason}", conn.address.rpartition(":")[0],
-                        "mesh: refused %s connection %s %s: %s: %s",
+                        "mesh: refused %s connection %s %s: %s",
                         "outbound" if conn.outbound else "inbound",
-                        "to" if conn.outbound else "from", conn.address, reason, detail)
+                        "to" if conn.outbound else "from", conn.address, detail)
 
     async def _run(self, conn: TcpConn) -> None:
         try:
