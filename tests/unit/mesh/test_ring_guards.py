@@ -111,7 +111,8 @@ def test_consensus_seven_all_get_space_without_duplicates() -> None:
     assert len(set(got)) == 7
 
 
-def test_all_observer_mesh_says_nobody_will_create_a_ring() -> None:
+def test_all_observer_mesh_says_nobody_will_create_a_ring(
+        caplog: pytest.LogCaptureFixture) -> None:
     net, routers = build(3, edges=[(0, 1), (1, 2)])
     allocs = allocators(routers, mode="observer")
     net.run_until(3.0)
@@ -121,6 +122,7 @@ def test_all_observer_mesh_says_nobody_will_create_a_ring() -> None:
         assert "no peer" in st["waiting"] and "observer" in st["waiting"]
     with pytest.raises(IPAMError, match="no peer"):
         allocs[0].require_ready()
+    assert any("no peer in this mesh will create" in r.getMessage() for r in caplog.records)
 
 
 def test_hostile_guard_gossip_is_refused() -> None:
