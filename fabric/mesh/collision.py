@@ -42,19 +42,20 @@ class NameCollisions:
         self.name_collision_seen(ruid, conn.address)
         return True
 
-    def _two_peers_one_name(self: Router, old: Connection, conn: Connection) -> bool:
+    def _two_peers_one_name(self: Router, old: Connection, conn: Connection) -> str:
         """We hold ``old`` to a peer and ``conn`` arrives with its name but another uid:
-        keep the earlier incarnation, tell and close the later one (True) — unless the old
-        connection is silent (``alive()`` False): then the new incarnation replaces it."""
+        keep the earlier incarnation, tell and close the later one — unless the old
+        connection is silent (``alive()`` False): then the new incarnation replaces it.
+        Returns "refused" (``conn`` closed), "replaced" (``old`` closed) or "" (same uid)."""
         ruid, old_uid = getattr(conn, "remote_uid", None), getattr(old, "remote_uid", None)
         if None in (ruid, old_uid) or ruid == old_uid:
-            return False
+            return ""
         alive = getattr(old, "alive", None)
         if ruid > old_uid and alive is not None and not alive():
             # the old connection is silent: most likely our peer restarted and its old
             # connection has not timed out yet; a new incarnation replaces it
             old.close("replaced by a newer incarnation of the peer")
-            return True
+            return "replaced"
         later, earlier_uid = (conn, old_uid) if ruid > old_uid else (old, ruid)
         self.rejected["name-collision"] += 1
         self.log(logging.ERROR, "name-collision", fmt_name(conn.remote),
@@ -63,7 +64,7 @@ class NameCollisions:
         self._send(later, Frame(CLOSE, payload=json.dumps(
             {"reason": "name-collision", "uid": earlier_uid}).encode()))
         later.close("peer name collision")
-        return True
+        return "refused" if later is conn else "replaced"
 
     def _check_own_record(self: Router, update: TopologyUpdate, sender: int) -> None:
         for name, version, body in update.raw:

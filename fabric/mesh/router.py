@@ -173,11 +173,13 @@ class Router(NameCollisions, Targets):
         if t is not None:
             t.state, t.failures, t.last_error, t.peer = "established", 0, "", conn.remote
         old = self.conns.get(conn.remote)
-        if old is not None and self._two_peers_one_name(old, conn):
-            if old.open:  # the new connection was the later incarnation: refused
+        if old is not None:
+            verdict = self._two_peers_one_name(old, conn)
+            if verdict == "refused":  # the new connection is the later incarnation
                 return False
-            old = None
-            self.conns.pop(conn.remote, None)
+            if verdict == "replaced":
+                old = None
+                self.conns.pop(conn.remote, None)
         if old is not None:
             # keep the connection initiated by the lower name; both ends agree
             keep_new = (self.name if conn.outbound else conn.remote) < (
