@@ -8,13 +8,15 @@ and a timer (:func:`timer_loop`) sending heartbeats and expiring MACs. Each has 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from fabric.dataplane import vnet
 from fabric.dataplane.fwd_l2 import deliver
 from fabric.dataplane.fwd_loop import drop, read_device, receive_port
 from fabric.dataplane.l2 import F_CONTROL, F_VNET, FLOOD, L2Receiver, L2Sender
+from fabric.dataplane.peers import PeerAddr
 
-__all__ = ["tx_loop", "rx_loop", "timer_loop", "is_super_frame"]
+__all__ = ["tx_loop", "rx_loop", "timer_loop", "is_super_frame", "RoutedRx"]
 
 _BUF = 65536 + vnet.VNET_HDR_LEN
 _ETH = 14
@@ -72,41 +74,42 @@ def tx_loop(engine) -> None:
     read_device(engine, buf, handle)
 
 
-def rx_loop(engine) -> None:
-    """Messages from neighbours: deliver (and learn), forward floods, relay for others."""
-    dev, port, table, cfg = engine.device, engine.port, engine.table, engine.config
-    fd, use_vnet = dev.fd, dev.offload.vnet_hdr
-    stats, drops = engine.rx, engine.rx_drops
-    health = engine.health
-    receiver = L2Receiver(drops, engine.key if cfg.encrypt else None, cfg.psk, cfg.cipher,
-                          routed=True)
-    relay = _sender(engine)
-    seg_out, max_frame = cfg.datagram, cfg.max_frame
-    buf = bytearray(65536 * 2)
-    mv = memoryview(buf)
+class RoutedRx:
+    """The receive path's decisions (rx thread): decode, heartbeat, deliver and learn, relay.
 
-    def handle(n: int, seg: int, addr: tuple) -> None:
-        neighbour = table.by_source(addr[0])
-        if neighbour is None:
-            drop(drops, "unknown_source")
-            return
-        sender, peer = neighbour
-        for off in range(0, n, seg):
-            stats["datagrams"] += 1
-            got = receiver.feed(mv[off:min(off + seg, n)], peer)
-            if got is not None:
-                message(got[0], got[1], sender, receiver.route)
+    ``write(message, vnet header length) -> frames written`` is the TAP device and
+    ``send(buffer, bytes, peer)`` the UDP socket; kept apart from the loop so hostile input
+    can be fuzzed through the whole path.
+    """
 
-    def message(body: bytes, flags: int, sender: bytes, route: tuple) -> None:
+    def __init__(self, engine, write: Callable[[bytes, int], int],
+                 send: Callable[[bytearray, int, PeerAddr], object]) -> None:
+        cfg = engine.config
+        self.table, self.health = engine.table, engine.health
+        self.stats, self.drops = engine.rx, engine.rx_drops
+        self.receiver = L2Receiver(self.drops, engine.key if cfg.encrypt else None, cfg.psk,
+                                   cfg.cipher, routed=True)
+        self.relay = _sender(engine)
+        self.max_frame = cfg.max_frame
+        self.write, self.send = write, send
+
+    def datagram(self, dgram, sender: bytes, peer: PeerAddr) -> None:
+        self.stats["datagrams"] += 1
+        got = self.receiver.feed(dgram, peer)
+        if got is not None:
+            self.message(got[0], got[1], sender, self.receiver.route)
+
+    def message(self, body: bytes, flags: int, sender: bytes, route: tuple) -> None:
         ttl, origin, dst = route
+        table, stats, drops = self.table, self.stats, self.drops
         if flags & F_CONTROL:  # a heartbeat: one hop, from the neighbour itself, to us
             if origin != sender or dst != table.local:
                 drop(drops, "bad_heartbeat")
                 return
-            why = health.received(sender, body)
+            why = self.health.received(sender, body)
             if why == "unknown_peer":  # a neighbour newer than the timer's last look
-                health.set_peers(table.neighbours)
-                why = health.received(sender, body)
+                self.health.set_peers(table.neighbours)
+                why = self.health.received(sender, body)
             if why:
                 drop(drops, why)
             else:
@@ -121,23 +124,46 @@ def rx_loop(engine) -> None:
         if len(body) < hoff + _ETH:
             drop(drops, "truncated")
             return
-        if len(body) - hoff > max_frame and not is_super_frame(body, hoff):
+        if len(body) - hoff > self.max_frame and not is_super_frame(body, hoff):
             drop(drops, "too_big")
             return
         if here:
             if not table.learn(body[hoff + 6:hoff + 12], origin):
                 drop(drops, "mac_conflict")  # one of our MACs behind another peer: not taken
                 return
-            frames = deliver(fd, use_vnet, body, hoff, drops)
+            frames = self.write(body, hoff)
             if frames:
                 stats["packets"] += frames
                 stats["writes"] += 1
                 stats["bytes"] += len(body) - hoff
+        relay = self.relay
         for addr, to in forward:
             total = relay.build(body, flags, addr, (ttl - 1, origin, to))
             if total:
-                port.send_batch(relay.out, seg_out, total, addr.sockaddr, drops)
+                self.send(relay.out, total, addr)
                 stats["relayed"] = stats.get("relayed", 0) + 1
+
+
+def rx_loop(engine) -> None:
+    """Messages from neighbours: deliver (and learn), forward floods, relay for others."""
+    dev, port, table, cfg = engine.device, engine.port, engine.table, engine.config
+    fd, use_vnet = dev.fd, dev.offload.vnet_hdr
+    drops, seg_out = engine.rx_drops, cfg.datagram
+    path = RoutedRx(
+        engine, lambda body, hoff: deliver(fd, use_vnet, body, hoff, drops),
+        lambda buf, total, addr: port.send_batch(buf, seg_out, total, addr.sockaddr, drops))
+    datagram = path.datagram
+    buf = bytearray(65536 * 2)
+    mv = memoryview(buf)
+
+    def handle(n: int, seg: int, addr: tuple) -> None:
+        neighbour = table.by_source(addr[0])
+        if neighbour is None:
+            drop(drops, "unknown_source")
+            return
+        sender, peer = neighbour
+        for off in range(0, n, seg):
+            datagram(mv[off:min(off + seg, n)], sender, peer)
 
     receive_port(engine, buf, handle)
 

@@ -165,3 +165,16 @@ def test_routed_mtu_is_computed_from_the_header() -> None:
         EngineConfig("tun", "d", "198.19.0.1", routed=True)
     with pytest.raises(ConfigError, match="hop_limit"):
         EngineConfig("tap", "d", "198.19.0.1", routed=True, hop_limit=1)
+
+
+def test_public_surface_and_bench_flags() -> None:
+    import fabric.dataplane as dp
+    from fabric.bench.dataplane import run
+
+    assert {"WeaveRoutes", "PathHealth", "FLOOD", "name_bytes"} <= set(dp.__all__)
+    assert all(hasattr(dp, n) for n in dp.__all__)
+    with pytest.raises(ConfigError, match="--routed needs --mode tap"):
+        run("tun", routed=True)
+    with pytest.raises(ConfigError, match="compares the routed format") as err:
+        run("tap", vs_classic=True)
+    assert err.value.fix == "add --routed"
