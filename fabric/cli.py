@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import logging
 import socket
 import sys
 from pathlib import Path
@@ -24,7 +23,7 @@ _EXTENSIONS = [
     ("fabric.cni.install", "register"),
 ]
 _BENCH_EXTENSIONS = ["fabric.bench.throughput", "fabric.bench.mesh", "fabric.bench.dataplane",
-                     "fabric.bench.policy"]
+                     "fabric.bench.policy", "fabric.bench.cni"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -37,6 +36,8 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="fabric", description="netfabric: multi-backend container network fabric")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-format", default="auto", choices=["auto", "text", "journal", "json"],
+                   help="auto: journal priorities under journald, else text")
     p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
@@ -51,13 +52,29 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--ipam", default="", help="IPAM plugin (default: the backend's)")
     up.add_argument("--policy", default="none", help="policy engine (none, nftables)")
     up.add_argument("--etcd-prefix", default="", help="etcd key prefix (default /netfabric/NAME)")
-    up.add_argument("--ipmasq", action="store_true", help="masquerade traffic leaving the network")
-    up.add_argument("--etcd", help="etcd endpoint URL, e.g. http://127.0.0.1:2379")
+    up.add_argument("--ipmasq", "--ip-masq", action="store_true",
+                    help="masquerade traffic leaving the network")
+    up.add_argument("--etcd", "--etcd-endpoints", dest="etcd",
+                    help="etcd URL(s), comma-separated: failover in order")
+    up.add_argument("--etcd-cafile", default="", help="CA certificate verifying etcd (PEM)")
+    up.add_argument("--etcd-certfile", default="", help="client certificate for etcd (PEM)")
+    up.add_argument("--etcd-keyfile", default="", help="key of --etcd-certfile (PEM)")
+    up.add_argument("--metrics-addr", default="", metavar="HOST:PORT",
+                    help="serve Prometheus /metrics there")
+    up.add_argument("--subnet-file", nargs="?", const="/run/flannel/subnet.env", default="",
+                    help="also write flannel's subnet.env there (default path: flannel's)")
+    up.add_argument("--net-conf", type=Path, metavar="FILE",
+                    help="flannel net-conf.json: the network (instead of --backend/--network)")
     up.add_argument("--iface", help="underlay interface (default: that of the default route)")
     up.add_argument("--public-ip", help="address published to peers (default: --iface's)")
     up.add_argument("--node-name", help="node name (default: hostname)")
     up.add_argument("--peers", help="weave backends: peers to connect to, HOST[:PORT],... "
                                     "(backend option Peers)")
+    up.add_argument("--ipalloc-init", metavar="MODE",
+                    help="ring IPAM start-up: consensus[=N] | seed=NAME,... | observer "
+                         "(default consensus=N, N = --peers + 1, as weave)")
+    up.add_argument("--ipalloc-range", metavar="CIDR",
+                    help="ring IPAM: the part of --network handed out (default all of it)")
     up.add_argument("--password-file", help="weave backends: file holding the mesh password, "
                                             "not world-readable (backend option PasswordFile)")
     up.add_argument("--config", type=Path, help="YAML/JSON agent config file (several networks)")
@@ -102,9 +119,22 @@ def agent_config_from_args(args: argparse.Namespace):
 
     data: dict[str, Any] = load_config_file(args.config) if args.config else {}
     data.setdefault("networks", [])
-    if (args.peers is not None or args.password_file) and not args.backend:
-        raise ConfigError("--peers and --password-file apply to the --backend network",
-                          fix="in a --config file, set backendConfig Peers / PasswordFile")
+    if (args.peers is not None or args.password_file or args.ipalloc_init
+            or args.ipalloc_range) and not args.backend:
+        raise ConfigError("--peers, --password-file and --ipalloc-* apply to the --backend "
+                          "network", fix="in a --config file, set backendConfig Peers / "
+                                         "PasswordFile and ipamConfig init / range")
+    if args.net_conf:
+        from fabric.agent.flannel import read_net_conf
+
+        if args.backend or args.network:
+            raise ConfigError("--net-conf already gives the network and backend",
+                              fix="drop --backend/--network, or drop --net-conf")
+        net_conf = read_net_conf(args.net_conf)
+        net_conf.update(policy=args.policy, ipMasq=args.ipmasq, etcdPrefix=args.etcd_prefix)
+        if args.name:
+            net_conf["name"] = args.name
+        data["networks"] = [*data["networks"], net_conf]
     if args.backend or args.network:
         network = args.network or _default_network(args.backend)
         if not (args.backend and network):
@@ -115,9 +145,14 @@ def agent_config_from_args(args: argparse.Namespace):
             backend_cfg["Peers"] = [p for p in args.peers.split(",") if p.strip()]
         if args.password_file:
             backend_cfg["PasswordFile"] = args.password_file
+        ipam_cfg: dict[str, Any] = {}
+        if args.ipalloc_init:
+            ipam_cfg["init"] = args.ipalloc_init
+        if args.ipalloc_range:
+            ipam_cfg["range"] = args.ipalloc_range
         net: dict[str, Any] = {"backend": args.backend, "network": network,
                                "subnetLen": args.subnet_len,
-                               "backendConfig": backend_cfg,
+                               "backendConfig": backend_cfg, "ipamConfig": ipam_cfg,
                                "ipam": args.ipam, "policy": args.policy,
                                "etcdPrefix": args.etcd_prefix, "ipMasq": args.ipmasq}
         if args.name:
@@ -131,6 +166,11 @@ def agent_config_from_args(args: argparse.Namespace):
     data["node"] = node
     if args.etcd:
         data["etcd"] = args.etcd
+    for key, value in (("etcdCAFile", args.etcd_cafile), ("etcdCertFile", args.etcd_certfile),
+                       ("etcdKeyFile", args.etcd_keyfile), ("metricsAddr", args.metrics_addr),
+                       ("subnetFile", args.subnet_file)):
+        if value:
+            data[key] = value
     if args.state_dir != Path(_DEFAULT_STATE) or "stateDir" not in data:
         data["stateDir"] = str(args.state_dir)
     return AgentConfig.from_json(data)
@@ -245,11 +285,9 @@ def _normalise_argv(argv: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(_normalise_argv(list(sys.argv[1:] if argv is None else argv)))
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    from fabric.agent.logs import configure
+
+    configure(args.log_level, args.log_format)
     try:
         return int(args.func(args) or 0)
     except FabricError as exc:

@@ -24,11 +24,14 @@ import os
 import socket
 import struct
 import time
-from collections.abc import Sequence
-from typing import Any
 
 from fabric import errors as _errors
 from fabric.errors import AgentUnavailable, FabricError
+
+TYPE_CHECKING = False  # no `typing` at run time: fabric-cni imports this at every pod start
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Any
 
 __all__ = [
     "DEFAULT_SOCKET",

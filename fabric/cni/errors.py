@@ -25,7 +25,9 @@ Codes 0-99 are the spec's well-known ones; 100+ are netfabric's own:
 
 from __future__ import annotations
 
-from typing import Any
+TYPE_CHECKING = False  # no `typing` at run time: fabric-cni imports this at every pod start
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = [
     "INCOMPATIBLE_VERSION",

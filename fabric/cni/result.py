@@ -13,10 +13,13 @@ Other keys (written by other plugins of a chain) are passed through unchanged.
 from __future__ import annotations
 
 import ipaddress
-from typing import Any
 
 from fabric.cni.errors import INVALID_NETWORK_CONFIG, CNIError
 from fabric.cni.spec import parse_version
+
+TYPE_CHECKING = False  # no `typing` at run time: fabric-cni imports this at every pod start
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["normalize", "to_version", "chain", "find_interface", "interface_ips"]
 

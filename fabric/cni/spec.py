@@ -15,7 +15,6 @@ Spec facts used here (CNI SPEC.md 1.1.0, with 1.0.0 and 0.4.0 compatibility):
 from __future__ import annotations
 
 import os
-from typing import Any
 
 from fabric.cni.errors import (
     INCOMPATIBLE_VERSION,
@@ -24,6 +23,10 @@ from fabric.cni.errors import (
     UNSUPPORTED_FIELD,
     CNIError,
 )
+
+TYPE_CHECKING = False  # no `typing` at run time: fabric-cni imports this at every pod start
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = [
     "SUPPORTED_VERSIONS",
