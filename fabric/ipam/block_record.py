@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 from ipaddress import IPv4Address, IPv4Network
+from typing import Any
 
 import attrs
 
 from fabric.errors import IPAMError
 from fabric.net.validate import mac_problem, public_ip_problem, subnet_problem
 
-__all__ = ["Block", "block_key", "parse_block_key", "check_block", "check_node"]
+__all__ = ["Block", "block_key", "parse_block_key", "check_block", "check_node",
+           "replace_invalid"]
 
 
 def block_key(prefix: str, cidr: IPv4Network) -> str:
@@ -98,3 +100,15 @@ def check_node(name: str, value: str, network: IPv4Network,
     if "VtepMAC" in data and (why := mac_problem(data["VtepMAC"])):
         return f"backend_data.VtepMAC: {why}"
     return None
+
+
+def replace_invalid(store: Any, key: str, block: Block, network: IPv4Network, size: int) -> bool:
+    """Write ``block`` over the key only while it still holds an invalid record (a
+    compare-and-swap on that record's revision): garbage never holds a block for good,
+    and a valid record written meanwhile is never overwritten."""
+    kv = store.get(key)
+    if kv is None:
+        return bool(store.create(key, block.encode()))
+    if check_block(block.cidr, kv.value, network, size)[0] is not None:
+        return False  # valid again
+    return bool(store.compare_and_swap(key, block.encode(), kv.mod_revision))

@@ -43,7 +43,8 @@ from fabric.api import (
     PeersCallback,
 )
 from fabric.errors import ConfigError, IPAMError, PoolExhausted, StoreCompacted, StoreError
-from fabric.ipam.block_record import Block, block_key, check_block, check_node, parse_block_key
+from fabric.ipam.block_record import Block, block_key, parse_block_key
+from fabric.ipam.blocks_guard import BlockGuard
 from fabric.net.validate import Refusals
 
 __all__ = ["Block", "BlockIPAM", "block_key", "parse_block_key"]
@@ -51,7 +52,7 @@ __all__ = ["Block", "BlockIPAM", "block_key", "parse_block_key"]
 _RETRIES = 12
 
 
-class BlockIPAM(IPAM):
+class BlockIPAM(BlockGuard, IPAM):
     name = "blocks"
 
     def __init__(self, ctx: NetworkContext) -> None:
@@ -86,6 +87,7 @@ class BlockIPAM(IPAM):
         self._stopped = threading.Event()
         self.conflicts = 0
         self.refused = Refusals(ctx.log, "record")  # blocks/node records kept from the kernel
+        self._damaged: set[IPv4Network] = set()  # own blocks overwritten with garbage
 
     # -- store access --
     @property
@@ -102,32 +104,6 @@ class BlockIPAM(IPAM):
         with self._lock:
             self._blocks, self._nodes = blocks, nodes
         return rev
-
-    def _ingest(self, key: str, value: str, blocks: dict, nodes: dict) -> None:
-        rel = key[len(self.prefix) + 1:]
-        if rel.startswith("blocks/") and (cidr := parse_block_key(key)) is not None:
-            blocks.pop(cidr, None)
-            if not value:
-                self.refused.accept(key)
-                return
-            block, why = check_block(cidr, value, self.ctx.spec.cidr, self.block_size)
-            if block is None:  # never a peer's subnet, never a route
-                self.refused.refuse(key, why, value)
-                return
-            self.refused.accept(key)
-            blocks[cidr] = block
-        elif rel.startswith("nodes/"):
-            name = rel[len("nodes/"):]
-            nodes.pop(name, None)
-            if not value:
-                self.refused.accept(key)
-                return
-            own = None if name == self.me else self.ctx.node.public_ip
-            if why := check_node(name, value, self.ctx.spec.cidr, own):
-                self.refused.refuse(key, why, value)
-                return
-            self.refused.accept(key)
-            nodes[name] = json.loads(value)
 
     def _mutate(self, cidr: IPv4Network, change: Callable[[Block], Block | None]) -> Block | None:
         """Read-modify-CAS one block with retries; ``change`` returns None to delete it."""
@@ -194,7 +170,7 @@ class BlockIPAM(IPAM):
                 return cidr
             self.conflicts += 1
             self._list()  # someone took it: refresh our view
-        return None
+        return self._reclaim_invalid(candidates)
 
     def subscribe(self, on_peers: PeersCallback, on_chunks: ChunksCallback | None = None) -> None:
         self._on_peers, self._on_chunks = on_peers, on_chunks
@@ -213,6 +189,7 @@ class BlockIPAM(IPAM):
             for ev in events:
                 self._ingest(ev.kv.key, ev.kv.value if ev.kind == "put" else "",
                              self._blocks, self._nodes)
+        self._repair()
         self._emit_peers()
 
     def _on_watch_error(self, exc: Exception) -> None:
