@@ -44,6 +44,7 @@ __all__ = [
 LINK_LOCAL_GATEWAY = IPv4Address("169.254.1.1")
 HOST_VETH_MAC = "ee:ee:ee:ee:ee:ee"  # every routed host-side veth, as in Calico
 _CLONE_NEWNET = 0x40000000
+_LO_INDEX = 1  # the loopback device is created first in every network namespace
 _libc = ctypes.CDLL(None, use_errno=True)
 log = logging.getLogger("fabric.net")
 
@@ -112,15 +113,20 @@ def host_ifname(prefix: str, workload: Workload) -> str:
     return (prefix + digest)[:15]
 
 
-def _create_veth(host: str, workload: Workload, mtu: int) -> None:
+def _create_veth(host: str, workload: Workload, mtu: int, *, master: int | None = None,
+                 sock: IPRoute | None = None) -> None:
+    """The pair in one request: host side (on ``master``, up) and pod side in its netns."""
     try:
         fd = os.open(workload.netns, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
         raise BackendError(f"network namespace {workload.netns} does not exist") from exc
+    kw: dict = {"master": master, "state": "up"} if master is not None else {}
     try:
-        with ipr() as sock:
+        with contextlib.ExitStack() as stack:
+            if sock is None:
+                sock = stack.enter_context(ipr())
             try:
-                sock.link("add", ifname=host, kind="veth", mtu=mtu,
+                sock.link("add", ifname=host, kind="veth", mtu=mtu, **kw,
                           peer={"ifname": workload.ifname, "net_ns_fd": fd, "mtu": mtu})
             except NetlinkError as exc:
                 if exc.code == errno.EEXIST and _pod_has(workload):
@@ -148,13 +154,13 @@ def _configure_pod(workload: Workload, address: IPv4Interface, mtu: int, routes)
     pod has none through another interface: the first interface owns it (a second one,
     e.g. ``net1``, must not steal it, nor take it away when deleted)."""
     with pod_netns(workload.netns) as pod:
-        lo = pod.link_lookup(ifname="lo")
-        if lo:
-            pod.link("set", index=lo[0], state="up")
-        idx = pod.link_lookup(ifname=workload.ifname)
-        if not idx:
-            raise BackendError(f"{workload.ifname} did not appear in {workload.netns}")
-        idx = idx[0]
+        netlink_call("pod lo up", pod.link, "set", index=_LO_INDEX, state="up",
+                     ignore=(errno.ENODEV,))
+        try:
+            link = pod.link("get", ifname=workload.ifname)[0]
+        except NetlinkError as exc:
+            raise BackendError(f"{workload.ifname} did not appear in {workload.netns}") from exc
+        idx = link["index"]
         netlink_call("pod link up", pod.link, "set", index=idx, mtu=mtu, state="up")
         netlink_call(
             f"pod address {address}", pod.addr, "add", index=idx, address=str(address.ip),
@@ -172,7 +178,7 @@ def _configure_pod(workload: Workload, address: IPv4Interface, mtu: int, routes)
             if scope_link:
                 kw["scope"] = 253
             netlink_call(f"pod route {dst}", pod.route, "replace", **kw)
-        mac = pod.get_links(idx)[0].get_attr("IFLA_ADDRESS")
+        mac = link.get_attr("IFLA_ADDRESS")  # a veth's MAC is fixed at creation
     return PodInterface(workload.ifname, mac, (address,), mtu, gateway)
 
 
@@ -235,8 +241,11 @@ def pod_interface(workload: Workload) -> PodInterface | None:
         )
 
 
-def _existing(host: str, workload: Workload, address: IPv4Interface) -> PodInterface | None:
-    with ipr() as sock:
+def _existing(host: str, workload: Workload, address: IPv4Interface,
+              sock: IPRoute | None = None) -> PodInterface | None:
+    with contextlib.ExitStack() as stack:
+        if sock is None:
+            sock = stack.enter_context(ipr())
         present = bool(sock.link_lookup(ifname=host))
     if not present:
         return None
@@ -251,19 +260,19 @@ def attach_bridged(
     workload: Workload, *, bridge: str, host: str, address: IPv4Interface,
     gateway: IPv4Address, mtu: int,
 ) -> PodInterface:
-    """veth pair: pod side ``workload.ifname`` with ``address``, host side on ``bridge``."""
-    found = _existing(host, workload, address)
-    if found is not None:
-        return found
-    _create_veth(host, workload, mtu)
+    """veth pair: pod side ``workload.ifname`` with ``address``, host side on ``bridge``.
+
+    Few netlink round trips (an ADD's cost, docs/benchmarks.md): one host socket, the
+    pair created enslaved and up in one request, the pod configured through one socket."""
+    with ipr() as sock:
+        found = _existing(host, workload, address, sock)
+        if found is not None:
+            return found
+        br = sock.link_lookup(ifname=bridge)
+        if not br:
+            raise BackendError(f"bridge {bridge} does not exist")
+        _create_veth(host, workload, mtu, master=br[0], sock=sock)
     try:
-        with ipr() as sock:
-            br = sock.link_lookup(ifname=bridge)
-            if not br:
-                raise BackendError(f"bridge {bridge} does not exist")
-            idx = sock.link_lookup(ifname=host)[0]
-            netlink_call(f"enslaving {host}", sock.link, "set", index=idx, master=br[0])
-            netlink_call(f"setting {host} up", sock.link, "set", index=idx, state="up")
         routes = [(IPv4Network("0.0.0.0/0"), gateway, False)]
         return _configure_pod(workload, address, mtu, routes)
     except BaseException:
