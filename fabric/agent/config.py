@@ -3,7 +3,12 @@
 File format (every key optional except ``networks``)::
 
     node: {name: h1, iface: eth0, publicIP: 198.18.0.11}
-    etcd: http://198.18.0.2:2379
+    etcd: http://198.18.0.2:2379      # or a list / comma list: failover in order
+    etcdCAFile: /etc/etcd/ca.pem      # client TLS (all three, or CA only)
+    etcdCertFile: /etc/etcd/client.pem
+    etcdKeyFile: /etc/etcd/client-key.pem
+    metricsAddr: 0.0.0.0:9402         # Prometheus /metrics
+    subnetFile: /run/flannel/subnet.env
     stateDir: /run/netfabric
     networks:
       - name: vx                 # device names derive from it
@@ -31,6 +36,8 @@ import attrs
 
 from fabric.api import NetworkSpec
 from fabric.errors import ConfigError
+from fabric.ipam.flannel_names import canonical_backend
+from fabric.store.base import TLSFiles
 
 __all__ = [
     "AgentConfig",
@@ -54,7 +61,10 @@ class AgentConfig:
     networks: tuple[NetworkSpec, ...]
     iface: str | None = None
     public_ip: IPv4Address | None = None
-    etcd: str | None = None
+    etcd: str | None = None  # one URL or a comma list (failover in order)
+    etcd_tls: TLSFiles = TLSFiles()
+    metrics_addr: str = ""  # HOST:PORT of /metrics; empty: none
+    subnet_file: str = ""  # flannel's subnet.env path for the first network; empty: none
 
     def __attrs_post_init__(self) -> None:
         if not self.networks:
@@ -78,6 +88,9 @@ class AgentConfig:
             "node": {"name": self.node_name, "iface": self.iface,
                      "publicIP": str(self.public_ip) if self.public_ip else None},
             "etcd": self.etcd,
+            "etcdCAFile": self.etcd_tls.cafile, "etcdCertFile": self.etcd_tls.certfile,
+            "etcdKeyFile": self.etcd_tls.keyfile, "metricsAddr": self.metrics_addr,
+            "subnetFile": self.subnet_file,
             "stateDir": str(self.state_dir),
             "networks": [_spec_to_mapping(n) for n in self.networks],
         }
@@ -96,7 +109,13 @@ class AgentConfig:
             networks=tuple(network_from_mapping(n, f"networks[{i}]") for i, n in enumerate(nets)),
             iface=node.get("iface"),
             public_ip=_ip(node.get("publicIP"), "node.publicIP"),
-            etcd=data.get("etcd"),
+            etcd=",".join(data["etcd"]) if isinstance(data.get("etcd"), list)
+            else data.get("etcd"),
+            etcd_tls=TLSFiles(str(data.get("etcdCAFile") or ""),
+                              str(data.get("etcdCertFile") or ""),
+                              str(data.get("etcdKeyFile") or "")),
+            metrics_addr=str(data.get("metricsAddr") or ""),
+            subnet_file=str(data.get("subnetFile") or ""),
         )
 
 
@@ -133,6 +152,7 @@ def network_from_mapping(data: Any, where: str = "network") -> NetworkSpec:
         cfg = data.get("backendConfig") or {}
     if not isinstance(backend, str) or not backend:
         raise ConfigError(f"{where}.backend is required (e.g. vxlan, hostgw)")
+    backend = canonical_backend(backend)  # flannel's udp / host-gw
     if not isinstance(cfg, Mapping):
         raise ConfigError(f"{where}.backendConfig must be a mapping")
     if "network" not in data:

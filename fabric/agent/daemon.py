@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from fabric import __version__
+from fabric.agent import notify
 from fabric.agent.cni_ops import CNI_HANDLERS
 from fabric.agent.config import AgentConfig
 from fabric.agent.network import Network, atomic_write_json, network_context
@@ -44,7 +45,7 @@ def _store(config: AgentConfig):
         return None
     from fabric.store import connect
 
-    return connect(config.etcd)
+    return connect(config.etcd, tls=config.etcd_tls)
 
 
 def _health(store, config: AgentConfig):
@@ -53,6 +54,14 @@ def _health(store, config: AgentConfig):
     from fabric.store.health import PROBE_KEY, HealthMonitor
 
     return HealthMonitor(lambda: store.get(PROBE_KEY), f"etcd at {config.etcd}")
+
+
+def _metrics(agent: Agent):
+    if not agent.config.metrics_addr:
+        return None
+    from fabric.agent.metrics import AgentMetrics
+
+    return AgentMetrics(agent.status)
 
 
 class Agent:
@@ -70,6 +79,7 @@ class Agent:
         self._stop = threading.Event()
         self._teardown = False
         self._fatal: FabricError | None = None
+        self.metrics = _metrics(self)
 
     def request_stop(self, teardown: bool = False) -> None:
         self._teardown = teardown
@@ -81,6 +91,9 @@ class Agent:
         self.config.state_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.config.state_dir / "agent.json", self.config.to_json())
         self.server.start()
+        if self.metrics is not None:
+            log.info("metrics on http://%s:%d/metrics", *self.metrics.serve(
+                self.config.metrics_addr))
         if self.health is not None:
             self.health.start()
         (self.config.state_dir / "agent.pid").write_text(f"{os.getpid()}\n")
@@ -96,8 +109,8 @@ class Agent:
             t.start()
         log.info("agent %s serving %s on %s (%s)", __version__,
                  ", ".join(self.networks), self.server.path, self.node.public_ip)
-        while not self._stop.wait(0.5):
-            pass
+        self._notify_when_ready(threads)
+        notify.stopping("tearing down" if self._teardown else "stopping")
         self.server.close()
         for net in reversed(list(self.networks.values())):
             if self._teardown:
@@ -116,11 +129,34 @@ class Agent:
                 (self.config.state_dir / f).unlink(missing_ok=True)
         else:
             (self.config.state_dir / "agent.pid").unlink(missing_ok=True)
+        if self.metrics is not None:
+            self.metrics.close()
         if self._fatal is not None:
             log.error("%s", self._fatal)
             return 1
         log.info("agent stopped%s", " and removed its state" if self._teardown else "")
         return 0
+
+    def _notify_when_ready(self, threads: list[threading.Thread]) -> None:
+        """Wait for the stop; tell systemd READY=1 once every network has started."""
+        told = False
+        while not self._stop.wait(0.5 if told else 0.1):
+            if not told and not any(t.is_alive() for t in threads):
+                told = True
+                self._write_subnet_file()
+                notify.ready(f"serving {', '.join(self.networks)}")
+
+    def _write_subnet_file(self) -> None:
+        """flannel's --subnet-file: the first network's lease, for flannel's CNI plugin."""
+        if not self.config.subnet_file:
+            return
+        from fabric.ipam.subnet_env import write_subnet_env
+
+        net = next(iter(self.networks.values()))
+        chunks = net.ipam.chunks()
+        if chunks:
+            write_subnet_env(self.config.subnet_file, network=net.spec.cidr, subnet=chunks[0],
+                             mtu=net.mtu, ipmasq=net.spec.ipmasq)
 
     def _start_network(self, net: Network) -> None:
         delay = 0.5
@@ -184,7 +220,16 @@ class Agent:
                               fix=f"ops: {', '.join(sorted(_HANDLERS))}, backend.*, policy.*")
         if op not in _ALWAYS and self._stop.is_set():
             raise AgentUnavailable("the agent is stopping", fix="retry when it is back")
-        return handler(self, req)
+        if self.metrics is None or not op.startswith("cni."):
+            return handler(self, req)
+        t0, ok = time.monotonic(), False
+        try:
+            result = handler(self, req)
+            ok = True
+            return result
+        finally:
+            self.metrics.observe_cni(str(req.get("network") or ""), op[4:], ok,
+                                     time.monotonic() - t0)
 
     def status(self) -> dict[str, Any]:
         return {

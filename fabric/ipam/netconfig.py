@@ -24,6 +24,7 @@ import attrs
 
 from fabric.api import NetworkSpec, Peer
 from fabric.errors import ConfigError, StoreError
+from fabric.ipam.flannel_names import flannel_type
 from fabric.store.base import KeyValue, Store
 
 __all__ = [
@@ -186,7 +187,7 @@ def parse_netconfig(
 def netconfig_from_spec(spec: NetworkSpec) -> NetConfig:
     """The config an agent writes when etcd has none: the network as configured locally."""
     backend = {
-        "Type": spec.backend,
+        "Type": flannel_type(spec.backend),  # flannel's names: udp, host-gw
         **{k: v for k, v in spec.backend_config.items() if k != "Type"},
     }
     smin = spec.subnet_min.network_address if spec.subnet_min else None

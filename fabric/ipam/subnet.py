@@ -43,6 +43,7 @@ from fabric.errors import (
     StoreError,
     StoreUnavailable,
 )
+from fabric.ipam.flannel_names import flannel_type
 from fabric.ipam.local import LocalAllocator, atomic_write_text
 from fabric.ipam.netconfig import (
     LeaseRecord,
@@ -111,7 +112,7 @@ class SubnetLeaseIPAM(LeaseAcquirer, IPAM):
         return self.ctx.store
 
     def _record(self) -> LeaseRecord:
-        return LeaseRecord(self.public_ip, self.ctx.spec.backend, self._data)
+        return LeaseRecord(self.public_ip, flannel_type(self.ctx.spec.backend), self._data)
 
     def _load_local_record(self) -> tuple[IPv4Network | None, int]:
         try:

@@ -107,13 +107,18 @@ class EtcdStore(Store):
         return self.endpoints[self._current]
 
     def new_session(self) -> requests.Session:
-        """A session with this store's TLS settings (watches open one each)."""
-        session = requests.Session()
+        """A session for this store's requests (watches open one each)."""
+        return requests.Session()
+
+    def tls_kwargs(self) -> dict[str, Any]:
+        """Per-request TLS arguments: a session's ``verify`` would lose against
+        $REQUESTS_CA_BUNDLE, a request's does not."""
+        out: dict[str, Any] = {}
         if self.tls.cafile:
-            session.verify = self.tls.cafile
+            out["verify"] = self.tls.cafile
         if self.tls.certfile:
-            session.cert = (self.tls.certfile, self.tls.keyfile)
-        return session
+            out["cert"] = (self.tls.certfile, self.tls.keyfile)
+        return out
 
     def failover(self, failed_url: str) -> None:
         """Move to the endpoint after ``failed_url`` (no-op if another caller already did)."""
@@ -145,7 +150,8 @@ class EtcdStore(Store):
 
     def _post(self, url: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
         try:
-            resp = self._session.post(f"{url}/v3{path}", json=body, timeout=self.timeout)
+            resp = self._session.post(f"{url}/v3{path}", json=body, timeout=self.timeout,
+                                      **self.tls_kwargs())
         except requests.exceptions.SSLError as exc:
             raise _NotSent(f"TLS with {url} failed: {_reason(exc)}") from exc
         except requests.exceptions.ConnectTimeout as exc:

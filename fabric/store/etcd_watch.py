@@ -125,6 +125,7 @@ class EtcdWatch(Watch):
                 json={"create_request": create},
                 stream=True,
                 timeout=(self.store.timeout, _WATCH_READ_TIMEOUT),
+                **self.store.tls_kwargs(),
             )
             if self._stopped.is_set():
                 return
