@@ -119,3 +119,20 @@ def test_local_allocator_requested_address(tmp_path: Path) -> None:
     assert alloc.allocate(h2).ip == IPv4Address("10.50.0.2")  # dynamic ones go around it
     again = LocalAllocator(tmp_path / "a.json", [chunk])  # persisted
     assert again.allocations()[h1].ip == IPv4Address("10.50.0.9")
+
+
+def test_readme_example_config_as_libcni_derives_it(tmp_path: Path) -> None:
+    """The README's example, the way libcni 1.1 (Debian 12) turns a conflist into the
+    plugin's stdin: name and cniVersion copied in, capabilities as runtimeConfig."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    start = readme.index('{"cniVersion": "1.0.0", "name": "pods",')
+    example = json.loads(readme[start:readme.index("]}", start) + 2])
+    assert example["cniVersion"] == "1.0.0"  # what Debian 12's runtimes read
+    with RunningAgent(tmp_path / "st", [one_net()]) as ra:
+        plugin = dict(example["plugins"][0])
+        assert plugin.pop("capabilities") == {"ips": True}
+        conf = {**plugin, "name": example["name"], "cniVersion": example["cniVersion"],
+                "network": "fk", "agentSocket": ra.socket,
+                "runtimeConfig": {"ips": ["10.50.1.42/24"]}}
+        rc, out = cni("ADD", conf)
+        assert rc == 0 and out["cniVersion"] == "1.0.0" and _ip(out) == "10.50.1.42", out
