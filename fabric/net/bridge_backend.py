@@ -99,6 +99,24 @@ class BridgeBackend(Backend):
 
     reconcile_delay = 3.0
 
+    def chunks_changed(self, chunks: tuple[IPv4Network, ...]) -> None:
+        """The IPAM moved this node to another subnet (its lease went to another node): the
+        bridge gets the new gateway so new pods work; the old gateway stays on the bridge
+        so existing pods keep local connectivity until they are re-created."""
+        if not chunks or chunks == self.chunks:
+            return
+        with self._lock:
+            old, self.chunks = self.chunks, chunks
+            chunk = chunks[0]
+            set_address(self.bridge, IPv4Interface(f"{next(chunk.hosts())}/{chunk.prefixlen}"),
+                        exclusive=False)
+            if self.fast is not None:
+                self.fast.local = chunk
+        self.ctx.log.warning(
+            "node subnet moved from %s to %s: new pods get %s (gateway %s); pods of %s keep "
+            "only local connectivity until re-created", ", ".join(map(str, old)), chunk, chunk,
+            next(chunk.hosts()), ", ".join(map(str, old)))
+
     def _start_fast_path(self, chunk: IPv4Network) -> None:
         if self.fast is not None:
             self.fast.local = chunk  # same-node pods stay switched by the bridge

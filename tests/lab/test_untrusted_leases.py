@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 from ipaddress import IPv4Network
+from pathlib import Path
 
 import pytest
 
@@ -118,5 +119,30 @@ def test_garbage_over_own_lease_is_reasserted_pods_stay_reachable(lab_name: str)
         assert lab.converge(timeout=10).ok, lab.ping_all().summary()  # old and new pods
         # the key carries our etcd lease again (a TTL): garbage never holds a subnet forever
         assert "lease" in etcdctl(lab, "get", key, "-w", "json")
+    finally:
+        lab.down()
+
+
+def test_lease_taken_by_another_node_moves_the_gateway_consistently(lab_name: str) -> None:
+    """A valid record of another node over h1's lease (its owner in etcd's eyes): h1 takes a
+    new subnet, says so, and its new pods reach and are reached by the other host's pods."""
+    if why := stack_missing("vxlan"):
+        pytest.skip(why)
+    lab = up_or_skip(Topology(lab_name, "vxlan", hosts=2, pods_per_host=1))
+    try:
+        assert lab.converge(timeout=20).ok
+        st = lab.agent_call("h1", {"op": "status"})["networks"][0]
+        old, key = st["chunks"][0], st["ipam_status"]["key"]
+        etcdctl(lab, "put", key, value=lease("198.18.0.99"))
+        lab.wait(lambda: lab.agent_call("h1", {"op": "status"})["networks"][0]["chunks"]
+                 != [old], timeout=15)
+        new_subnet = IPv4Network(lab.agent_call("h1", {"op": "status"})["networks"][0]
+                                 ["chunks"][0])
+        pod = lab.add_pod("h1", "h1p2")
+        assert pod.ip in new_subnet
+        res = lab.converge(timeout=15, pods=["h1p2", "h2p1"])
+        assert res.ok, res.summary()
+        log = (Path(lab.hosts["h1"].state_dir) / "agent.log").read_text()
+        assert "node subnet moved from" in log
     finally:
         lab.down()

@@ -126,6 +126,14 @@ class VxlanBackend(BridgeBackend):
                                           name=f"{self.device}-watchdog")
         self._watchdog.start()
 
+    def chunks_changed(self, chunks: tuple[IPv4Network, ...]) -> None:
+        super().chunks_changed(chunks)
+        # peers' routes point at the new subnet's network address. Added beside the old one:
+        # removing a device's last IPv4 address makes the kernel flush its routes.
+        set_address(self.device, IPv4Interface(f"{self.chunks[0].network_address}/32"),
+                    exclusive=False)
+        self.reprogram_all()
+
     def _address_device(self) -> None:
         set_address(self.device, IPv4Interface(f"{self.chunks[0].network_address}/32"))
 
