@@ -29,6 +29,9 @@ stack (destination MAC set to the bridge's, pkttype host), in both directions. T
 routed back onto the bridge through ``forward`` with conntrack, exactly like cross-host
 traffic (TTL drops by one; ICMP redirects for them are dropped in ``output``). With
 bridge netfilter on, the same frames are seen by the same rules: the outcome is equal.
+The ``bridge`` chain ``forward`` drops whatever else the bridge would forward to an
+ingress-isolated or from an egress-isolated pod's port (IPv6 link-local, broadcast,
+multicast), ARP excepted.
 """
 
 from __future__ import annotations
@@ -153,6 +156,15 @@ def _base(st: NftState, bridges: Mapping[str, tuple[str, set[str]]]) -> None:
     for name in ("iso", "local"):
         st.sets[("bridge", name)] = SetDef("ipv4_addr")
     st.chains[("bridge", "prerouting")] = ChainDef(hook=("filter", "prerouting", 0))
+    # What the bridge still forwards to or from an isolated pod's port is not IPv4 unicast
+    # between pods (that went to the host above): IPv6 (every pod has a link-local
+    # address), broadcast, multicast, other EtherTypes. Only ARP may pass: fail closed.
+    st.chains[("bridge", "forward")] = ChainDef(hook=("filter", "forward", 0))
+    not_arp = match(payload("ether", "type"), "arp", "!=")
+    for key, port_set in (("oifname", "in_ports"), ("iifname", "eg_ports")):
+        st.sets[("bridge", port_set)] = SetDef("ifname")
+        st.rule("bridge", "forward", [match({"meta": {"key": key}}, f"@{port_set}"), not_arp,
+                                      {"counter": None}, {"drop": None}])
     st.chains[("inet", "output")] = ChainDef(hook=("filter", "output", 0))
     for br, (mac, ports) in sorted(bridges.items()):
         port_set = f"ports-{short_id(br, 8)}"
@@ -225,6 +237,7 @@ def compile_policies(network: str, policies: Sequence[NetworkPolicy],
     st.sets[("bridge", "local")] = SetDef("ipv4_addr", frozenset(
         str(a) for ep in local for a in ep.addresses))
     iso: set[str] = set()
+    iso_ports: dict[str, set[str]] = {"ingress": set(), "egress": set()}
 
     def peer_set(name: str, nets: Iterable[IPv4Network]) -> str:
         if ("inet", name) not in st.sets:
@@ -279,9 +292,13 @@ def compile_policies(network: str, policies: Sequence[NetworkPolicy],
             for a in ep.addresses:
                 verdicts.append((str(a), chain))
                 iso.add(str(a))
+            if ep.bridge and ep.host_ifname:
+                iso_ports[d].add(ep.host_ifname)
         st.sets[("inet", d)] = SetDef("ipv4_addr", verdicts=tuple(sorted(verdicts)))
         st.sets[("inet", f"{d}_r")] = SetDef("ipv4_addr", verdicts=tuple(sorted(
             (a, f"r{c}") for a, c in verdicts)))
     _forward(st, bool(iso), generation)
     st.sets[("bridge", "iso")] = SetDef("ipv4_addr", frozenset(iso))
+    st.sets[("bridge", "in_ports")] = SetDef("ifname", frozenset(iso_ports["ingress"]))
+    st.sets[("bridge", "eg_ports")] = SetDef("ifname", frozenset(iso_ports["egress"]))
     return Compiled(st, plans["ingress"], plans["egress"], counters)

@@ -211,6 +211,69 @@ def test_replacing_a_policy_cuts_forbidden_established_connections(
         delete_all(node)
 
 
+_V6_SERVER = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("::", int(sys.argv[1])))
+s.listen(4)
+s.settimeout(8)
+print("ready", flush=True)
+try:
+    c, _ = s.accept()
+    c.sendall(c.recv(16))
+except OSError:
+    pass
+"""
+
+_V6_CLIENT = r"""
+import socket, sys
+try:
+    c = socket.create_connection((sys.argv[1] + "%eth0", int(sys.argv[2])), timeout=3)
+    c.sendall(b"v6")
+    print("ok" if c.recv(16) == b"v6" else "fail")
+except OSError as exc:
+    print("fail", exc)
+"""
+
+
+def _link_local(node: Node, pod: str) -> str:
+    out = ip("ip", "-6", "-o", "addr", "show", "dev", "eth0", "scope", "link",
+             ns=node.pods[pod][0]).stdout
+    return out.split()[3].split("/")[0]
+
+
+def _v6_open(node: Node, src: str, dst: str) -> bool:
+    port = str(40000 + secrets.randbelow(1000))
+    srv = subprocess.Popen(["ip", "netns", "exec", node.pods[dst][0], sys.executable, "-c",
+                            _V6_SERVER, port], stdout=subprocess.PIPE, text=True)
+    try:
+        assert srv.stdout is not None and srv.stdout.readline() == "ready\n"
+        out = ip(sys.executable, "-c", _V6_CLIENT, _link_local(node, dst), port,
+                 ns=node.pods[src][0]).stdout
+        return out.startswith("ok")
+    finally:
+        srv.kill()
+        srv.communicate()
+
+
+def test_isolated_pods_not_reachable_around_ipv4(node: Node, tmp_path: Path) -> None:
+    """Pods on one bridge also have IPv6 link-local addresses: no way around the rules."""
+    deadline = time.monotonic() + 5  # link-local addresses leave "tentative" (DAD) first
+    while time.monotonic() < deadline and not _v6_open(node, "web", "cli"):
+        time.sleep(0.5)
+    assert _v6_open(node, "web", "cli"), "link-local IPv6 between pods does not work at all"
+    apply(node, tmp_path, DB_NO_INGRESS)
+    apply(node, tmp_path, DB_NO_EGRESS.replace("db-out", "web-out").replace("role: db",
+                                                                            "role: web"))
+    try:
+        assert not _v6_open(node, "cli", "db"), "IPv6 link-local reached an isolated pod"
+        assert not _v6_open(node, "web", "cli"), "IPv6 link-local left an egress-isolated pod"
+        assert _v6_open(node, "cli", "other"), "pods not isolated lost link-local IPv6"
+    finally:
+        delete_all(node)
+
+
 def test_relabel_running_pod(node: Node, tmp_path: Path) -> None:
     apply(node, tmp_path, DB_FROM_WEB)
     try:
