@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 
 from fabric.dataplane import vnet
-from fabric.dataplane.fwd_loop import drop, read_device, receive_port
+from fabric.dataplane.fwd_loop import drop, read_device, receive_datagrams
 from fabric.dataplane.l2 import F_VNET, L2Receiver, L2Sender
 from fabric.dataplane.l3 import complete_checksum, segment_tcp4, segment_udp4, valid_ipv4
 
@@ -109,30 +109,23 @@ def rx_loop(engine) -> None:
     fd, use_vnet = dev.fd, dev.offload.vnet_hdr
     stats, drops = engine.rx, engine.rx_drops
     receiver = L2Receiver(drops, engine.key if cfg.encrypt else None, cfg.psk, cfg.cipher)
-    buf = bytearray(65536 * 2)
-    mv = memoryview(buf)
 
-    def handle(n: int, seg: int, addr: tuple) -> None:
-        peer = table.by_source(addr[0])
-        if peer is None:
-            drop(drops, "unknown_source")
+    def handle(dgram: memoryview, peer) -> None:
+        stats["datagrams"] += 1
+        got = receiver.feed(dgram, peer)
+        if got is None:
             return
-        for off in range(0, n, seg):
-            stats["datagrams"] += 1
-            got = receiver.feed(mv[off:min(off + seg, n)], peer)
-            if got is None:
-                continue
-            message, flags = got
-            hoff = vnet.VNET_HDR_LEN if flags & F_VNET else 0
-            if len(message) < hoff + _ETH:
-                drop(drops, "truncated")
-                continue
-            frames = deliver(fd, use_vnet, message, hoff, drops)
-            if not frames:
-                continue
-            table.learn(message[hoff + 6:hoff + 12], peer)
-            stats["packets"] += frames
-            stats["writes"] += 1
-            stats["bytes"] += len(message) - hoff
+        message, flags = got
+        hoff = vnet.VNET_HDR_LEN if flags & F_VNET else 0
+        if len(message) < hoff + _ETH:
+            drop(drops, "truncated")
+            return
+        frames = deliver(fd, use_vnet, message, hoff, drops)
+        if not frames:
+            return
+        table.learn(message[hoff + 6:hoff + 12], peer)
+        stats["packets"] += frames
+        stats["writes"] += 1
+        stats["bytes"] += len(message) - hoff
 
-    receive_port(engine, buf, handle)
+    receive_datagrams(engine, table.by_source, handle)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-__all__ = ["read_device", "receive_port", "drop"]
+__all__ = ["read_device", "receive_port", "receive_datagrams", "drop"]
 
 
 def drop(drops: dict, why: str, n: int = 1) -> None:
@@ -66,3 +66,22 @@ def receive_port(engine, buf: bytearray, handle: Callable[[int, int, tuple], Non
             if engine.stopping():
                 return
             drop(drops, f"write_{exc.errno}")
+
+
+def receive_datagrams(engine, lookup: Callable[[str], object | None],
+                      handle: Callable[[memoryview, object], None]) -> None:
+    """:func:`receive_port` for the L2 formats: drop batches from addresses ``lookup`` does
+    not know (``unknown_source``), then ``handle(datagram, peer)`` for each datagram."""
+    buf = bytearray(65536 * 2)
+    mv = memoryview(buf)
+    drops = engine.rx_drops
+
+    def batch(n: int, seg: int, addr: tuple) -> None:
+        peer = lookup(addr[0])
+        if peer is None:
+            drop(drops, "unknown_source")
+            return
+        for off in range(0, n, seg):
+            handle(mv[off:min(off + seg, n)], peer)
+
+    receive_port(engine, buf, batch)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from fabric.dataplane import vnet
 from fabric.dataplane.fwd_l2 import deliver
-from fabric.dataplane.fwd_loop import drop, read_device, receive_port
+from fabric.dataplane.fwd_loop import drop, read_device, receive_datagrams
 from fabric.dataplane.l2 import F_CONTROL, F_VNET, FLOOD, L2Receiver, L2Sender
 from fabric.dataplane.peers import PeerAddr
 
@@ -93,11 +93,12 @@ class RoutedRx:
         self.max_frame = cfg.max_frame
         self.write, self.send = write, send
 
-    def datagram(self, dgram, sender: bytes, peer: PeerAddr) -> None:
+    def datagram(self, dgram, neighbour: tuple[bytes, PeerAddr]) -> None:
+        """One datagram from ``neighbour`` = (name, address)."""
         self.stats["datagrams"] += 1
-        got = self.receiver.feed(dgram, peer)
+        got = self.receiver.feed(dgram, neighbour[1])
         if got is not None:
-            self.message(got[0], got[1], sender, self.receiver.route)
+            self.message(got[0], got[1], neighbour[0], self.receiver.route)
 
     def message(self, body: bytes, flags: int, sender: bytes, route: tuple) -> None:
         ttl, origin, dst = route
@@ -146,26 +147,13 @@ class RoutedRx:
 
 def rx_loop(engine) -> None:
     """Messages from neighbours: deliver (and learn), forward floods, relay for others."""
-    dev, port, table, cfg = engine.device, engine.port, engine.table, engine.config
+    dev, port, cfg = engine.device, engine.port, engine.config
     fd, use_vnet = dev.fd, dev.offload.vnet_hdr
     drops, seg_out = engine.rx_drops, cfg.datagram
     path = RoutedRx(
         engine, lambda body, hoff: deliver(fd, use_vnet, body, hoff, drops),
         lambda buf, total, addr: port.send_batch(buf, seg_out, total, addr.sockaddr, drops))
-    datagram = path.datagram
-    buf = bytearray(65536 * 2)
-    mv = memoryview(buf)
-
-    def handle(n: int, seg: int, addr: tuple) -> None:
-        neighbour = table.by_source(addr[0])
-        if neighbour is None:
-            drop(drops, "unknown_source")
-            return
-        sender, peer = neighbour
-        for off in range(0, n, seg):
-            datagram(mv[off:min(off + seg, n)], sender, peer)
-
-    receive_port(engine, buf, handle)
+    receive_datagrams(engine, engine.table.by_source, path.datagram)
 
 
 def timer_loop(engine) -> None:

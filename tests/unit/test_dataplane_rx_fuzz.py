@@ -53,7 +53,7 @@ def test_every_message_from_a_neighbour_is_taken_or_counted(sealed, flags, ttl, 
     if cut > 30:
         data = data[:len(data) - cut]  # truncated on the way
     for off in range(0, len(data), 1472):
-        rx.datagram(memoryview(data[off:off + 1472]), A, addrs[A])
+        rx.datagram(memoryview(data[off:off + 1472]), (A, addrs[A]))
     if not data:
         return
     outcome = len(written) + len(sent) + rx.stats.get("heartbeats", 0)
@@ -67,7 +67,7 @@ def test_every_message_from_a_neighbour_is_taken_or_counted(sealed, flags, ttl, 
 @given(data=st.binary(max_size=300), sealed=st.booleans())
 def test_random_datagrams_never_raise(data: bytes, sealed: bool) -> None:
     rx, written, sent, addrs = node_b(sealed)
-    rx.datagram(memoryview(data), A, addrs[A])
+    rx.datagram(memoryview(data), (A, addrs[A]))
     assert not written and not sent or not sealed
     assert sum(rx.drops.values()) or rx.receiver.pending or written or sent \
         or rx.stats.get("heartbeats")
