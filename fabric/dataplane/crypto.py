@@ -38,9 +38,15 @@ _NONCE = struct.Struct("!4xQ")
 class KeyPair:
     """A static X25519 key pair (private bytes kept in memory or a 0600 file)."""
 
+    SHARED_CACHE = 1024  # peers whose X25519 result is kept
+
     def __init__(self, private: X25519PrivateKey) -> None:
         self._private = private
         self.public = private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        # every new session (peer restarts, each sender thread, forged session ids from a
+        # neighbour's address) needs the peer's shared secret: one X25519 per peer, not per
+        # session (a forged datagram then costs an HKDF and a failed tag check)
+        self._shared: dict[bytes, bytes] = {}
 
     @classmethod
     def generate(cls) -> KeyPair:
@@ -72,9 +78,16 @@ class KeyPair:
         return self._private.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
 
     def shared(self, peer_public: bytes) -> bytes:
+        hit = self._shared.get(peer_public)
+        if hit is not None:
+            return hit
         if len(peer_public) != 32:
             raise ConfigError("peer public key must be 32 bytes (X25519)")
-        return self._private.exchange(X25519PublicKey.from_public_bytes(peer_public))
+        secret = self._private.exchange(X25519PublicKey.from_public_bytes(peer_public))
+        if len(self._shared) >= self.SHARED_CACHE:
+            self._shared.pop(next(iter(self._shared)), None)
+        self._shared[bytes(peer_public)] = secret
+        return secret
 
 
 def derive_key(shared: bytes, psk: bytes, session: bytes, sender: bytes, receiver: bytes) -> bytes:
