@@ -284,6 +284,9 @@ def test_relabel_running_pod(node: Node, tmp_path: Path) -> None:
         check(node, [("cli", "db", "tcp", True)])
         assert time.monotonic() - t0 < 5
         assert "role=web" in node.policy("explain", "cli").stdout
+        node.stop_agent()  # the new labels are the agent's record: a restart keeps them
+        node.start_agent()
+        check(node, [("cli", "db", "tcp", True), ("other", "db", "tcp", False)])
         r = node.policy("label", "cli", "role=cli", "tier-")
         assert r.returncode == 0, r.stderr
         check(node, [("cli", "db", "tcp", False)])
