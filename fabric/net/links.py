@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 from ipaddress import IPv4Address, IPv4Interface
+from typing import Any
 
 from fabric.errors import BackendError
 from fabric.net.kernel import ipr, netlink_call
@@ -62,7 +63,7 @@ def set_up(name: str, mtu: int | None = None) -> None:
         idx = sock.link_lookup(ifname=name)
         if not idx:
             raise BackendError(f"device {name} does not exist")
-        kw = {"state": "up"}
+        kw: dict[str, Any] = {"state": "up"}
         if mtu:
             kw["mtu"] = mtu
         netlink_call(f"setting {name} up", sock.link, "set", index=idx[0], **kw)
@@ -127,7 +128,7 @@ def ensure_vxlan(
         current = None
     with ipr() as sock:
         if current is None:
-            kw = dict(
+            kw: dict[str, Any] = dict(
                 ifname=name,
                 kind="vxlan",
                 vxlan_id=vni,

@@ -154,7 +154,8 @@ class CalicoBgpBackend(Backend):
                for p in self.cfg.peers}
         i_am_rr = self.cfg.rr_cluster_id is not None
         for node in self.nodes.values():
-            bgp = node.data.get("BGP") if isinstance(node.data.get("BGP"), dict) else {}
+            raw = node.data.get("BGP")
+            bgp: dict[str, Any] = raw if isinstance(raw, dict) else {}
             asn = bgp.get("ASNumber", self.cfg.asn)
             if isinstance(asn, bool) or not isinstance(asn, int) or not 0 < asn < 2**32:
                 self.ctx.log.warning("node %s publishes a bad ASNumber %r", node.name, asn)

@@ -16,7 +16,7 @@ import os
 import random
 import threading
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
-from typing import Any
+from typing import Any, TypeGuard
 
 from fabric.api import Capabilities, NetworkContext, Peer
 from fabric.errors import BackendError, ConfigError
@@ -51,7 +51,7 @@ def _int_option(cfg: dict, key: str, default: int, low: int, high: int) -> int:
     return value
 
 
-def _valid_mac(mac: Any) -> bool:
+def _valid_mac(mac: Any) -> TypeGuard[str]:
     return mac_problem(mac) is None  # six hex octets, unicast, not all zero
 
 
@@ -108,7 +108,10 @@ class VxlanBackend(BridgeBackend):
         self.mac = self._wanted_mac()
         ensure_vxlan(self.device, vni=self.vni, port=self.port, local=self.ctx.node.public_ip,
                      underlay_index=underlay, mtu=self.mtu, mac=self.mac)
-        self.mac = link_info(self.device)["mac"]
+        info = link_info(self.device)
+        if info is None:
+            raise BackendError(f"{self.device} vanished right after it was created")
+        self.mac = info["mac"]
         tmp = self._mac_file().with_suffix(".tmp")
         tmp.write_text(self.mac + "\n")
         os.replace(tmp, self._mac_file())
