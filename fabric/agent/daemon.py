@@ -13,7 +13,6 @@ from typing import Any
 
 from fabric import __version__
 from fabric.agent import notify
-from fabric.agent import notify
 from fabric.agent.cni_ops import CNI_HANDLERS
 from fabric.agent.config import AgentConfig
 from fabric.agent.network import Network, atomic_write_json, network_context
@@ -65,14 +64,6 @@ def _metrics(agent: Agent):
     return AgentMetrics(agent.status)
 
 
-def _metrics(agent: Agent):
-    if not agent.config.metrics_addr:
-        return None
-    from fabric.agent.metrics import AgentMetrics
-
-    return AgentMetrics(agent.status)
-
-
 class Agent:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
@@ -101,9 +92,6 @@ class Agent:
         atomic_write_json(self.config.state_dir / "agent.json", self.config.to_json())
         self.server.start()
         if self.metrics is not None and self.config.metrics_addr:  # tests attach unserved
-            log.info("metrics on http://%s:%d/metrics", *self.metrics.serve(
-                self.config.metrics_addr))
-        if self.metrics is not None:
             log.info("metrics on http://%s:%d/metrics", *self.metrics.serve(
                 self.config.metrics_addr))
         if self.health is not None:
@@ -143,34 +131,11 @@ class Agent:
             (self.config.state_dir / "agent.pid").unlink(missing_ok=True)
         if self.metrics is not None:
             self.metrics.close()
-        if self.metrics is not None:
-            self.metrics.close()
         if self._fatal is not None:
             log.error("%s", self._fatal)
             return 1
         log.info("agent stopped%s", " and removed its state" if self._teardown else "")
         return 0
-
-    def _notify_when_ready(self, threads: list[threading.Thread]) -> None:
-        """Wait for the stop; tell systemd READY=1 once every network has started."""
-        told = False
-        while not self._stop.wait(0.5 if told else 0.1):
-            if not told and not any(t.is_alive() for t in threads):
-                told = True
-                self._write_subnet_file()
-                notify.ready(f"serving {', '.join(self.networks)}")
-
-    def _write_subnet_file(self) -> None:
-        """flannel's --subnet-file: the first network's lease, for flannel's CNI plugin."""
-        if not self.config.subnet_file:
-            return
-        from fabric.ipam.subnet_env import write_subnet_env
-
-        net = next(iter(self.networks.values()))
-        chunks = net.ipam.chunks()
-        if chunks:
-            write_subnet_env(self.config.subnet_file, network=net.spec.cidr, subnet=chunks[0],
-                             mtu=net.mtu, ipmasq=net.spec.ipmasq)
 
     def _notify_when_ready(self, threads: list[threading.Thread]) -> None:
         """Wait for the stop; tell systemd READY=1 once every network has started."""
