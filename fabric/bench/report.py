@@ -8,13 +8,18 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-__all__ = ["format_table", "emit"]
+__all__ = ["format_table", "emit", "progress"]
 
 
 def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.3f}"
     return "-" if value is None else str(value)
+
+
+def progress(message: str) -> None:
+    """One progress line on stderr (stdout carries only the JSON document)."""
+    print(f"bench: {message}", file=sys.stderr, flush=True)
 
 
 def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:

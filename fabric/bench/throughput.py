@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from fabric.bench.reference import REF_DEV, UdpTunReference
+from fabric.bench.report import progress
 from fabric.errors import ConfigError
 
 __all__ = ["register", "run", "TARGETS"]
@@ -92,6 +93,7 @@ def run(backend: str, *, hosts: int = 2, duration: int = 3, repeat: int = 5,
     kinds = {"underlay": ("h1", "h2", under), "pod": ("h1p1", "h2p1", pod)}
     ref: list[float] = []
     load_before = os.getloadavg()[0]
+    progress(f"lab {topo.name} up: {hosts} hosts, backend {backend}")
     with Lab(topo) as lab, contextlib.ExitStack() as stack:
         refpath = stack.enter_context(UdpTunReference(lab)) if reference == "c-udp" else None
         if refpath is not None:
@@ -103,6 +105,7 @@ def run(backend: str, *, hosts: int = 2, duration: int = 3, repeat: int = 5,
             return refpath.iperf(**kw) if kind == "reference" and refpath else \
                 lab.iperf(src, dst, **kw)
         mtu = lab.exec("h1p1", ["cat", "/sys/class/net/eth0/mtu"]).stdout.strip()
+        progress(f"warm-up: {', '.join(kinds)} (1 s each)")
         for kind in kinds:  # warm-up: neighbours, routes, caches
             measure(kind, 1)
         for i in range(repeat):
@@ -110,6 +113,7 @@ def run(backend: str, *, hosts: int = 2, duration: int = 3, repeat: int = 5,
             for kind in order:
                 src, dst, out = kinds[kind]
                 res = measure(kind, duration, streams)
+                progress(f"round {i + 1}/{repeat} {kind}: {res.gbps:.2f} Gbit/s")
                 out.append(res.gbps)
                 runs.append({"run": i + 1, "kind": kind, "src": src, "dst": dst,
                              "dst_ip": str(res.dst_ip), "gbps": res.gbps,

@@ -98,9 +98,15 @@ def cmd_up(args: argparse.Namespace) -> int:
                     cidr=args.network, subnet_len=args.subnet_len,
                     agent_args=tuple(args.agent_arg), etcd=args.etcd,
                     backend_opts={args.backend[0]: parse_key_values(args.backend_opt)})
+    # progress on stderr: with --json, stdout carries only the JSON document
+    print(f"lab {topo.name}: building {topo.hosts} host(s), backend(s) "
+          f"{', '.join(topo.backends)}: underlay, etcd, agents, pods ...",
+          file=sys.stderr, flush=True)
     lab = Lab(topo, ready_timeout=args.timeout).up()
     converged = None
     if args.converge > 0 and len(lab.pods) > 1:
+        print(f"lab {topo.name}: {len(lab.pods)} pods up; waiting up to {args.converge:g}s "
+              "for all to reach each other ...", file=sys.stderr, flush=True)
         res = lab.converge(timeout=args.converge)
         converged = res.ok
         if not res.ok:
