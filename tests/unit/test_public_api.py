@@ -121,3 +121,18 @@ def test_make_clean_uses_flags_that_exist() -> None:
     parser = build_parser()
     for call in calls:
         parser.parse_args(call.replace("$$lab", "x").split())  # exits 2 on an unknown flag
+
+
+def test_example_backend_imports_only_the_stable_contract() -> None:
+    """examples/macvlan stands for a third-party backend: from netfabric it may use only
+    fabric.api and fabric.errors (the contract docs/writing-a-backend.md teaches)."""
+    import ast
+
+    used: set[str] = set()
+    for path in (REPO / "examples" / "macvlan" / "fabric_example_macvlan").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                used.add(node.module)
+            elif isinstance(node, ast.Import):
+                used.update(a.name for a in node.names)
+    assert {m for m in used if m.split(".")[0] == "fabric"} <= {"fabric.api", "fabric.errors"}
