@@ -17,11 +17,10 @@ Failures are :mod:`fabric.errors` types:
 
 from __future__ import annotations
 
+import _socket as socket  # the C module: `socket` imports enum, selectors... (~9 ms a start)
 import array
 import errno
-import json
 import os
-import socket
 import struct
 import time
 
@@ -33,6 +32,64 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
     from typing import Any
 
+# JSON on the C accelerator alone: `import json` compiles the regular expressions of
+# json.decoder/scanner/encoder (with `re` and `enum`), ~10 ms of CPU at every start of
+# `fabric-cni`, which a runtime starts per pod (docs/benchmarks.md). Same results; errors
+# are ValueErrors (json.JSONDecodeError for malformed input).
+try:
+    import _json
+
+    class _Context:
+        strict = True
+        object_hook = None
+        object_pairs_hook = None
+        parse_float = float
+        parse_int = int
+        parse_constant = {"-Infinity": float("-inf"), "Infinity": float("inf"),
+                          "NaN": float("nan")}.__getitem__
+
+    def _not_serializable(obj: object) -> None:
+        raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+
+    _scan = _json.make_scanner(_Context())
+    _encode = _json.make_encoder(None, _not_serializable, _json.encode_basestring_ascii,
+                                 None, ": ", ", ", False, False, True)
+except (ImportError, AttributeError, TypeError):  # another Python: the json module
+    _scan = _encode = None
+
+_SPACE = " \t\n\r"
+
+
+def dumps(obj: Any) -> str:
+    """``json.dumps(obj)``."""
+    if _encode is None:
+        import json
+
+        return json.dumps(obj)
+    return "".join(_encode(obj, 0))
+
+
+def loads(text: str | bytes) -> Any:
+    """``json.loads(text)`` (bytes must be UTF-8); ValueError if it is not one JSON value."""
+    if isinstance(text, (bytes, bytearray)):
+        text = bytes(text).decode("utf-8")
+    if _scan is None:
+        import json
+
+        return json.loads(text)
+    start = len(text) - len(text.lstrip(_SPACE))
+    try:
+        value, end = _scan(text, start)
+    except StopIteration as exc:
+        raise ValueError(f"Expecting value: char {exc.value}") from None
+    except SystemError:  # malformed: the C scanner can raise its JSONDecodeError only once
+        import json  # json.decoder is loaded, so let json say what is wrong
+
+        return json.loads(text)
+    if text[end:].strip(_SPACE):
+        raise ValueError(f"Extra data: char {end}")
+    return value
+
 __all__ = [
     "DEFAULT_SOCKET",
     "MAX_ANSWER",
@@ -40,6 +97,8 @@ __all__ = [
     "AgentError",
     "call",
     "error_from_answer",
+    "dumps",
+    "loads",
 ]
 
 DEFAULT_SOCKET = "/run/netfabric/agent.sock"
@@ -112,7 +171,7 @@ def call(path: str | os.PathLike[str], request: dict[str, Any], timeout: float =
     spath = os.fspath(path)
     deadline = time.monotonic() + timeout
     try:
-        payload = json.dumps(request).encode() + b"\n"
+        payload = dumps(request).encode() + b"\n"
     except (TypeError, ValueError) as exc:
         raise _errors.ConfigError(f"request cannot be sent as JSON: {exc}") from exc
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -145,7 +204,7 @@ def call(path: str | os.PathLike[str], request: dict[str, Any], timeout: float =
     finally:
         sock.close()
     try:
-        answer = json.loads(line)
+        answer = loads(line)
     except ValueError as exc:
         raise _unreachable(spath, "protocol", f"answer is not JSON: {exc}", True) from exc
     if not isinstance(answer, dict) or not isinstance(answer.get("ok"), bool):
@@ -155,7 +214,7 @@ def call(path: str | os.PathLike[str], request: dict[str, Any], timeout: float =
     raise error_from_answer(answer.get("error"))
 
 
-def _connect(sock: socket.socket, path: str, deadline: float) -> None:
+def _connect(sock: socket.SocketType, path: str, deadline: float) -> None:
     """Connect, waiting until ``deadline`` while the agent's listen backlog is full.
 
     A non-blocking (timeout-mode) connect to a unix socket whose backlog is full fails
@@ -177,7 +236,7 @@ def _connect(sock: socket.socket, path: str, deadline: float) -> None:
             continue
 
 
-def _read_line(sock: socket.socket, deadline: float) -> bytes:
+def _read_line(sock: socket.SocketType, deadline: float) -> bytes:
     buf = bytearray()
     while True:
         remaining = deadline - time.monotonic()

@@ -31,12 +31,11 @@ Only the standard library is imported, so the plugin starts fast.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
 
-from fabric.agent.client import AgentUnreachable, call
+from fabric.agent.client import AgentUnreachable, call, dumps, loads
 from fabric.cni import errors as codes
 from fabric.cni.errors import CNIError
 from fabric.cni.result import chain, find_interface, interface_ips, normalize, to_version
@@ -214,7 +213,7 @@ def cmd_add(inv: Invocation, nc: NetConf, err: IO[str]) -> dict[str, Any]:
                        f"{exc.details}") from exc
     if find_interface(ours, inv.ifname, inv.netns) is None:
         raise CNIError(codes.AGENT_FAILURE, f"the agent's result lists no {inv.ifname} in "
-                       f"{inv.netns}: {json.dumps(answer)[:200]}")
+                       f"{inv.netns}: {dumps(answer)[:200]}")
     ours["dns"] = {**nc.dns, **ours["dns"]}
     return to_version(chain(prev, ours), nc.cni_version)
 
@@ -291,7 +290,7 @@ def _version_result(stdin: IO[bytes]) -> dict[str, Any]:
     version = LATEST_VERSION
     try:
         if not stdin.isatty():
-            conf = json.loads(stdin.read() or b"{}")
+            conf = loads(stdin.read() or b"{}")
             given = conf.get("cniVersion") if isinstance(conf, dict) else None
             if isinstance(given, str):
                 parse_version(given)
@@ -310,7 +309,7 @@ def _read_config(stdin: IO[bytes]) -> Any:
         raise CNIError(codes.DECODING_FAILURE, "stdin is empty; the runtime must pass the "
                        "plugin config as JSON on stdin")
     try:
-        return json.loads(data.decode("utf-8"))
+        return loads(data.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise CNIError(codes.DECODING_FAILURE, f"the config on stdin is not UTF-8: {exc}") \
             from exc
@@ -325,7 +324,7 @@ def _log(environ: Any, entry: dict[str, Any]) -> None:
     if path:
         try:
             with open(path, "a") as fh:
-                fh.write(json.dumps(entry) + "\n")
+                fh.write(dumps(entry) + "\n")
         except OSError:
             pass
 
@@ -340,7 +339,7 @@ def run(environ: Any, stdin: IO[bytes], stdout: IO[str], stderr: IO[str]) -> int
         verb = environ.get("CNI_COMMAND", "")
         if verb == "VERSION":
             read_invocation(environ)
-            stdout.write(json.dumps(_version_result(stdin)) + "\n")
+            stdout.write(dumps(_version_result(stdin)) + "\n")
             return 0
         if not verb:
             inv = read_invocation(environ)  # raises: says CNI_COMMAND is missing
@@ -352,11 +351,11 @@ def run(environ: Any, stdin: IO[bytes], stdout: IO[str], stderr: IO[str]) -> int
         nc = parse_netconf(conf, inv.verb, environ)
         result = _HANDLERS[inv.verb](inv, nc, stderr)
         if result is not None:
-            stdout.write(json.dumps(result) + "\n")
+            stdout.write(dumps(result) + "\n")
         return 0
     except CNIError as exc:
         code = exc.code
-        stdout.write(json.dumps(exc.result(version)) + "\n")
+        stdout.write(dumps(exc.result(version)) + "\n")
         if not environ.get("CNI_COMMAND"):  # run by hand: say what this is
             stderr.write("fabric-cni: netfabric CNI plugin; CNI protocol versions supported: "
                          f"{', '.join(SUPPORTED_VERSIONS)}\n")
@@ -364,7 +363,7 @@ def run(environ: Any, stdin: IO[bytes], stdout: IO[str], stderr: IO[str]) -> int
     except Exception as exc:  # a bug: still answer in the protocol, never a bare traceback
         code = codes.AGENT_FAILURE
         err = CNIError(code, f"internal error in fabric-cni: {type(exc).__name__}: {exc}")
-        stdout.write(json.dumps(err.result(version)) + "\n")
+        stdout.write(dumps(err.result(version)) + "\n")
         return 1
     finally:
         if inv is not None and inv.verb != "VERSION":
