@@ -42,8 +42,8 @@ def tx_loop(engine) -> None:
         for target in targets:
             total = sender.build(message, flags, target)
             if not total:
-                drop(drops, "too_big")
-                break
+                drop(drops, sender.why)
+                continue
             sent = port.send_batch(sender.out, seg, total, target.sockaddr, drops)
             stats["datagrams"] += sent
         stats["packets"] += 1

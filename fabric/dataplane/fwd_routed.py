@@ -63,7 +63,7 @@ def tx_loop(engine) -> None:
         for addr, dst in targets:
             total = sender.build(message, flags, addr, (ttl, local, dst))
             if not total:
-                drop(drops, "too_big")
+                drop(drops, sender.why)
                 return
             stats["datagrams"] += port.send_batch(out, seg, total, addr.sockaddr, drops)
         stats["packets"] += 1
@@ -143,6 +143,8 @@ class RoutedRx:
             if total:
                 self.send(relay.out, total, addr)
                 stats["relayed"] = stats.get("relayed", 0) + 1
+            else:
+                drop(drops, relay.why)
 
 
 def rx_loop(engine) -> None:
@@ -172,7 +174,9 @@ def timer_loop(engine) -> None:
             if addr is None:
                 continue
             total = sender.build(payload, F_CONTROL, addr, (1, table.local, name))
-            if total and port.send_batch(sender.out, cfg.datagram, total, addr.sockaddr, drops):
+            if not total:
+                drop(drops, sender.why)
+            elif port.send_batch(sender.out, cfg.datagram, total, addr.sockaddr, drops):
                 stats["heartbeats"] = stats.get("heartbeats", 0) + 1
         health.tick(now)
         if now - last_expiry >= 1.0:

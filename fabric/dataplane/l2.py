@@ -67,13 +67,22 @@ class L2Sender:
         self.counter = 0
         self._tx: dict[PeerAddr, TxSession] = {}
         self.out = bytearray(70000)
+        self.why = ""  # why the last build returned 0
 
     def build(self, message, flags: int, peer: PeerAddr, route: tuple = ()) -> int:
-        """Fill ``self.out`` with the datagrams for ``message``; returns bytes used (0: too big)."""
+        """Fill ``self.out`` with the datagrams for ``message``; returns bytes used.
+
+        0: nothing to send, :attr:`why` says why (``too_big``, or ``no_key`` for a sealed
+        message to a peer whose public key is not known yet).
+        """
         chunk, kind = self.chunk, self.kind
+        self.why = "too_big"
         if self.pair is not None:
             tx = self._tx.get(peer)
             if tx is None or tx.exhausted:
+                if len(peer.public_key) != 32:
+                    self.why = "no_key"
+                    return 0
                 tx = self._tx[peer] = TxSession(self.pair, peer.public_key, self.psk, self.cipher)
             count = -(-(len(message) + TAG_LEN) // chunk)
             if count > MAX_FRAGMENTS:

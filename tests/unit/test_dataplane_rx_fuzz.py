@@ -71,3 +71,14 @@ def test_random_datagrams_never_raise(data: bytes, sealed: bool) -> None:
     assert not written and not sent or not sealed
     assert sum(rx.drops.values()) or rx.receiver.pending or written or sent \
         or rx.stats.get("heartbeats")
+
+
+def test_a_neighbour_without_a_public_key_is_a_counted_drop_not_a_crash() -> None:
+    rx, written, sent, addrs = node_b(sealed=True)
+    rx.table.set_neighbours({A: addrs[A], C: PeerAddr(addrs[C].ip, 6783)})  # C's key unknown
+    sender = L2Sender(1472, KEYS[A], routed=True)
+    frame = b"\xff" * 6 + b"\x02\x00\x00\x00\x00\x01" + b"\x08\x06" + bytes(28)
+    total = sender.build(frame, 0, addrs[B], (16, A, FLOOD))
+    rx.datagram(memoryview(bytes(sender.out[:total])), (A, addrs[A]))
+    assert len(written) == 1 and not sent and rx.drops == {"no_key": 1}
+    assert L2Sender(1472, KEYS[A], routed=True).build(frame, 0, PeerAddr("x", 1)) == 0
