@@ -31,7 +31,10 @@ from fabric.policy.nftstate import NftState, delete_batch, diff_batch, list_coun
 from fabric.policy.nftstate import nft_binary as _nft_binary
 from fabric.policy.peers import EndpointDirectory
 
-__all__ = ["NftablesPolicy", "endpoint_info"]
+__all__ = ["NftablesPolicy", "endpoint_info", "NO_STORE"]
+
+NO_STORE = ("no datastore: selectors see this node's pods only; pods on other nodes match "
+            "no podSelector/namespaceSelector (use an ipBlock for them)")
 
 
 def _bridge_of(ifname: str) -> tuple[str, str]:
@@ -249,7 +252,7 @@ class NftablesPolicy(PolicyEngine):
             "original direction at its next packet and dropped if the rules now forbid it "
             "(a TCP connection tracked only from mid-stream, e.g. open before the pod was "
             "isolated, must be allowed in both directions)",
-        ]
+        ] + ([NO_STORE] if self.ctx.store is None else [])
 
     def drop_counters(self) -> dict[str, Any]:
         """Drops per policy and per endpoint, by direction."""
@@ -290,6 +293,8 @@ class NftablesPolicy(PolicyEngine):
                 st.setdefault("warnings", []).append(
                     f"bridge {br} has non-pod ports ({', '.join(sorted(foreign))}): "
                     "cross-host traffic through them is not policed")
+        if self.ctx.store is None:
+            st.setdefault("warnings", []).append(NO_STORE)
         if self._directory is not None and self._directory.error:
             st["directory_error"] = self._directory.error
         try:

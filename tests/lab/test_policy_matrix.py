@@ -144,6 +144,10 @@ def test_policy_matrix(backend: str, bridge_nf: int, lab_name: str, tmp_path: Pa
         lab.add_pod("h2", "web2", labels={"app": "web"})
         lab.add_pod("h2", "cli", labels={"app": "cli"}, namespace="team-b")
         assert lab.converge(timeout=20).ok
+        st = lab.agent_call("h1", {"op": "status"})["networks"][0]["policy_status"]
+        if any(w.startswith("no datastore") for w in st.get("warnings", [])):
+            pytest.skip(f"{backend} runs without a datastore: policy selectors see local pods "
+                        "only (the engine says so in status and explain)")
         lab.wait(lambda: _remote_known(lab, 3), timeout=20)  # 3 pods on the other host
         h2net = IPv4Network(f"{lab.pods['web2'].ip}/{lab.topo.subnet_len}", strict=False)
         port = iter(range(20000, 30000))
