@@ -209,13 +209,17 @@ def _count(sock: socket.socket, marker: bytes, seconds: float = 1.5) -> int:
     return n
 
 
-@pytest.mark.parametrize("shape", ["mesh", "tree", "line"])
+@pytest.mark.parametrize("shape", ["mesh", "tree", "line", "targets"])
 def test_broadcast_and_multicast_arrive_exactly_once(mesh_factory, shape: str) -> None:
     m = mesh_factory()
     if shape == "mesh":
         m.full_mesh()
     elif shape == "line":
         m.line()
+    elif shape == "targets":  # weave-fastdp's origin replication: a copy per peer, c via b
+        m.line()
+        for n in NODES:
+            m.engines[n].table.set_flood_targets({NAME[n]: [NAME[x] for x in NODES if x != n]})
     else:  # every pair connected, but a's floods go a -> b -> c: c must not get two
         m.topology({frozenset(p) for p in ("ab", "bc", "ac")},
                    {"a": {"a": ["b"]}, "b": {"a": ["c"], "b": ["a", "c"]},
