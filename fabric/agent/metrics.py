@@ -68,6 +68,18 @@ def _capacity(chunks: list[str]) -> int:
     return total
 
 
+def _ipam_use(net: Mapping[str, Any]) -> tuple[int, int]:
+    """(used, free) pod addresses of this node: from the chunks (subnet, blocks), or from
+    the ring's own accounting (weave: this peer's share of the ring and its free part)."""
+    ipam = net.get("ipam_status") if isinstance(net.get("ipam_status"), Mapping) else {}
+    ring = ipam.get("ipam") if isinstance(ipam.get("ipam"), Mapping) else None
+    if ring is not None:
+        mine = [o for o in ring.get("owners") or [] if o.get("peer") == ipam.get("name")]
+        return int(ring.get("allocated_here") or 0), sum(int(o.get("free", 0)) for o in mine)
+    used = int(ipam.get("allocations") or 0)
+    return used, max(0, _capacity(list(net.get("chunks") or [])) - used)
+
+
 class StatusCollector:
     """A custom collector: one ``status()`` call per scrape, turned into metric families."""
 
@@ -101,11 +113,9 @@ class StatusCollector:
             name = str(n.get("name", ""))
             up.add_metric([name, str(n.get("backend", ""))], 1 if n.get("ready") else 0)
             pods.add_metric([name], int(n.get("workloads") or 0))
-            ipam = n.get("ipam_status") if isinstance(n.get("ipam_status"), Mapping) else {}
-            used = int(ipam.get("allocations") or 0) if isinstance(ipam, Mapping) else 0
-            cap = _capacity(list(n.get("chunks") or []))
+            used, free = _ipam_use(n)
             addrs.add_metric([name, "used"], used)
-            addrs.add_metric([name, "free"], max(0, cap - used))
+            addrs.add_metric([name, "free"], free)
             chunks.add_metric([name], len(n.get("chunks") or []))
         yield from (up, pods, addrs, chunks)
 

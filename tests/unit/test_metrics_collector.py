@@ -32,7 +32,10 @@ STATUS: dict[str, Any] = {
                            "drops": {"policies": {"deny-db": {"ingress": 7}},
                                      "endpoints": {"web-1": {"egress": 1}}}}},
         {"name": "wv", "backend": "weave-sleeve", "ready": True, "workloads": 1,
-         "chunks": ["10.32.0.0/12"], "ipam_status": {"allocations": 1},
+         "chunks": ["10.32.0.0/12"],
+         "ipam_status": {"name": "aa:bb", "ipam": {  # weave's ring: this peer's share
+             "allocated_here": 1, "owners": [{"peer": "aa:bb", "free": 100},
+                                             {"peer": "cc:dd", "free": 50}]}},
          "backend_status": {
              "mesh": {"connections": [{"state": "established"}, {"state": "established"},
                                       {"state": "failed"}]},
@@ -64,6 +67,8 @@ def test_every_family_from_status() -> None:
     assert value(fams, "netfabric_pods", network="cal") == 3
     assert value(fams, "netfabric_ipam_addresses", network="cal", state="used") == 3
     assert value(fams, "netfabric_ipam_addresses", network="cal", state="free") == 2 * 62 - 3
+    assert value(fams, "netfabric_ipam_addresses", network="wv", state="used") == 1
+    assert value(fams, "netfabric_ipam_addresses", network="wv", state="free") == 100
     assert value(fams, "netfabric_network_ready", network="fl") == 0
     assert value(fams, "netfabric_peers", network="cal", state="established") == 1
     assert value(fams, "netfabric_peers", network="cal", state="active") == 1
