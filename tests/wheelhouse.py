@@ -11,6 +11,7 @@ entry points), returning the `lab up --json` document.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -40,11 +41,26 @@ def entry_points(project: Path, group: str) -> set[str]:
     return set(data.get("entry-points", {}).get(group, {}))
 
 
+# Not part of any distribution; build/ would leak stale files (setuptools never prunes it).
+_SKIP = {".venv", ".git", "build", "dist", "tests", "backends", "examples", "docs", "scripts",
+         "__pycache__", ".pytest_cache", ".ruff_cache", ".mypy_cache", ".hypothesis"}
+
+
+def _clean_copy(project: Path, dest: Path) -> Path:
+    def ignore(_dir: str, names: list[str]) -> set[str]:
+        return {n for n in names if n in _SKIP or n.endswith(".egg-info")}
+
+    shutil.copytree(project, dest, ignore=ignore)
+    return dest
+
+
 def build_wheels(projects: Iterable[Path], out: Path) -> dict[str, Path]:
-    """Wheels of ``projects`` in ``out``, by distribution name."""
+    """Wheels of ``projects`` (built from clean copies of their folders) in ``out``."""
     projects = list(projects)
+    src = out / "src"
+    copies = [_clean_copy(p, src / f"{i}-{p.name}") for i, p in enumerate(projects)]
     _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-          "-w", str(out), *map(str, projects)])
+          "-w", str(out), *map(str, copies)])
     wheels: dict[str, Path] = {}
     for project in projects:
         name = project_name(project)
