@@ -3,7 +3,8 @@
 Two threads (device -> UDP and UDP -> device) proved best on 2 cores: each
 blocks in its own system calls, which release the GIL, and batching (super-
 packets in, GSO/GRO out) keeps Python work per byte low. The control plane
-changes the :class:`PeerTable` / :class:`MacTable` at any time.
+changes the :class:`PeerTable` / :class:`MacTable` / :class:`WeaveRoutes` at any time.
+The routed format adds a third, mostly sleeping thread: heartbeats and MAC expiry.
 
 Counters are plain ints written by one thread each and read by :meth:`status`.
 """
@@ -74,7 +75,8 @@ class EngineConfig:
         if self.routed and self.mode != "tap":
             raise ConfigError("the routed format is L2: it needs mode tap", fix="use mode tap")
         if not 2 <= self.hop_limit <= 255:
-            raise ConfigError(f"hop_limit {self.hop_limit} is out of range 2-255")
+            raise ConfigError(f"hop_limit {self.hop_limit} is out of range 2-255",
+                              fix="the default 16 covers any mesh diameter weave meets")
         if not 0.01 <= self.heartbeat_interval <= 60 or not 1 <= self.heartbeat_misses <= 100:
             raise ConfigError("heartbeat_interval must be 0.01-60 s and heartbeat_misses 1-100",
                               fix="the defaults are 1 s and 3")

@@ -105,7 +105,8 @@ class WeaveRoutes:
         """Peers with a direct connection: datagrams go to and are accepted from them only."""
         table = {name_bytes(n): p for n, p in neighbours.items()}
         if self.local in table:
-            raise ConfigError("this node cannot be its own neighbour", field="neighbours")
+            raise ConfigError("this node cannot be its own neighbour", field="neighbours",
+                              fix="leave the local peer out of the neighbour map")
         with self._lock:
             self._swap(neighbours=table)
 
