@@ -63,8 +63,8 @@ def tx_loop(engine) -> None:
         for addr, dst in targets:
             total = sender.build(message, flags, addr, (ttl, local, dst))
             if not total:
-                drop(drops, sender.why)
-                return
+                drop(drops, sender.why)  # that peer only: the others still get their copy
+                continue
             stats["datagrams"] += port.send_batch(out, seg, total, addr.sockaddr, drops)
         stats["packets"] += 1
         stats["bytes"] += n - hoff
