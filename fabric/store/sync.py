@@ -108,11 +108,17 @@ class PrefixMirror:
             self._relist.clear()
             try:
                 self._list_and_watch()
+                if delay > self.retry_min:
+                    log.info("mirror %s: listing and watching again", self.prefix)
                 delay = self.retry_min
             except Exception as exc:  # StoreError while etcd is down; anything else is a bug
                 self.last_error = str(exc)
                 if isinstance(exc, StoreError):
-                    log.warning("mirror %s: %s; retrying in %.1fs", self.prefix, exc, delay)
+                    # one warning per outage (the agent's health probe reports it too), not
+                    # one per retry
+                    level = logging.WARNING if delay == self.retry_min else logging.DEBUG
+                    log.log(level, "mirror %s: %s; retrying (backoff up to %.0fs)",
+                            self.prefix, exc, self.retry_max)
                 else:
                     log.exception("mirror %s: unexpected error; retrying", self.prefix)
                 if self._stop.wait(delay):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
@@ -222,18 +223,22 @@ def test_mirror_relists_after_compaction_without_losing_events(etcd, store) -> N
         mirror.stop()
 
 
-def test_mirror_retries_while_etcd_is_down(tmp_path) -> None:
+def test_mirror_retries_while_etcd_is_down(tmp_path, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="fabric.store.sync")
     server = EtcdServer(tmp_path / "etcd")
     st = connect(server.url)
     rec = Recorder()
     mirror = PrefixMirror(st, "/d/", rec, retry_max=0.3).start()
     try:
-        time.sleep(0.5)
+        time.sleep(1.0)  # several retries, one warning (not one per retry)
         assert not mirror.synced and "unreachable" in (mirror.last_error or "")
+        warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1, [r.getMessage() for r in warnings]
         with server:
             st.put("/d/x", "1")
             assert wait_for(lambda: rec.keys("put") == ["/d/x"], timeout=10)
             assert mirror.synced
+            assert "listing and watching again" in caplog.text
     finally:
         mirror.stop()
         st.close()
