@@ -55,6 +55,60 @@ print(json.dumps(out))
 """
 
 
+# a TCP relay in front of etcd: "endpoint 1"; killing it is that member dying (TLS passes
+# through untouched: the certificate names the same address)
+RELAY_SCRIPT = r"""
+import socket, sys, threading
+listen, target = int(sys.argv[1]), (sys.argv[2], int(sys.argv[3]))
+srv = socket.create_server((sys.argv[2], listen))
+print("ready", flush=True)
+def pipe(a, b):
+    try:
+        while data := a.recv(65536):
+            b.sendall(data)
+    except OSError:
+        pass
+    finally:
+        for s in (a, b):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+while True:
+    c, _ = srv.accept()
+    u = socket.create_connection(target)
+    threading.Thread(target=pipe, args=(c, u), daemon=True).start()
+    threading.Thread(target=pipe, args=(u, c), daemon=True).start()
+"""
+
+# the store through [relay, direct]: works via the relay, the relay dies, calls and the
+# watch go on via the direct endpoint; JSON lines on stdout, driven by lines on stdin
+FAILOVER_SCRIPT = r"""
+import json, sys, threading, time
+from fabric.store import connect, TLSFiles
+from fabric.errors import StoreUnavailable
+st = connect(sys.argv[1], tls=TLSFiles(*sys.argv[2:5]))
+seen = []
+_, rev = st.get_prefix("/fo/")
+w = st.watch_prefix("/fo/", lambda evs: seen.extend(e.kv.key for e in evs), rev + 1)
+st.put("/fo/before", "1")
+time.sleep(1)
+print(json.dumps({"url": st.url, "seen": seen}), flush=True)
+sys.stdin.readline()  # the relay is dead now
+errors = 0
+for i in range(3):
+    try:
+        st.put(f"/fo/after{i}", "1")
+    except StoreUnavailable:
+        errors += 1  # a request that may have reached the dead member is not re-sent
+deadline = time.monotonic() + 15
+while len(seen) < 1 + 3 - errors and time.monotonic() < deadline:
+    time.sleep(0.1)
+print(json.dumps({"url": st.url, "seen": seen, "errors": errors}), flush=True)
+w.cancel(); st.close()
+"""
+
+
 def in_ns(ns: str, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True, text=True,
                           timeout=timeout)
@@ -200,3 +254,32 @@ def test_metrics_families_parse(tls_etcd, tmp_path: Path) -> None:
         os.kill(agent.pid, signal.SIGTERM)
         agent.wait(30)
         in_ns(ns, str(BIN / "fabric"), "down", "--state-dir", str(state))
+
+
+def test_failover_when_the_endpoint_in_use_dies(tls_etcd) -> None:
+    ns, ca, client, _ = tls_etcd
+    relay = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", RELAY_SCRIPT,
+                              "2392", IP, "2379"], stdout=subprocess.PIPE, text=True)
+    user = None
+    try:
+        assert relay.stdout.readline().strip() == "ready"
+        user = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c",
+                                 FAILOVER_SCRIPT, f"https://{IP}:2392,{LIVE}", str(ca.path),
+                                 *client], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                text=True)
+        first = json.loads(user.stdout.readline())
+        assert first == {"url": f"https://{IP}:2392", "seen": ["/fo/before"]}
+        os.kill(relay.pid, signal.SIGKILL)  # endpoint 1 dies under the store and its watch
+        relay.wait(10)
+        user.stdin.write("go\n")
+        user.stdin.flush()
+        after = json.loads(user.stdout.readline())
+        assert after["url"] == LIVE and after["errors"] <= 1
+        written = [f"/fo/after{i}" for i in range(3)][after["errors"]:]
+        assert after["seen"] == ["/fo/before", *written]  # the watch resumed, nothing lost
+        assert user.wait(20) == 0
+    finally:
+        for proc in (relay, user):
+            if proc is not None and proc.poll() is None:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(10)
