@@ -57,6 +57,10 @@ log = logging.getLogger("fabric.weave")
 VXLAN_OVERHEAD = 20 + 8 + 8 + 14  # outer IPv4 + UDP + VXLAN + inner Ethernet
 ETH_P_HEARTBEAT = 0x88B5  # IEEE 802 local experimental ethertype
 ZERO_MAC = "00:00:00:00:00:00"
+LINGER = 300.0  # seconds a fastdp peer the mesh lost keeps its kernel entries
+# A peer whose direct mesh connection dropped can look reachable through a third peer until
+# that one notices too (3 mesh heartbeats): only after this long is "relayed" believed.
+RELAY_GRACE = 5.0
 _VNI = 0x77  # weave's fastdp VNIs are per peer pair; one network needs only one
 
 
@@ -118,6 +122,8 @@ class FastDP:
         self._programmed: dict[int, IPv4Address] = {}
         self._view: MeshView | None = None
         self._adopt: set[str] = set()
+        self._gone: dict[int, float] = {}  # fastdp peers the mesh lost, since when
+        self.reachable: set[int] = set()
         self._stale_after = 0.0
         self._wake = threading.Event()
 
@@ -192,24 +198,53 @@ class FastDP:
 
     def _reconcile(self, view: MeshView) -> None:
         with self._lock:
+            now = time.monotonic()
+            self.reachable = set(view.reachable)
+            returning: set[int] = set()
+            lost_sleeve = False
             peers = {}
             for name in view.neighbours:  # relayed peers stay on sleeve: no direct path
                 info = view.infos.get(name)
                 if info is not None and info.fastdp_port and info.vtep_mac:
                     peers[name] = (info.ip, info.vtep_mac)
             for name in set(self.peers) - set(peers):
-                self._unprogram(name)
+                if name in self.fast:
+                    # No longer a direct neighbour. Its agent may be restarting (the kernel
+                    # path outlives it) or the link may be cut: keep its entries for now;
+                    # _sync_modes decides once the mesh has settled (RELAY_GRACE). Whatever
+                    # the bridge learned behind the sleeve port cannot reach it now.
+                    if name not in self._gone:
+                        self._gone[name] = now
+                        lost_sleeve = True
+                    peers[name] = self.peers[name]
+                else:
+                    self._drop(name)
             for name, (ip, mac) in peers.items():
-                if self.peers.get(name) != (ip, mac):
+                old = self.peers.get(name)
+                if old != (ip, mac):
+                    if old is not None:  # it moved: nothing of the old address stays
+                        self._drop(name)
                     self._program_vtep(ip, mac)
+                if name in view.neighbours and self._gone.pop(name, None) is not None:
+                    returning.add(name)
                 if str(ip) in self._adopt:
                     self._adopt.discard(str(ip))
                     self._programmed[name] = ip
                     self.fast.add(name)
+            if lost_sleeve:
+                self._flush_bridge_learned((self.sleeve.config.device,))
             self.peers = peers
+            # a peer back after its agent restarted gets a fresh grace period to answer
+            # heartbeats before it could be demoted (it kept its fastdp path meanwhile)
+            self.health.set_peers(set(peers) - returning)
             self.health.set_peers(peers)
             self.fast &= set(peers)
             self._sync_sleeve(view)
+
+    def _drop(self, name: int) -> None:
+        self._unprogram(name)
+        self.fast.discard(name)
+        self._gone.pop(name, None)
 
     def _sync_sleeve(self, view: MeshView | None = None) -> None:
         view = view or self.control.view
@@ -229,8 +264,23 @@ class FastDP:
                 state = self.health.state(name)
                 if state == "established" and name not in self.fast:
                     self._to_fast(name)
-                elif state == "unreachable" and name in self.fast:
+                elif state == "unreachable" and name in self.fast and name in self.reachable \
+                        and name not in self._gone:
+                    # the mesh still reaches it, only the fastdp path broke: sleeve takes over
                     self._to_sleeve(name, state)
+            now = time.monotonic()
+            for name, since in list(self._gone.items()):
+                relayed = name in self.reachable and now - since > RELAY_GRACE
+                if relayed or now - since > LINGER:
+                    # still reachable, but only through a relay: sleeve carries it; or gone
+                    # for good: forget it
+                    log.info("weave-fastdp: peer %012x %s: its fastdp entries removed", name,
+                             "reachable only through a relay" if relayed else
+                             f"gone for {now - since:.0f} s")
+                    self._drop(name)
+                    self.peers.pop(name, None)
+                    self.health.set_peers(self.peers)
+                    self._sync_sleeve()
             if self._stale_after and time.monotonic() > self._stale_after:
                 self._stale_after = 0.0
                 current = {str(ip) for ip, _mac in self.peers.values()}
@@ -346,9 +396,9 @@ class FastDP:
                             "dst": m.get_attr("NDA_DST") or ""})
         return out
 
-    def _flush_bridge_learned(self) -> None:
+    def _flush_bridge_learned(self, ports: tuple[str, ...] = ()) -> None:
         """Forget MACs the bridge learned on its overlay ports: the path to them changed."""
-        for port in (self.device, self.sleeve.config.device):
+        for port in ports or (self.device, self.sleeve.config.device):
             if link_index(port) is None:
                 continue
             with contextlib.suppress(OSError, subprocess.TimeoutExpired):
