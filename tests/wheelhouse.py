@@ -70,12 +70,16 @@ def build_wheels(projects: Iterable[Path], out: Path) -> dict[str, Path]:
     return wheels
 
 
-def fresh_venv(path: Path, wheels: Iterable[Path]) -> Path:
-    """A new venv at ``path`` with ``wheels`` installed; returns its bin directory."""
+def fresh_venv(path: Path, wheels: Iterable[Path | str]) -> Path:
+    """A new venv at ``path`` with ``wheels`` (or requirement strings such as
+    ``/x/netfabric-0.1.0-py3-none-any.whl[bgp]``) installed; returns its bin directory."""
     _run([sys.executable, "-m", "venv", str(path)])
-    _run([str(path / "bin" / "pip"), "install", "-q", "--disable-pip-version-check",
-          *map(str, wheels)])
+    pip_install(path / "bin", *map(str, wheels))
     return path / "bin"
+
+
+def pip_install(bin_dir: Path, *args: str) -> None:
+    _run([str(bin_dir / "pip"), "install", "-q", "--disable-pip-version-check", *args])
 
 
 def run_in(bin_dir: Path, *argv: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:

@@ -2,9 +2,10 @@
 backend's wheel, each in a fresh venv (no system site-packages, no test plugins).
 
 The core alone: `fabric --version`, `fabric plugins` without `fake` and without numpy
-(an extra), the typed marker and the licence in the wheel. Core + every backend: each
-backend's entry points listed from its own distribution, and a 2-host vxlan lab (root)
-started by that venv's `fabric` passes pings between all pods.
+(an extra), the typed marker and the licence in the wheel. Core + every backend,
+pulled in by `netfabric[all]` from the built wheels: each backend's entry points listed
+from its own distribution, and a 2-host vxlan lab (root) started by that venv's `fabric`
+passes pings between all pods.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from tests.wheelhouse import (
     entry_points,
     fresh_venv,
     lab_cycle,
+    pip_install,
     plugins,
     project_name,
     run_in,
@@ -65,7 +67,11 @@ def test_core_wheel_alone(wheels: dict[str, Path], tmp_path: Path) -> None:
 @pytest.mark.root
 @pytest.mark.lab
 def test_every_backend_wheel_and_a_lab(wheels: dict[str, Path], tmp_path: Path) -> None:
-    bin_dir = fresh_venv(tmp_path / "venv", wheels.values())
+    # the core with the extras that need an index, then `netfabric[all]` offline: every
+    # backend must come from the wheels built here, pulled in by the `all` extra alone
+    bin_dir = fresh_venv(tmp_path / "venv", [f"{wheels['netfabric']}[bgp,fast]"])
+    pip_install(bin_dir, "--no-index", "--find-links", str(wheels["netfabric"].parent),
+                "netfabric[all]")
     listed = plugins(bin_dir)
     assert not [p for p in listed if p["name"] == "fake"]
     for project in BACKENDS:
