@@ -1,4 +1,4 @@
-"""A real, private ``etcd`` server for tests and the lab.
+"""A real, private ``etcd`` server for tests (the lab starts its own: fabric.lab.underlay).
 
 ``EtcdServer`` runs the distribution's ``etcd`` binary (3.4) with its own data
 directory, either on loopback in the current namespace (free ports are picked)
