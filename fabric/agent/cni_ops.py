@@ -73,20 +73,36 @@ def netns_of(req: dict[str, Any]) -> str:
     A passed descriptor must be a network namespace (ConfigError naming ``netns``, which
     `fabric-cni` reports as CNI code 4)."""
     fds = req.get("_fds") or []
-    if not fds:
-        return str(req.get("netns") or "")
-    fd = fds[0]
+    path = str(req.get("netns") or "")
+    if fds:
+        if not _is_netns(fds[0]):
+            raise ConfigError(f"CNI_NETNS {path or '(passed descriptor)'} is not a network "
+                              "namespace", fix="pass the path of the pod's network namespace, "
+                              "e.g. /run/netns/NAME or /proc/PID/ns/net", field="netns")
+        return f"/proc/{os.getpid()}/fd/{fds[0]}"
+    if path and req.get("op") != "cni.del" and os.path.exists(path):
+        # a client that passed no descriptor (an older fabric-cni, a script): the path as
+        # the agent sees it, which differs when the caller has its own mount namespace
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            ok = _is_netns(fd)
+        finally:
+            os.close(fd)
+        if not ok:
+            raise ConfigError(
+                f"CNI_NETNS {path} is not a network namespace as the agent sees it",
+                fix="if the runtime has its own mount namespace, use a fabric-cni that passes "
+                    "the namespace as a descriptor", field="netns")
+    return path
+
+
+def _is_netns(fd: int) -> bool:
     try:
-        kind = fcntl.ioctl(fd, _NS_GET_NSTYPE)
+        return fcntl.ioctl(fd, _NS_GET_NSTYPE) == _CLONE_NEWNET
     except OSError as exc:
-        if exc.errno not in (errno.ENOTTY, errno.EINVAL):
-            raise
-        kind = None
-    if kind != _CLONE_NEWNET:
-        raise ConfigError(f"CNI_NETNS {req.get('netns') or '(passed descriptor)'} is not a "
-                          "network namespace", fix="pass the path of the pod's network "
-                          "namespace, e.g. /run/netns/NAME or /proc/PID/ns/net", field="netns")
-    return f"/proc/{os.getpid()}/fd/{fd}"
+        if exc.errno in (errno.ENOTTY, errno.EINVAL):  # not an nsfs file
+            return False
+        raise
 
 
 def _add(agent: Agent, req: dict[str, Any]) -> Any:

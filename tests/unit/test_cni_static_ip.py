@@ -136,3 +136,19 @@ def test_readme_example_config_as_libcni_derives_it(tmp_path: Path) -> None:
                 "runtimeConfig": {"ips": ["10.50.1.42/24"]}}
         rc, out = cni("ADD", conf)
         assert rc == 0 and out["cniVersion"] == "1.0.0" and _ip(out) == "10.50.1.42", out
+
+
+def test_agent_checks_a_path_sent_without_descriptor(tmp_path: Path) -> None:
+    """A client that sends only the path (no descriptor): the agent checks what it sees
+    there, as the runtime-in-another-mount-namespace case shows a plain file to it."""
+    from fabric.agent.client import call
+
+    plain = tmp_path / "bind-target"
+    plain.write_text("")
+    with RunningAgent(tmp_path / "st", [one_net()]) as ra:
+        req = {"op": "cni.add", "container_id": "c9", "ifname": "eth0", "netns": str(plain)}
+        with pytest.raises(ConfigError) as info:
+            call(ra.socket, req)
+        assert info.value.field == "netns" and "as the agent sees it" in info.value.message
+        rc, out = cni("ADD", netconf(ra.socket), cid="c9")  # fabric-cni passes a descriptor
+        assert rc == 0, out
