@@ -91,3 +91,23 @@ def test_every_backend_wheel_and_a_lab(wheels: dict[str, Path], tmp_path: Path) 
                        capture_output=True, timeout=120)
     assert doc["converged"] is True, doc
     assert len(doc["pings"]) == 12 and set(doc["pings"].values()) == {0}, doc["pings"]
+
+
+@pytest.mark.root
+@pytest.mark.lab
+def test_userspace_backend_without_numpy(wheels: dict[str, Path], tmp_path: Path) -> None:
+    """numpy is only the `fast` extra: flannel-udp's user-space data path runs without it."""
+    if os.geteuid() != 0 or not shutil.which("etcd"):
+        pytest.skip("needs root and etcd for a lab")
+    bin_dir = fresh_venv(tmp_path / "venv", [wheels["netfabric"], wheels["netfabric-flannel-udp"]])
+    probe = run_in(bin_dir, "python", "-c", "import importlib.util as u; "
+                   "print(u.find_spec('numpy') is None)")
+    assert probe.stdout.strip() == "True"
+    name = f"w{secrets.token_hex(2)}"
+    try:
+        doc = lab_cycle(bin_dir, name, "flannel-udp")
+    finally:
+        subprocess.run([str(bin_dir / "fabric"), "lab", "down", "--name", name],
+                       capture_output=True, timeout=120)
+    assert doc["converged"] is True, doc
+    assert set(doc["pings"].values()) == {0}, doc["pings"]
