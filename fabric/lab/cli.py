@@ -26,7 +26,8 @@ def register(subparsers: Any) -> None:
     up.add_argument("--backend", action="append", required=True,
                     help="backend (repeat for several networks on every host)")
     up.add_argument("--hosts", type=int, default=2)
-    up.add_argument("--pods-per-host", type=int, default=1)
+    up.add_argument("--pods-per-host", type=int, default=1,
+                    help="pods per host on every network (hNpM; hN<network>pM on the others)")
     up.add_argument("--segments", type=int, default=1, help="L2 segments joined by a router")
     up.add_argument("--name", default="lab", help="lab name: 1-8 of [a-z0-9] (default lab)")
     up.add_argument("--network", default="10.244.0.0/16", help="pod network CIDR")
@@ -107,11 +108,15 @@ def cmd_up(args: argparse.Namespace) -> int:
     if args.converge > 0 and len(lab.pods) > 1:
         print(f"lab {topo.name}: {len(lab.pods)} pods up; waiting up to {args.converge:g}s "
               "for all to reach each other ...", file=sys.stderr, flush=True)
-        res = lab.converge(timeout=args.converge)
-        converged = res.ok
-        if not res.ok:
-            print(f"warning: pods do not all reach each other after {args.converge:g}s: "
-                  f"{res.summary()}", file=sys.stderr)
+        converged = True
+        for net, pods in lab.pods_by_network().items():  # each network within itself
+            if len(pods) < 2:
+                continue
+            res = lab.converge(timeout=args.converge, pods=sorted(pods))
+            converged = converged and res.ok
+            if not res.ok:
+                print(f"warning: pods of network {net} do not all reach each other after "
+                      f"{args.converge:g}s: {res.summary()}", file=sys.stderr)
     if args.json:
         print(json.dumps({"name": topo.name, "hosts": [h.to_json() for h in lab.hosts.values()],
                           "pods": [p.to_json() for p in lab.pods.values()],
@@ -147,8 +152,12 @@ def cmd_status(args: argparse.Namespace) -> int:
             state += f"  datastore UNREACHABLE since {store.get('since')}"
         print(f"  {name:4} {h['ip']:14} agent {alive} pid {h['pid']}  "
               f"{state or h.get('error', '')}")
-    for name, addr in st["pods"].items():
-        print(f"  {name:6} {addr}")
+    networks = st.get("networks") or {"": st["pods"]}
+    for net, pods in networks.items():  # pods per network: several backends, one lab
+        if len(networks) > 1:
+            print(f"  network {net}: {len(pods)} pod(s)")
+        for name, addr in pods.items():
+            print(f"  {'  ' if len(networks) > 1 else ''}{name:6} {addr}")
     for role, p in st.get("procs", {}).items():
         if not role.startswith("agent:") and (p["paused"] or not p["alive"]):
             print(f"  {role}: {'PAUSED' if p['paused'] else 'DOWN'} (pid {p['pid']})")

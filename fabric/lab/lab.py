@@ -224,9 +224,12 @@ class Lab(TrafficMixin, ControlMixin):
         alive = (lambda: proc.poll() is None) if proc else (lambda: is_alive(rec))
         return agents.wait_ready(host, alive, self.ready_timeout, rec.log)
 
-    def _add_pods(self, host: HostInfo) -> None:
-        for m in range(1, self.topo.pods_per_host + 1):
-            self.add_pod(host.name, f"{host.name}p{m}")
+    def _add_pods(self, host: HostInfo, pods: int | None = None) -> None:
+        """``pods`` (default ``pods_per_host``) pods on every pod network of ``host``."""
+        count = self.topo.pods_per_host if pods is None else pods
+        for net in self.topo.pod_networks():
+            for m in range(1, count + 1):
+                self.add_pod(host.name, self.topo.pod_name(host.name, net, m), network=net)
 
     def add_pod(self, host: str, name: str | None = None, *, labels: dict[str, str] | None = None,
                 namespace: str = "default", network: str = "") -> PodInfo:
@@ -271,8 +274,7 @@ class Lab(TrafficMixin, ControlMixin):
         if not self.with_agents:
             return host
         self._start_agents([host])
-        for m in range(1, (self.topo.pods_per_host if pods is None else pods) + 1):
-            self.add_pod(host.name, f"{host.name}p{m}")
+        self._add_pods(host, pods)
         return host
 
     def restart_agent(self, host: str, *, kill9: bool = True) -> ProcRecord:
@@ -310,6 +312,14 @@ class Lab(TrafficMixin, ControlMixin):
         raise NotFound(f"no host or pod {name!r} in lab {self.topo.name}",
                        fix=f"known: {', '.join([*self.hosts, *self.pods])}")
 
+    def pods_by_network(self) -> dict[str, dict[str, str]]:
+        """Network name -> {pod: address}, every network of the lab (empty ones too)."""
+        first = self.topo.pod_network or self.topo.network_names()[0]
+        out: dict[str, dict[str, str]] = {n: {} for n in self.topo.network_names()}
+        for p in self.pods.values():
+            out.setdefault(p.network or first, {})[p.name] = str(p.address)
+        return out
+
     def agent_call(self, host: str, request: dict[str, Any], timeout: float = 30) -> Any:
         return agents.agent_call(self._host(host).socket, request, timeout)
 
@@ -320,7 +330,8 @@ class Lab(TrafficMixin, ControlMixin):
                                "procs": {r.role: {"pid": r.pid, "alive": is_alive(r),
                                                   "paused": is_paused(r)}
                                          for r in self.procs.values()},
-                               "pods": {p.name: str(p.address) for p in self.pods.values()}}
+                               "pods": {p.name: str(p.address) for p in self.pods.values()},
+                               "networks": self.pods_by_network()}
         for h in self.hosts.values():
             rec = self.procs.get(f"agent:{h.name}")
             entry: dict[str, Any] = {"ns": h.ns, "ip": str(h.ip), "segment": h.segment,

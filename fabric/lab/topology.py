@@ -82,8 +82,9 @@ class Topology:
     ``agent_args`` are extra `fabric up` arguments; ``{node}``, ``{ip}``, ``{lab}`` and
     ``{peers}`` (the other hosts' underlay IPs, comma-separated) in them, and in string
     values of ``backend_opts``, are replaced per host (a gossip backend's seed list).
-    With several backends, network ``i`` gets ``cidr`` shifted by ``i`` × its size; pods
-    attach to ``pod_network`` (default: the first network).
+    With several backends, network ``i`` gets ``cidr`` shifted by ``i`` × its size and
+    every host gets ``pods_per_host`` pods on every network (:meth:`pod_networks`), or on
+    ``pod_network`` alone when that is set.
     """
 
     name: str = attrs.field(validator=_check_name)
@@ -136,6 +137,19 @@ class Topology:
 
     def network_names(self) -> list[str]:
         return [_net_name(b, i) for i, b in enumerate(self.backends)]
+
+    def pod_networks(self) -> list[str]:
+        """The networks that get ``pods_per_host`` pods on every host."""
+        return [self.pod_network] if self.pod_network else self.network_names()
+
+    def pod_name(self, host: str, network: str, m: int) -> str:
+        """``hNpM`` on the first network (as in a one-network lab); ``hN<network>pM`` on
+        the others, so a name says its network (``hNn<i>pM`` when that is too long)."""
+        names = self.network_names()
+        if network == names[0] or network not in names:
+            return f"{host}p{m}"
+        name = f"{host}{network}p{m}"
+        return name if len(name) <= 12 else f"{host}n{names.index(network)}p{m}"
 
     def host(self, index: int) -> HostSpec:
         return host_spec(self.name, index, self.segments)
