@@ -74,12 +74,16 @@ def create(parent: str, netns: str, ifname: str, mode: str, address: IPv4Interfa
         os.close(ns_fd)
     with _in_netns(netns) as pod:
         i = pod.link_lookup(ifname=ifname)[0]
-        _call(f"addressing {ifname}", pod.addr, "add", index=i, address=str(address.ip),
-              prefixlen=address.network.prefixlen)
-        _call(f"setting {ifname} up", pod.link, "set", index=i, state="up")
-        lo = pod.link_lookup(ifname="lo")
-        if lo:
-            _call("setting lo up", pod.link, "set", index=lo[0], state="up")
+        try:
+            _call(f"addressing {ifname}", pod.addr, "add", index=i, address=str(address.ip),
+                  prefixlen=address.network.prefixlen)
+            _call(f"setting {ifname} up", pod.link, "set", index=i, state="up")
+            lo = pod.link_lookup(ifname="lo")
+            if lo:
+                _call("setting lo up", pod.link, "set", index=lo[0], state="up")
+        except BackendError:
+            pod.link("del", index=i)  # half-built: a retried ADD must find nothing
+            raise
 
 
 @contextmanager
