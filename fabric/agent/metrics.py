@@ -40,6 +40,11 @@ def parse_addr(text: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
+def _map(value: Any) -> Mapping[str, Any]:
+    """``value`` if it is a mapping, else an empty one (status blocks may be errors)."""
+    return value if isinstance(value, Mapping) else {}
+
+
 def _state(raw: Any) -> str:
     """A peer state word: calico's "Established 5m, 3 received" -> "established"."""
     words = str(raw or "unknown").split()
@@ -71,9 +76,9 @@ def _capacity(chunks: list[str]) -> int:
 def _ipam_use(net: Mapping[str, Any]) -> tuple[int, int]:
     """(used, free) pod addresses of this node: from the chunks (subnet, blocks), or from
     the ring's own accounting (weave: this peer's share of the ring and its free part)."""
-    ipam = net.get("ipam_status") if isinstance(net.get("ipam_status"), Mapping) else {}
-    ring = ipam.get("ipam") if isinstance(ipam.get("ipam"), Mapping) else None
-    if ring is not None:
+    ipam = _map(net.get("ipam_status"))
+    ring = _map(ipam.get("ipam"))
+    if ring:
         mine = [o for o in ring.get("owners") or [] if o.get("peer") == ipam.get("name")]
         return int(ring.get("allocated_here") or 0), sum(int(o.get("free", 0)) for o in mine)
     used = int(ipam.get("allocations") or 0)
@@ -130,8 +135,7 @@ class StatusCollector:
                                     labels=["network"])
         for n in nets:
             name = str(n.get("name", ""))
-            bs = n.get("backend_status") if isinstance(n.get("backend_status"), Mapping) else {}
-            ipam = n.get("ipam_status") if isinstance(n.get("ipam_status"), Mapping) else {}
+            bs, ipam = _map(n.get("backend_status")), _map(n.get("ipam_status"))
             listed = bs.get("peers") if isinstance(bs.get("peers"), list) else ipam.get("peers")
             counts: dict[str, int] = {}
             for p in listed if isinstance(listed, list) else []:
@@ -140,19 +144,18 @@ class StatusCollector:
                     counts[key] = counts.get(key, 0) + 1
             for state, count in sorted(counts.items()):
                 peers.add_metric([name, state], count)
-            conns = (bs.get("mesh") or {}).get("connections") if isinstance(
-                bs.get("mesh"), Mapping) else None
+            conns = _map(bs.get("mesh")).get("connections")
             if isinstance(conns, list):
                 by: dict[str, int] = {}
                 for c in conns:
-                    by[_state(c.get("state"))] = by.get(_state(c.get("state")), 0) + 1
+                    state = _state(_map(c).get("state"))
+                    by[state] = by.get(state, 0) + 1
                 for state, count in sorted(by.items()):
                     mesh.add_metric([name, state], count)
-            sessions = (bs.get("bgp") or {}).get("peers") if isinstance(
-                bs.get("bgp"), Mapping) else None
+            sessions = _map(bs.get("bgp")).get("peers")
             if isinstance(sessions, list):
                 bgp.add_metric([name], sum(1 for s in sessions
-                                           if _state(s.get("state")) == "established"))
+                                           if _state(_map(s).get("state")) == "established"))
                 bgp_all.add_metric([name], len(sessions))
         yield from (peers, mesh, bgp, bgp_all)
 
@@ -173,10 +176,8 @@ class StatusCollector:
             for dp in _dataplanes(n.get("backend_status")):
                 for d in ("tx", "rx"):
                     for key in ("packets", "bytes"):
-                        total[(d, key)] = total.get((d, key), 0) + int(dp[d].get(key, 0) if
-                                                                      isinstance(dp.get(d),
-                                                                                 Mapping) else 0)
-                    for reason, count in (dp["drops"].get(d) or {}).items():
+                        total[(d, key)] = total.get((d, key), 0) + int(_map(dp.get(d)).get(key, 0))
+                    for reason, count in _map(_map(dp.get("drops")).get(d)).items():
                         dropped[(d, reason)] = dropped.get((d, reason), 0) + int(count)
             for (d, key), value in sorted(total.items()):
                 (pkts if key == "packets" else octets).add_metric([name, d], value)
@@ -220,7 +221,7 @@ class AgentMetrics:
                               fix="pick a free port / an address of this host") from exc
         with self._lock:
             self._server = server
-        return server.server_address[0], server.server_address[1]
+        return str(server.server_address[0]), int(server.server_address[1])
 
     def close(self) -> None:
         with self._lock:
