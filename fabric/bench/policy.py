@@ -2,13 +2,14 @@
 
 1. ``rules``: a policy with N rules (default 1000) applied to a pod by the real engine
    in a scratch namespace ``nfpol-b*``: time and number of nft transactions (must be 1),
-   the rules found in the kernel afterwards, and an incremental update (a peer pod
-   arrives). 2. ``throughput``: iperf3 pod to pod (cross-host and same-host) in two labs
-   up at once, one with the ``none`` engine (the baseline), one with ``nftables``; each
-   round alternates: baseline, no policy, an allow-all policy, and an allow-all-pods
-   policy that really isolates every pod (conntrack, set lookups, same-host traffic
-   re-routed through the host). Ratios are per-round medians against the baseline.
-   JSON on stdout, a table on stderr.
+   the rules found in the kernel afterwards (the endpoint's chain and its reply-direction
+   twin, which re-judges established connections after a change), and an incremental
+   update (a peer pod arrives). 2. ``throughput``: iperf3 pod to pod (cross-host and
+   same-host) in two labs up at once, one with the ``none`` engine (the baseline), one
+   with ``nftables``; each round alternates: baseline, no policy, an allow-all policy,
+   and an allow-all-pods policy that really isolates every pod (conntrack, set lookups,
+   same-host traffic re-routed through the host both ways). Ratios are per-round
+   medians against the baseline. JSON on stdout, a table on stderr.
 """
 
 from __future__ import annotations
@@ -100,6 +101,9 @@ def _worker(n: int) -> dict[str, Any]:
         out = subprocess.run(["nft", "-j", "list", "chain", "inet", engine.table, chain],
                              capture_output=True, text=True, check=True).stdout
         in_kernel = sum(1 for x in json.loads(out)["nftables"] if "rule" in x)
+        out = subprocess.run(["nft", "-j", "list", "chain", "inet", engine.table, f"r{chain}"],
+                             capture_output=True, text=True, check=True).stdout
+        reply_rules = sum(1 for x in json.loads(out)["nftables"] if "rule" in x)
         t3 = time.perf_counter()
         before = len(runs)
         engine.endpoint_added(ep(4, {"app": "web"}))  # a peer arrives: set elements only
@@ -111,6 +115,7 @@ def _worker(n: int) -> dict[str, Any]:
         return {"rules": n, "validate_ms": round((t1 - t0) * 1000, 1),
                 "apply_ms": round((t2 - t1) * 1000, 1), "apply_transactions": txs,
                 "apply_batch_commands": batch_len, "rules_in_kernel": in_kernel,
+                "reply_rules_in_kernel": reply_rules,
                 "peer_added_ms": round((t4 - t3) * 1000, 1), "peer_added_transactions": inc_txs,
                 "peer_added_batch_commands": inc_len,
                 "remove_ms": round((t6 - t5) * 1000, 1)}

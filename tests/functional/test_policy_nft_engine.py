@@ -100,6 +100,7 @@ def test_thousand_rule_policy_is_one_transaction() -> None:
     r = rules_bench(1000)
     assert r["apply_transactions"] == 1
     assert r["rules_in_kernel"] == 1002  # 1000 port rules + policy counter + counted drop
+    assert r["reply_rules_in_kernel"] == 1002  # the same, for replies of established flows
     assert r["peer_added_transactions"] == 1
     # set elements, plus the new rule generation (its two one-rule chains: flush + add each);
     # no endpoint chain is rewritten
