@@ -18,7 +18,8 @@ from typing import Any, Literal
 
 from fabric.policy.model import PolicyPort, declared_ports
 
-__all__ = ["Match", "payload", "match", "port_match", "named_destinations", "resolve_port"]
+__all__ = ["Match", "payload", "match", "port_match", "named_destinations", "resolve_port",
+           "rule_pairs"]
 
 Direction = Literal["ingress", "egress"]
 Match = list[dict[str, Any]]
@@ -74,24 +75,24 @@ def rule_pairs(direction: Direction, peer_set: str | None, ports: Sequence[Polic
     gives, for an egress named port, number -> name of the set of pods declaring it."""
     field, rfield = ("saddr", "daddr") if direction == "ingress" else ("daddr", "saddr")
 
-    def peers(name: str | None, reply: bool) -> Match:
-        return [match(payload("ip", rfield if reply else field), f"@{name}")] if name else []
+    def pair(peer: str | None, proto: str | None = None, port: int | None = None,
+             end: int | None = None) -> tuple[Match, Match]:
+        def one(reply: bool) -> Match:
+            expr = [match(payload("ip", rfield if reply else field), f"@{peer}")] if peer else []
+            return expr + (port_match(proto, port, end, reply) if proto else [])
+        return one(False), one(True)
 
     out: list[tuple[Match, Match]] = []
     for port in ports or (None,):
         if port is None:
-            out.append((peers(peer_set, False), peers(peer_set, True)))
+            out.append(pair(peer_set))
         elif not port.name:
-            out.append(tuple(peers(peer_set, r) + port_match(port.protocol, port.port,
-                                                              port.end_port, r)
-                             for r in (False, True)))  # type: ignore[arg-type]
-        elif direction == "ingress":
+            out.append(pair(peer_set, port.protocol, port.port, port.end_port))
+        elif direction == "ingress":  # the selected pod is the destination
             number = resolve_port(port, own_labels)
             if number is not None:
-                out.append(tuple(peers(peer_set, r) + port_match(port.protocol, number, None, r)
-                                 for r in (False, True)))  # type: ignore[arg-type]
-        else:
+                out.append(pair(peer_set, port.protocol, number))
+        else:  # one match per number the destination pods declare for the name
             for number, set_name in sorted(named_set(port).items()):
-                out.append(tuple(peers(set_name, r) + port_match(port.protocol, number, None, r)
-                                 for r in (False, True)))  # type: ignore[arg-type]
+                out.append(pair(set_name, port.protocol, number))
     return out

@@ -21,6 +21,7 @@ from fabric.policy import (
     ops,
     peers,
     probe,
+    rules,
     service,
 )
 from fabric.policy.model import (
@@ -81,7 +82,7 @@ def test_ip_block_is_cidr_minus_excepts(plen: int, raw: list[tuple[int, int]]) -
 
 def test_public_surface() -> None:
     for mod in (allow_all, cli, compile, engine, explain, load, metrics, model, nftstate, ops,
-                peers, probe, service):
+                peers, probe, rules, service):
         assert mod.__all__ and all(hasattr(mod, name) for name in mod.__all__)
 
 
