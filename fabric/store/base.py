@@ -36,6 +36,10 @@ class TLSFiles:
         if bool(self.certfile) != bool(self.keyfile):
             raise ConfigError("--etcd-certfile and --etcd-keyfile go together",
                               fix="pass both (the client certificate and its key) or neither")
+
+    def check(self) -> None:
+        """The files are readable (checked on connect, not when a saved config is loaded:
+        `fabric down` must work after the certificates were rotated away)."""
         for opt, path in (("--etcd-cafile", self.cafile), ("--etcd-certfile", self.certfile),
                           ("--etcd-keyfile", self.keyfile)):
             if path and not os.access(path, os.R_OK):

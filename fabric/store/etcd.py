@@ -91,6 +91,7 @@ class EtcdStore(Store):
     def __init__(self, urls: str | Sequence[str], *, tls: TLSFiles | None = None,
                  timeout: float = _REQUEST_TIMEOUT) -> None:
         self.tls = tls or TLSFiles()
+        self.tls.check()
         self.endpoints = parse_endpoints(urls, bool(self.tls))
         if self.tls and not any(u.startswith("https:") for u in self.endpoints):
             raise ConfigError("TLS files given but every etcd endpoint is http://",
