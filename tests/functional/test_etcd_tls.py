@@ -285,3 +285,56 @@ def test_failover_when_the_endpoint_in_use_dies(tls_etcd) -> None:
             if proc is not None and proc.poll() is None:
                 os.kill(proc.pid, signal.SIGKILL)
                 proc.wait(10)
+
+
+def test_installed_plugin_attaches_a_pod_in_a_namespace(tls_etcd, tmp_path: Path) -> None:
+    """`fabric cni install` output used as a runtime would, against a real vxlan agent:
+    the host's python3 runs the zipapp, the pod namespace gets its address and route."""
+    ns, ca, client, _ = tls_etcd
+    state, bin_dir, conf_dir = tmp_path / "state", tmp_path / "bin", tmp_path / "net.d"
+    pod = f"{ns}p"
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '')}"}
+    argv = ["ip", "netns", "exec", ns, str(BIN / "fabric"), "up", "--backend", "vxlan",
+            "--network", "10.79.0.0/16", "--name", "vx", "--iface", "eth0",
+            "--state-dir", str(state), "--etcd-endpoints", f"{DEAD},{LIVE}",
+            "--etcd-cafile", str(ca.path), "--etcd-certfile", client[0],
+            "--etcd-keyfile", client[1]]
+    agent = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        done = subprocess.run([str(BIN / "fabric"), "cni", "install", "--bin-dir", str(bin_dir),
+                               "--conf-dir", str(conf_dir), "--network", "vx",
+                               "--agent-socket", str(state / "agent.sock"),
+                               "--python", "/usr/bin/python3"],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        conflist = json.loads((conf_dir / "10-netfabric.conflist").read_text())
+        entry = {**conflist["plugins"][0], "name": conflist["name"],
+                 "cniVersion": conflist["cniVersion"]}
+        add_ns(pod)
+        deadline = time.monotonic() + 30
+        while True:  # ADD until the agent's network is up (the runtime retries too)
+            res = subprocess.run(
+                [str(bin_dir / "fabric-cni")], input=json.dumps(entry), text=True,
+                capture_output=True, timeout=60,
+                env={"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "ctr1", "CNI_IFNAME": "eth0",
+                     "CNI_NETNS": f"/run/netns/{pod}", "CNI_PATH": str(bin_dir),
+                     "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+            if res.returncode == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert res.returncode == 0, res.stdout + res.stderr
+        address = json.loads(res.stdout)["ips"][0]["address"]
+        assert address.startswith("10.79.")
+        inside = sh("ip", "-4", "addr", "show", "eth0", ns=pod).stdout
+        assert address in inside
+        res = subprocess.run(
+            [str(bin_dir / "fabric-cni")], input=json.dumps(entry), text=True,
+            capture_output=True, timeout=60,
+            env={"CNI_COMMAND": "DEL", "CNI_CONTAINERID": "ctr1", "CNI_IFNAME": "eth0",
+                 "CNI_NETNS": f"/run/netns/{pod}", "CNI_PATH": str(bin_dir)})
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert "eth0" not in sh("ip", "link", ns=pod).stdout
+    finally:
+        os.kill(agent.pid, signal.SIGTERM)
+        agent.wait(30)
+        in_ns(ns, str(BIN / "fabric"), "down", "--state-dir", str(state))
