@@ -23,7 +23,8 @@ _EXTENSIONS = [
     ("fabric.cni.install", "register"),
 ]
 _BENCH_EXTENSIONS = ["fabric.bench.throughput", "fabric.bench.mesh", "fabric.bench.dataplane",
-                     "fabric.bench.policy", "fabric.bench.cni"]
+                     "fabric.bench.policy", "fabric.bench.cni", "fabric.bench.matrix",
+                     "fabric.bench.report"]
 
 
 class _Parser(argparse.ArgumentParser):
