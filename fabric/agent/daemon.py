@@ -90,10 +90,11 @@ class Agent:
         """Serve until SIGTERM/SIGINT (graceful) or a `stop` request; returns an exit code."""
         self.config.state_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.config.state_dir / "agent.json", self.config.to_json())
-        self.server.start()
         if self.metrics is not None and self.config.metrics_addr:  # tests attach unserved
+            # first: a busy port fails the start before the control socket is taken
             log.info("metrics on http://%s:%d/metrics", *self.metrics.serve(
                 self.config.metrics_addr))
+        self.server.start()
         if self.health is not None:
             self.health.start()
         (self.config.state_dir / "agent.pid").write_text(f"{os.getpid()}\n")

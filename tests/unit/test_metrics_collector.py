@@ -126,3 +126,15 @@ def test_metrics_address_parsing() -> None:
         with pytest.raises(ConfigError) as exc:
             parse_addr(bad)
         assert exc.value.fix
+
+
+def test_an_address_that_cannot_be_served_is_a_config_error() -> None:
+    import pytest
+
+    from fabric.errors import ConfigError
+
+    metrics = AgentMetrics(lambda: STATUS)
+    with pytest.raises(ConfigError, match="cannot serve metrics") as exc:
+        metrics.serve("203.0.113.1:9402")  # TEST-NET-3: not an address of this host
+    assert exc.value.field == "--metrics-addr" and exc.value.fix
+    metrics.close()
