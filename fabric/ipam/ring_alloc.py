@@ -3,12 +3,13 @@
 Single-threaded like the router it runs on. ``try_allocate`` answers at once:
 an address, or ``None`` after asking the peer with most free space for some
 (the donation arrives by unicast and gossip; call again). Init modes:
-``consensus`` (Paxos over gossip, ``quorum`` peers), ``seed`` (every seed peer
-builds the same ring from the seed list) and ``observer`` (never owns space
-until it asks for some). Conflicts found while merging are kept in
-``inconsistencies``, logged (rate-limited) and repaired (see :meth:`_check_lost`); removed
-peers, ring conflicts and waiting peers travel with the ring (``fabric.ipam.ring_guard``)
-and stop allocation where it would duplicate addresses (:meth:`refusal`).
+``consensus`` (Paxos over gossip, ``quorum`` peers; proposing, backoff and ring hand-out
+in ``fabric.ipam.ring_consensus``), ``seed`` (every seed peer builds the same ring from the
+seed list) and ``observer`` (never owns space until it asks for some). Conflicts found
+while merging are kept in ``inconsistencies``, logged (rate-limited) and repaired (see
+:meth:`_check_lost`); removed peers, ring conflicts and waiting peers travel with the ring
+(``fabric.ipam.ring_guard``) and stop allocation where it would duplicate addresses
+(:meth:`refusal`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 
 from fabric.errors import ConfigError, IPAMError
 from fabric.ipam.ring_admin import RingAdmin
+from fabric.ipam.ring_consensus import RingConsensus
 from fabric.ipam.ring_crdt import Entry, Ring, RingMismatch, ring_id_for
 from fabric.ipam.ring_donate import RingDonation
 from fabric.ipam.ring_guard import Guards, IpamData
@@ -37,7 +39,7 @@ __all__ = ["IpamData", "RingAllocator", "CHANNEL"]  # IpamData: from ring_guard
 CHANNEL = "ipam"
 
 
-class RingAllocator(RingAdmin, RingDonation, Gossiper):
+class RingAllocator(RingAdmin, RingDonation, RingConsensus, Gossiper):
     def __init__(self, router: Router, start: int, end: int, *, mode: str = "consensus",
                  quorum: int = 1, seeds: list[int] | None = None, db: MeshDB | None = None,
                  retry: float = 1.0) -> None:
@@ -64,7 +66,12 @@ class RingAllocator(RingAdmin, RingDonation, Gossiper):
         self.refused: set[int] = set()
         self.requesting = False
         self.on_change: list[Callable[[], None]] = []
-        self._timer: Any = None
+        self._timer: Any = None  # space request timeout
+        self._paxos_timer: Any = None  # next proposal
+        self._paxos_heard = float("-inf")  # when another node's claims last changed
+        self._proposals = 0
+        self._skipped = False  # the last proposal tick deferred to another proposer
+        self._answered: dict[int, float] = {}  # neighbour -> when we sent it our ring
         self._owned: list[tuple[int, int]] = []
         self._free_dirty = db is not None  # loaded free counts may be stale
         self._owned_gen: tuple[int, int] = (0, -1)
@@ -104,29 +111,7 @@ class RingAllocator(RingAdmin, RingDonation, Gossiper):
             if self.mode == "seed" and self.me in self.seeds:
                 self._init_ring(self.seeds, "seed")
             elif self.mode == "consensus":
-                self._timer = self.router.env.call_later(
-                    self.router.rng.uniform(0, self.retry / 4), self._propose)
-
-    def _propose(self) -> None:
-        self._timer = None
-        if not self.ring.empty() or self.paxos is None:
-            return
-        self.paxos.propose()
-        self._paxos_step(True)
-        self._timer = self.router.env.call_later(
-            self.retry * self.router.rng.uniform(2, 4), self._propose)
-
-    def _paxos_step(self, changed: bool) -> None:
-        assert self.paxos is not None
-        changed = self.paxos.think() or changed
-        if self.db is not None and changed:
-            self.db.put("paxos", self.paxos.claims[self.me].to_wire())
-        if self.paxos.decided is not None and self.ring.empty():
-            pid, value = self.paxos.decided
-            self._init_ring(list(value), f"paxos-{pid[0]}-{pid[1]}")
-        elif changed:
-            self.channel.gossip(IpamData(paxos={str(self.me): self.paxos.claims[self.me]
-                                                .to_wire()}))
+                self._start_consensus()
 
     def _init_ring(self, peers: list[int], salt: str) -> None:
         self.ring.claim_for_peers(peers, ring_id_for(self.ring.start, self.ring.end, peers, salt))
@@ -134,8 +119,9 @@ class RingAllocator(RingAdmin, RingDonation, Gossiper):
         self._changed(list(self.ring.tokens))
 
     def stop(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
+        for timer in (self._timer, self._paxos_timer):
+            if timer is not None:
+                timer.cancel()
 
     # ---- helpers ----------------------------------------------------------------------
     def _with_next(self, tokens: list[int] | set[int]) -> Ring:
@@ -317,14 +303,11 @@ class RingAllocator(RingAdmin, RingDonation, Gossiper):
                 delta.ring = self._with_next({e.token for _, e in changed} | set(fixed))
                 self.requesting = self.requesting and self.free() == 0
                 self._changed([])
-                if self.paxos is not None and self._timer is not None:
-                    self._timer.cancel()
-                    self._timer = None
-        elif paxos is not None and self.paxos is not None and self.ring.empty():
-            if self.paxos.merge(paxos):
-                delta.paxos = {str(k): v.to_wire() for k, v in paxos.items()
-                               if self.paxos.claims.get(k) == v}
-            self._paxos_step(False)
+                self._ring_adopted()
+        elif not self.ring.empty():
+            self._answer_ringless(sender, d)
+        elif paxos is not None and self.paxos is not None:
+            self._on_paxos(paxos, delta)
         return None if delta.empty() else delta
 
     def _check_lost(self, lost: list[int], sender: int) -> list[int]:

@@ -83,6 +83,8 @@ class RingDonation:
                 self.channel.gossip_unicast(src, b'{"op":"donate","data":' + body + b"}")
             else:
                 self.channel.gossip_unicast(src, b'{"op":"none"}')
+        elif op == "ring":  # a ring holder answering our Paxos gossip (ring_consensus)
+            self.on_gossip(src, json.dumps(msg.get("data", {})).encode())
         elif op == "donate":
             self.on_gossip(src, json.dumps(msg.get("data", {})).encode())
             self.refused.clear()

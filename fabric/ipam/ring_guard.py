@@ -23,11 +23,23 @@ from typing import Any
 from fabric.ipam.ring_crdt import Ring
 from fabric.mesh.gossip import GossipData
 
-__all__ = ["IpamData", "Guards", "conflict_key"]
+__all__ = ["IpamData", "Guards", "conflict_key", "newest_claims"]
 
 
 def conflict_key(a: str, b: str) -> str:
     return "|".join(sorted((a, b)))
+
+
+def newest_claims(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Union of two wire Paxos maps keeping each node's newest (promise, accepted): a
+    relay queue must never let an echo of older claims replace newer ones queued before
+    it (a proposer's own acceptance was lost that way and proposers duelled forever)."""
+    out = dict(a)
+    for node, claims in b.items():
+        cur = out.get(node)
+        if cur is None or (claims[0], claims[1]) > (cur[0], cur[1]):
+            out[node] = claims
+    return out
 
 
 class IpamData(GossipData):
@@ -54,7 +66,9 @@ class IpamData(GossipData):
                 self.ring = other.ring.subset(other.ring.tokens)
             elif other.ring.ring_id == self.ring.ring_id:
                 self.ring.merge(other.ring)
-        for key in ("paxos", "removed", "waiting"):
+        if other.paxos:
+            self.paxos = newest_claims(self.paxos or {}, other.paxos)
+        for key in ("removed", "waiting"):
             if getattr(other, key):
                 setattr(self, key, {**(getattr(self, key) or {}), **getattr(other, key)})
         if other.conflicts:

@@ -9,6 +9,9 @@ and value) and gossips the whole map; merge keeps each node's newest entry.
 * proposer: once a quorum promised our id, accept (with the value of the
   highest earlier acceptance among them, else the peers that promised our id);
 * learner: a quorum accepted the same id -> ``decided`` holds the value.
+
+Liveness (when to propose again, backing off from a competing proposer, adopting a
+ring learned from gossip) is the allocator's job: :mod:`fabric.ipam.ring_alloc`.
 """
 
 from __future__ import annotations
@@ -51,16 +54,21 @@ class Paxos:
         self.proposing = False
         self.decided: tuple[tuple[int, int], tuple[int, ...]] | None = None
 
-    def merge(self, other: dict[int, Claims]) -> bool:
-        changed = False
+    def merge(self, other: dict[int, Claims]) -> list[int]:
+        """Keep each other node's newest claims; the nodes whose claims were new."""
+        changed = []
         for node, c in other.items():
             if node == self.me:
                 continue
             cur = self.claims.get(node)
             if cur is None or c.key() > cur.key():
                 self.claims[node] = c
-                changed = True
+                changed.append(node)
         return changed
+
+    def leader(self) -> int:
+        """The proposer of the highest round anybody promised (0: none yet)."""
+        return max(c.promise for c in self.claims.values())[1]
 
     def propose(self) -> None:
         """Start (or restart with a higher round) a proposal of our own."""

@@ -82,14 +82,15 @@ def test_simultaneous_start_with_loss_and_slow_links() -> None:
 
 
 def test_peer_that_missed_the_decided_ring_gets_it_from_a_ring_holder() -> None:
-    """The connections stay up but every ring message to peer 3 is lost until t=4 s:
-    its Paxos gossip must bring it the ring, not the next periodic gossip (30 s)."""
+    """The connections stay up but every ipam message to peer 3 is lost until t=4 s (the
+    others decide without it): its Paxos gossip afterwards must bring it the ring, not the
+    next periodic gossip (30 s)."""
     net, routers = mesh(3, 7)
     late = routers[2]
     real_send = SimConn.send
 
     def lossy(conn: SimConn, data: bytes) -> None:
-        if conn.peer_router is late and net.now() < 4.0 and b'"ring"' in data:
+        if conn.peer_router is late and net.now() < 4.0 and b"ipam" in data:
             return
         real_send(conn, data)
     SimConn.send = lossy  # type: ignore[method-assign]
