@@ -24,7 +24,7 @@ PLOTS: dict[str, tuple[str, str, list[tuple[str, str]]]] = {
             [("cni_add_p50_ms", "ADD p50"), ("cni_add_p99_ms", "ADD p99"),
              ("cni_del_p50_ms", "DEL p50"), ("cni_add20_p99_ms", "20 concurrent ADD p99")]),
 }
-_KIND_COLOR = {"underlay": "#333333", "reference": "#999999"}
+_PALE = {"underlay", "reference"}  # drawn paler, labelled grey
 _SERIES = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728"]
 
 
@@ -43,6 +43,8 @@ def write_plots(data: Mapping[str, Any], out: Path) -> list[str] | str:
     files: list[str] = []
     for stem, (title, xlabel, series) in PLOTS.items():
         shown = [r for r in rows if any(isinstance(r.get(m), int | float) for m, _ in series)]
+        if stem == "cni":  # the reference plugin's numbers sit on both kernel rows: once
+            shown = _cni_rows(shown)
         if not shown:
             continue
         fig = _bars(plt, shown, series, title, xlabel, row_label)
@@ -52,6 +54,19 @@ def write_plots(data: Mapping[str, Any], out: Path) -> list[str] | str:
             files.append(path.name)
         plt.close(fig)
     return files
+
+
+def _cni_rows(rows: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    out, seen = [], set()
+    for r in rows:
+        plugin = r.get("cni_plugin")
+        if plugin:
+            if plugin in seen:
+                continue
+            seen.add(plugin)
+            r = {**r, "backend": plugin, "variant": ""}
+        out.append(r)
+    return out
 
 
 def _bars(plt: Any, rows: Sequence[Mapping[str, Any]], series: list[tuple[str, str]],
@@ -64,11 +79,9 @@ def _bars(plt: Any, rows: Sequence[Mapping[str, Any]], series: list[tuple[str, s
         vals = [r.get(metric) if isinstance(r.get(metric), int | float) else 0 for r in rows]
         bars = ax.barh(ys, vals, height=height * 0.95, color=_SERIES[j % len(_SERIES)],
                        label=legend)
-        for bar, r in zip(bars, rows, strict=True):  # underlay and references: grey, hatched
-            if r.get("kind") in _KIND_COLOR:
-                bar.set_color(_KIND_COLOR[r["kind"]] if k == 1 else bar.get_facecolor())
-                bar.set_hatch("///")
-                bar.set_edgecolor("white")
+        for bar, r in zip(bars, rows, strict=True):  # underlay and references: paler
+            if r.get("kind") in _PALE:
+                bar.set_alpha(0.45)
         top = max(vals) if vals else 0
         for bar, r, v in zip(bars, rows, vals, strict=True):
             text = "n/a" if not isinstance(r.get(metric), int | float) else _fmt(v)
@@ -78,7 +91,7 @@ def _bars(plt: Any, rows: Sequence[Mapping[str, Any]], series: list[tuple[str, s
     ax.set_yticklabels([label(r) + (" (ref)" if r.get("kind") == "reference" else "")
                         for r in rows], fontsize=9)
     for tick, r in zip(ax.get_yticklabels(), rows, strict=True):
-        if r.get("kind") in _KIND_COLOR:
+        if r.get("kind") in _PALE:
             tick.set_color("#555555")
     ax.invert_yaxis()  # first row on top, as in the table
     ax.set_xlabel(xlabel)
@@ -86,8 +99,12 @@ def _bars(plt: Any, rows: Sequence[Mapping[str, Any]], series: list[tuple[str, s
     ax.grid(axis="x", alpha=0.3)
     ax.set_axisbelow(True)
     ax.margins(x=0.12)
-    if k > 1:
-        ax.legend(fontsize=8, loc="lower right")
+    if k > 1:  # handles of their own: a legend taken from a pale reference bar misleads
+        from matplotlib.patches import Patch
+
+        ax.legend(handles=[Patch(color=_SERIES[j % len(_SERIES)], label=legend)
+                           for j, (_, legend) in enumerate(series)],
+                  fontsize=8, loc="lower right")
     fig.tight_layout()
     return fig
 
