@@ -155,9 +155,13 @@ class Agent:
 
         net = next(iter(self.networks.values()))
         chunks = net.ipam.chunks()
-        if chunks:
+        if not chunks:
+            return
+        try:
             write_subnet_env(self.config.subnet_file, network=net.spec.cidr, subnet=chunks[0],
                              mtu=net.mtu, ipmasq=net.spec.ipmasq)
+        except (FabricError, OSError) as exc:  # the network works; only readers miss it
+            log.error("cannot write --subnet-file %s: %s", self.config.subnet_file, exc)
 
     def _start_network(self, net: Network) -> None:
         delay = 0.5

@@ -17,6 +17,7 @@ from fabric.errors import ConfigError
 from fabric.ipam.flannel_names import canonical_backend, flannel_type
 from fabric.ipam.netconfig import netconfig_from_spec, parse_netconfig
 from fabric.ipam.subnet_env import read_subnet_env
+from fabric_testplugins.fake import reset_fake_cluster
 
 
 @pytest.mark.parametrize(("flannel", "ours"), [("udp", "flannel-udp"), ("vxlan", "vxlan"),
@@ -84,6 +85,7 @@ def test_net_conf_defaults_and_refusals(tmp_path: Path) -> None:
 
 
 def test_agent_writes_the_subnet_file(tmp_path: Path) -> None:
+    reset_fake_cluster()  # the fake IPAM's chunks are process-wide
     target = tmp_path / "run-flannel" / "subnet.env"
     cfg = AgentConfig.from_json({"node": {"name": "n1", "iface": "lo"},
                                  "stateDir": str(tmp_path / "state"),
@@ -107,3 +109,4 @@ def test_agent_writes_the_subnet_file(tmp_path: Path) -> None:
     finally:
         agent.request_stop()
         thread.join(10)
+        reset_fake_cluster()
