@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import logging
 import os
 from collections.abc import Callable
 from ipaddress import IPv4Address, IPv4Interface
 from typing import TYPE_CHECKING, Any
 
+from fabric.agent.server import RawAnswer
 from fabric.api import Handle, Workload
 from fabric.errors import AgentUnavailable, ConfigError
 
@@ -25,6 +27,7 @@ if TYPE_CHECKING:
 
 __all__ = ["CNI_HANDLERS", "workload_from_request", "requested_address", "netns_of"]
 
+log = logging.getLogger("fabric.agent")
 _NS_GET_NSTYPE = 0xB703  # ioctl on an nsfs descriptor: the namespace's CLONE_* type
 _CLONE_NEWNET = 0x40000000
 
@@ -144,7 +147,39 @@ def _gc(agent: Agent, req: dict[str, Any]) -> dict[str, Any]:
     return {"released": agent.network(req).gc(handles)}
 
 
+class _InProcess:
+    """What `fabric-cni`'s logic needs when the agent runs it for a forwarder."""
+
+    def __init__(self, agent: Agent, netns_fd: int | None) -> None:
+        self.agent = agent
+        self.netns_fd = netns_fd
+
+    def call(self, request: dict[str, Any], fd: int | None) -> Any:
+        return self.agent.dispatch({**request, **({"_fds": [fd]} if fd is not None else {})})
+
+
+def _exec(agent: Agent, req: dict[str, Any]) -> RawAnswer:
+    """``cni.exec``: a whole plugin invocation (CNI_* environment, stdin) run here for the
+    native forwarder (fabric/cni/forward.c), so the runtime's process costs ~1 ms of CPU
+    instead of a Python start (docs/benchmarks.md). The answer is ``STATUS\\n`` + stdout."""
+    import io
+
+    from fabric.cni.main import run
+
+    env, stdin = req.get("env"), req.get("stdin")
+    if not isinstance(env, dict) or not isinstance(stdin, str):
+        raise ConfigError("cni.exec needs env (a mapping) and stdin (a string)")
+    environ = {str(k): str(v) for k, v in env.items() if str(k).startswith(("CNI_", "FABRIC_"))}
+    fds = req.get("_fds") or []
+    out, err = io.StringIO(), io.StringIO()
+    status = run(environ, io.BytesIO(stdin.encode()), out, err,
+                 local=_InProcess(agent, fds[0] if fds else None))
+    if err.getvalue():
+        log.info("cni.exec %s: %s", environ.get("CNI_COMMAND"), err.getvalue().strip())
+    return RawAnswer(f"{status}\n{out.getvalue()}".encode())
+
+
 CNI_HANDLERS: dict[str, Callable[[Agent, dict[str, Any]], Any]] = {
     "cni.add": _add, "cni.del": _del, "cni.check": _check, "cni.status": _status,
-    "cni.gc": _gc,
+    "cni.gc": _gc, "cni.exec": _exec,
 }

@@ -27,7 +27,7 @@ from typing import Any
 
 from fabric.errors import ConfigError, FabricError
 
-__all__ = ["ControlServer", "MAX_REQUEST", "BACKLOG"]
+__all__ = ["ControlServer", "MAX_REQUEST", "BACKLOG", "RawAnswer"]
 
 log = logging.getLogger("fabric.agent")
 MAX_REQUEST = 4 * 1024 * 1024
@@ -35,6 +35,11 @@ BACKLOG = 1024
 MAX_FDS = 4  # descriptors one request may carry (a CNI call passes its netns: one)
 
 Handler = Callable[[dict[str, Any]], Any]
+
+
+class RawAnswer(bytes):
+    """A handler result sent verbatim instead of the JSON answer (``cni.exec``: a native
+    forwarder reads ``EXIT-STATUS\\n`` and the plugin's stdout, and parses no JSON)."""
 
 
 def error_answer(exc: BaseException) -> dict[str, Any]:
@@ -101,6 +106,10 @@ class ControlServer:
             try:
                 request = _read_request(conn, fds)
                 result = self.dispatch(request)
+                if isinstance(result, RawAnswer):
+                    with contextlib.suppress(OSError):
+                        conn.sendall(result)
+                    return
                 answer = {"ok": True, "result": result}
             except Exception as exc:
                 if not isinstance(exc, FabricError):

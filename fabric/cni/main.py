@@ -118,6 +118,8 @@ def _cni_error(exc: FabricError, verb: str) -> CNIError:
 def _agent(inv: Invocation, nc: NetConf, request: dict[str, Any], fd: int | None = None) -> Any:
     timeout = nc.timeout or DEFAULT_TIMEOUTS[inv.verb]
     try:
+        if inv.local is not None:  # in the agent already (cni.exec): no socket
+            return inv.local.call({"network": nc.network, **request}, fd)
         return call(nc.socket, {"network": nc.network, **request}, timeout=timeout,
                     fds=() if fd is None else (fd,))
     except FabricError as exc:
@@ -135,7 +137,12 @@ def open_netns(inv: Invocation, required: bool) -> int | None:
     if not inv.netns:
         return None
     try:
-        fd = os.open(inv.netns, os.O_RDONLY | os.O_CLOEXEC)
+        if inv.local is not None:  # opened by the forwarder, in the runtime's mount namespace
+            if inv.local.netns_fd is None:
+                raise FileNotFoundError(2, "No such file or directory (for the runtime)")
+            fd = os.dup(inv.local.netns_fd)
+        else:
+            fd = os.open(inv.netns, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
         if not required:
             return None
@@ -329,8 +336,13 @@ def _log(environ: Any, entry: dict[str, Any]) -> None:
             pass
 
 
-def run(environ: Any, stdin: IO[bytes], stdout: IO[str], stderr: IO[str]) -> int:
-    """One plugin invocation; returns the exit status. Never raises for bad input."""
+def run(environ: Any, stdin: IO[bytes], stdout: IO[str], stderr: IO[str],
+        local: Any = None) -> int:
+    """One plugin invocation; returns the exit status. Never raises for bad input.
+
+    ``local``: run inside the agent for a native forwarder (``cni.exec``): an object with
+    ``call(request, fd)`` (the agent's own dispatch) and ``netns_fd`` (the namespace the
+    forwarder opened, or None)."""
     started = time.monotonic()
     version = LATEST_VERSION
     inv: Invocation | None = None
@@ -347,7 +359,8 @@ def run(environ: Any, stdin: IO[bytes], stdout: IO[str], stderr: IO[str]) -> int
         given = conf.get("cniVersion") if isinstance(conf, dict) else None
         if given in SUPPORTED_VERSIONS:
             version = given
-        inv = read_invocation(environ)
+        inv = read_invocation(environ, check_netns=local is None)
+        inv.local = local
         nc = parse_netconf(conf, inv.verb, environ)
         result = _HANDLERS[inv.verb](inv, nc, stderr)
         if result is not None:

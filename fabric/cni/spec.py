@@ -106,10 +106,11 @@ def valid_ifname(value: str) -> bool:
 class Invocation:
     """CNI_* environment of one call, validated for its verb."""
 
-    __slots__ = ("verb", "container_id", "netns", "ifname", "args", "path")
+    __slots__ = ("verb", "container_id", "netns", "ifname", "args", "path", "local")
 
     def __init__(self, verb: str, container_id: str = "", netns: str = "", ifname: str = "",
                  args: dict[str, str] | None = None, path: str = "") -> None:
+        self.local: Any = None  # set when the agent runs the plugin in-process (cni.exec)
         self.verb = verb
         self.container_id = container_id
         self.netns = netns
@@ -132,8 +133,12 @@ def parse_cni_args(value: str) -> dict[str, str]:
     return out
 
 
-def read_invocation(environ: os._Environ[str] | dict[str, str]) -> Invocation:
-    """Validate CNI_COMMAND and the variables its verb requires (CNIError 4 otherwise)."""
+def read_invocation(environ: os._Environ[str] | dict[str, str],
+                    check_netns: bool = True) -> Invocation:
+    """Validate CNI_COMMAND and the variables its verb requires (CNIError 4 otherwise).
+
+    ``check_netns=False``: CNI_NETNS is not looked up here (the agent running the plugin
+    for a forwarder got the namespace as a descriptor; its own view of the path differs)."""
     verb = environ.get("CNI_COMMAND", "")
     if not verb:
         raise CNIError(INVALID_ENVIRONMENT, "CNI_COMMAND is not set",
@@ -166,7 +171,7 @@ def read_invocation(environ: os._Environ[str] | dict[str, str]) -> Invocation:
             raise CNIError(INVALID_ENVIRONMENT,
                            f"CNI_NETNS {inv.netns!r} must be an absolute path",
                            msg="invalid environment variables: CNI_NETNS")
-        if verb == "ADD" and not os.path.exists(inv.netns):
+        if verb == "ADD" and check_netns and not os.path.exists(inv.netns):
             raise CNIError(INVALID_ENVIRONMENT, f"CNI_NETNS {inv.netns} does not exist",
                            msg="invalid environment variables: CNI_NETNS")
         inv.args = parse_cni_args(environ.get("CNI_ARGS", ""))
