@@ -10,7 +10,7 @@ Layout of table ``netfabric-<network>`` (families ``inet`` and ``bridge``):
     ct state new tcp (not a SYN) jump reply-check  # mid-stream: both directions must pass
     ip saddr vmap @egress                          # local pod isolated for egress -> out-<ep>
     ip daddr vmap @ingress                         # local pod isolated for ingress -> in-<ep>
-    goto mark                                      # allowed: ct mark = this generation
+    ip saddr|daddr <pod cidr> goto mark            # allowed: ct mark = this generation
 
 ``reply-check`` judges a reply by the connection's original direction through the maps
 ``egress_r``/``ingress_r`` and chains ``rout-<ep>``/``rin-<ep>`` (:mod:`.rules`). So a rule
@@ -182,7 +182,8 @@ def _base(st: NftState, bridges: Mapping[str, tuple[str, set[str]]]) -> None:
                                    match(payload("icmp", "type"), "redirect"), {"drop": None}])
 
 
-def _forward(st: NftState, isolated: bool, generation: int) -> None:
+def _forward(st: NftState, isolated: bool, generation: int,
+             cidr: IPv4Network | None) -> None:
     """The forward hook; with a pod isolated, conntrack plus the generation mark.
 
     Connections allowed under the rules of generation G carry G in their ct mark and pass
@@ -195,13 +196,23 @@ def _forward(st: NftState, isolated: bool, generation: int) -> None:
     ct_state = {"ct": {"key": "state"}}
     mark = {"ct": {"key": "mark"}}
     value = (generation % MARK_GENERATIONS or 1) << MARK_SHIFT
+
+    def to_mark(*expr: dict[str, Any]) -> None:
+        """goto mark, for pod traffic only: other forwarded flows keep their ct marks."""
+        if cidr is None:
+            st.rule("inet", "forward", [*expr, {"goto": {"target": "mark"}}])
+            return
+        net = {"prefix": {"addr": str(cidr.network_address), "len": cidr.prefixlen}}
+        for field in ("saddr", "daddr"):
+            st.rule("inet", "forward", [*expr, match(payload("ip", field), net),
+                                        {"goto": {"target": "mark"}}])
     if isolated:
         est = match(ct_state, ["established"], "in")
         reply = match({"ct": {"key": "direction"}}, "reply")
         st.rule("inet", "forward", [match(ct_state, ["related"], "in"), {"accept": None}])
         st.rule("inet", "forward", [est, {"jump": {"target": "gen"}}])
         st.rule("inet", "forward", [est, reply, {"jump": {"target": "reply-check"}}])
-        st.rule("inet", "forward", [est, reply, {"goto": {"target": "mark"}}])
+        to_mark(est, reply)
         # a TCP segment that opens no connection (tracking started mid-stream, e.g. it
         # predates isolation): its originator is unknown, so both directions must be allowed
         st.rule("inet", "forward", [match(ct_state, ["new"], "in"),
@@ -219,12 +230,14 @@ def _forward(st: NftState, isolated: bool, generation: int) -> None:
     st.rule("inet", "forward", [{"vmap": {"key": payload("ip", "saddr"), "data": "@egress"}}])
     st.rule("inet", "forward", [{"vmap": {"key": payload("ip", "daddr"), "data": "@ingress"}}])
     if isolated:
-        st.rule("inet", "forward", [{"goto": {"target": "mark"}}])
+        to_mark()
 
 
 def compile_policies(network: str, policies: Sequence[NetworkPolicy],
                      namespaces: Mapping[str, Namespace], local: Sequence[EndpointInfo],
-                     remote: Sequence[EndpointInfo] = (), generation: int = 1) -> Compiled:
+                     remote: Sequence[EndpointInfo] = (), generation: int = 1,
+                     cidr: IPv4Network | None = None) -> Compiled:
+    """The whole desired state; ``cidr`` (the pod network) limits ct marking to pod flows."""
     st = NftState(table_name(network))
     bridges: dict[str, tuple[str, set[str]]] = {}
     for ep in local:
@@ -297,7 +310,7 @@ def compile_policies(network: str, policies: Sequence[NetworkPolicy],
         st.sets[("inet", d)] = SetDef("ipv4_addr", verdicts=tuple(sorted(verdicts)))
         st.sets[("inet", f"{d}_r")] = SetDef("ipv4_addr", verdicts=tuple(sorted(
             (a, f"r{c}") for a, c in verdicts)))
-    _forward(st, bool(iso), generation)
+    _forward(st, bool(iso), generation, cidr)
     st.sets[("bridge", "iso")] = SetDef("ipv4_addr", frozenset(iso))
     st.sets[("bridge", "in_ports")] = SetDef("ifname", frozenset(iso_ports["ingress"]))
     st.sets[("bridge", "eg_ports")] = SetDef("ifname", frozenset(iso_ports["egress"]))

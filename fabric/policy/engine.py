@@ -197,7 +197,8 @@ class NftablesPolicy(PolicyEngine):
     def _compile(self, generation: int) -> Compiled:
         return compile_policies(self.ctx.spec.name, self.policies, self.namespaces,
                                 sorted(self.local.values(), key=lambda e: e.key),
-                                sorted(self.remote.values(), key=lambda e: e.key), generation)
+                                sorted(self.remote.values(), key=lambda e: e.key), generation,
+                                self.ctx.spec.cidr)
 
     def set_policies(self, policies: Sequence[Any]) -> None:
         with self._lock:

@@ -203,6 +203,10 @@ def test_generation_marks_established_connections() -> None:
     b = compile_policies("pol", load_text(POLICIES)[:1], {}, LOCAL, generation=8)
     changed = {k for k in a.state.chains if a.state.chains[k] != b.state.chains[k]}
     assert changed == {("inet", "gen"), ("inet", "mark")}  # one generation, two rules
+    pods = compile_policies("pol", load_text(POLICIES)[:1], {}, LOCAL, generation=7,
+                            cidr=IPv4Network("10.9.0.0/16"))
+    marking = [r for r in _rules(pods, "forward") if {"goto": {"target": "mark"}} in r]
+    assert len(marking) == 4 and all('"10.9.0.0", "len": 16' in json.dumps(r) for r in marking)
     none = compile_policies("pol", [], {}, LOCAL)
     assert not any("ct" in json.dumps(r) for r in _rules(none, "forward"))
 
