@@ -3,8 +3,9 @@
 A one-host lab (hostgw, subnet IPAM with etcd: the agent as users run it) is brought up;
 a driver process inside the host's namespace then executes, the way a runtime does,
 ``fabric-cni`` as `fabric cni install` installs it (the zipapp run by the host's
-``python3``; ``--plugin venv`` times the venv's console script instead, which pays for the
-venv's site start-up) and the reference chain, the
+``python3``; ``--plugin native`` the native forwarder, fabric/cni/forward.c, which hands the
+call to the agent; ``--plugin venv`` the venv's console script, which pays for the venv's
+site start-up) and the reference chain, the
 containernetworking ``bridge`` plugin with ``host-local`` IPAM (its own bridge and
 subnet in the same namespace), and times each execution end to end:
 
@@ -52,8 +53,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--concurrent", type=int, default=20, help="ADDs started at once")
     p.add_argument("--rounds", type=int, default=3, help="concurrent rounds per plugin")
     p.add_argument("--name", default="cnib", help="lab name (1-8 of [a-z0-9])")
-    p.add_argument("--plugin", choices=["installed", "venv"], default="installed",
-                   help="which fabric-cni to time (default: the installed zipapp)")
+    p.add_argument("--plugin", choices=["installed", "native", "venv"], default="installed",
+                   help="which fabric-cni to time: the installed zipapp (default), the native "
+                        "forwarder (needs cc), the venv's script")
     p.add_argument("--json", type=Path, dest="json_file", help="also write the JSON here")
     p.set_defaults(func=cmd_cni)
 
@@ -89,10 +91,15 @@ def cni_bench(*, pods: int = 30, concurrent: int = 20, rounds: int = 3,
         installed.write_bytes(build_plugin())
         installed.chmod(0o755)
         host = next(iter(lab.hosts.values()))
+        native = Path(tmp) / "native" / "fabric-cni"
+        if plugin == "native":
+            from fabric.cni.native import build_native
+
+            build_native(native, socket=host.socket, fallback=str(installed))
         spec = {"socket": host.socket, "network": topo.network_names()[0],
                 "tag": f"{topo.prefix}b{secrets.token_hex(2)}", "pods": pods,
                 "concurrent": concurrent, "rounds": rounds, "tmp": tmp, "plugin": plugin,
-                "installed": str(installed)}
+                "installed": str(installed), "native": str(native)}
         proc = subprocess.run(
             ["ip", "netns", "exec", host.ns, sys.executable, "-m", "fabric.bench.cni",
              json.dumps(spec)], capture_output=True, text=True, timeout=1800, check=False)
@@ -116,7 +123,8 @@ class _Driver:
         self.spec = spec
         self.bin = Path(sys.executable).parent
         self.venv_plugin = str(self.bin / "fabric-cni")
-        self.plugin = spec["installed"] if spec.get("plugin") == "installed" else self.venv_plugin
+        self.plugin = {"installed": spec["installed"], "native": spec.get("native")}.get(
+            spec.get("plugin"), self.venv_plugin)
         self.tag = spec["tag"]
         self.tmp = Path(spec["tmp"])
         self.ours = json.dumps({"cniVersion": "1.0.0", "name": "nfbench", "type": "fabric-cni",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,16 +19,19 @@ pytestmark = [
 ]
 
 
-def test_bench_cni_prints_both_plugins_and_targets(tmp_path: Path) -> None:
+@pytest.mark.parametrize("plugin", ["installed", "native"])
+def test_bench_cni_prints_both_plugins_and_targets(tmp_path: Path, plugin: str) -> None:
+    if plugin == "native" and shutil.which("cc") is None:
+        pytest.skip("no C compiler for the native forwarder")
     fabric = str(Path(sys.executable).with_name("fabric"))
     out = tmp_path / "cni.json"
     proc = subprocess.run([fabric, "bench", "cni", "--pods", "3", "--concurrent", "3",
-                           "--rounds", "1", "--name", "tcnib", "--json", str(out)],
-                          capture_output=True, text=True, timeout=600)
+                           "--rounds", "1", "--name", "tcnib", "--plugin", plugin,
+                           "--json", str(out)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     data = json.loads(proc.stdout)
     assert data == json.loads(out.read_text())
-    assert data["plugin"] == "installed"
+    assert data["plugin"] == plugin
     for key in ("sequential p50", "3 concurrent p99"):
         row = data["summary"][key]
         assert row["fabric_ms"] > 0 and row["reference_ms"] > 0 and row["ratio"] > 0

@@ -79,12 +79,12 @@ class Node:
 
     def cni(self, verb: str, pod: str, ifname: str = "eth0", conf: dict | None = None,
             netns: str | None = None, prefix: list[str] | None = None,
-            cid: str | None = None) -> tuple[int, Any]:
+            cid: str | None = None, exe: str | None = None) -> tuple[int, Any]:
         """Execute `fabric-cni` in the host namespace (``prefix`` wraps the command)."""
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "CNI_COMMAND": verb,
                "CNI_CONTAINERID": cid or pod, "CNI_IFNAME": ifname, "CNI_PATH": str(BIN),
                "CNI_NETNS": netns or f"/run/netns/{pod}"}
-        argv = ["ip", "netns", "exec", self.host, *(prefix or []), str(BIN / "fabric-cni")]
+        argv = ["ip", "netns", "exec", self.host, *(prefix or []), exe or str(BIN / "fabric-cni")]
         proc = subprocess.run(argv, input=json.dumps(conf or self.conf()), env=env,
                               capture_output=True, text=True, timeout=60)
         return proc.returncode, json.loads(proc.stdout) if proc.stdout.strip() else None
@@ -251,4 +251,34 @@ def test_plugin_needs_no_agent_view_of_the_path(node: Node) -> None:
     assert node.cni("ADD", pod)[0] == 0
     rc, _ = node.cni("DEL", pod, netns="/nonexistent/netns")
     assert rc == 0
+    assert "eth0" not in sh("ip", "-o", "link", ns=pod).stdout
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")
+def test_native_forwarder_from_another_mount_namespace(node: Node, tmp_path: Path) -> None:
+    """The native forwarder (fabric/cni/forward.c): the agent runs the plugin's logic with
+    the namespace the forwarder opened in the runtime's private mount namespace."""
+    from fabric.cni.install import build_plugin
+    from fabric.cni.native import build_native
+
+    py = tmp_path / "bin" / "fabric-cni.pyz"
+    py.parent.mkdir()
+    py.write_bytes(build_plugin())
+    py.chmod(0o755)
+    native = build_native(tmp_path / "bin" / "fabric-cni", socket=str(node.sock),
+                          fallback=str(py))
+    pod = node.pod("nat")
+    private = tmp_path / "private"
+    private.mkdir()
+    inner = private / "netns"
+    script = (f"mount -t tmpfs nfcni {private} && touch {inner} && "
+              f"mount --bind /run/netns/{pod} {inner} && exec \"$@\"")
+    wrap = ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh"]
+    rc, out = node.cni("ADD", pod, netns=str(inner), prefix=wrap, exe=str(native))
+    assert rc == 0, out
+    assert out["cniVersion"] == "1.0.0" and out["interfaces"][-1]["sandbox"] == str(inner)
+    assert sh("ping", "-c1", "-W2", out["ips"][0]["gateway"], ns=pod, check=False).returncode == 0
+    rc, again = node.cni("ADD", pod, netns=str(inner), prefix=wrap, exe=str(py))
+    assert rc == 0 and again["ips"] == out["ips"]  # the Python plugin agrees
+    assert node.cni("DEL", pod, netns=str(inner), prefix=wrap, exe=str(native))[0] == 0
     assert "eth0" not in sh("ip", "-o", "link", ns=pod).stdout

@@ -95,3 +95,14 @@ def test_build_refuses_unsafe_paths(tmp_path: Path) -> None:
         build_native(tmp_path / "x", socket="relative.sock", fallback="/opt/cni/bin/p")
     assert not list(tmp_path.iterdir())
     assert os.access(build_native(tmp_path / "ok", socket="/s", fallback="/f"), os.X_OK)
+
+
+def test_the_agent_really_serves_the_forwarder(tmp_path: Path) -> None:
+    """With no usable fallback, success can only come from cni.exec in the agent."""
+    native = build_native(tmp_path / "fabric-cni", socket=str(tmp_path / "x.sock"),
+                          fallback="/nonexistent/fabric-cni")
+    with RunningAgent(tmp_path / "st", [one_net()]) as ra:
+        rc, out = run(native, "ADD", netconf(ra.socket), "r1", FABRIC_AGENT_SOCKET=ra.socket)
+        assert rc == 0 and out["ips"], out
+    rc, out = run(native, "ADD", netconf(ra.socket), "r2", FABRIC_AGENT_SOCKET=ra.socket)
+    assert rc == 1 and out["code"] == 11 and "/nonexistent/fabric-cni" in out["details"]
