@@ -25,9 +25,25 @@ Every plugin class is instantiated **once per network per agent** with a
     policy.stop(); ipam.stop(); backend.stop()          # graceful: pods keep working
     # or, on `fabric down`, teardown() in reverse order: everything removed
 
-Methods may block on the kernel or the datastore but must not block forever;
-errors are raised as :mod:`fabric.errors` types, never as third-party exceptions.
-Value types crossing the seams are frozen attrs classes defined here.
+Threads. The agent's main thread runs construction, the start order above (retried with
+backoff until it succeeds) and stop/teardown. CNI requests and ``status`` arrive on the
+control socket's threads: per network, attach/detach/check/allocate/release and the policy
+endpoint calls are serialised by the network's lock, ``status`` is not (it may run at any
+moment, also during start). IPAM events (``peers_changed``, ``chunks_changed``) come from
+the IPAM's own thread (an etcd watch, the gossip mesh's loop) concurrently with everything.
+
+Errors. Every method raises :mod:`fabric.errors` types, never third-party exceptions, with
+a ``fix``. During start, :class:`~fabric.errors.ConfigError`,
+:class:`~fabric.errors.PluginError`, :class:`~fabric.errors.KernelFeatureMissing` and
+:class:`~fabric.errors.PolicyError` are fatal (the agent exits saying so); anything else is
+taken as transient and the start is retried, so ``prepare``/``start`` must be safe to call
+again. A failing CNI call becomes the CNI error code of its type. Failures of event
+callbacks, ``status``, ``stop`` and ``teardown`` are logged with the plugin's name and never
+stop the agent (``teardown`` goes on with the other plugins).
+
+Blocking. Methods may block on the kernel or the datastore but never forever; event
+callbacks must be quick (they hold up the IPAM's thread). Value types crossing the seams
+are frozen attrs classes defined here.
 """
 
 from __future__ import annotations
@@ -170,11 +186,14 @@ class Endpoint:
 
 @attrs.frozen
 class Capabilities:
-    """What a backend can do and needs; the lab and docs read it, the agent does not."""
+    """What a backend can do and needs; the lab, the benches and the docs read it, and the
+    capability lab test (tests/lab/test_capabilities.py) holds every backend to its claims.
+    """
 
-    encryption: bool = False  # can encrypt traffic between nodes
+    # encrypts traffic between nodes when its option ``PasswordFile`` names a password file
+    encryption: bool = False
     needs_l2: bool = False  # all peers must share one L2 segment (host-gw)
-    multicast: bool = False
+    multicast: bool = False  # a pod's multicast reaches the pods of every other node, once
     userspace: bool = False  # packets pass through a user-space process
 
 
@@ -264,37 +283,67 @@ class Backend(abc.ABC):
     @property
     @abc.abstractmethod
     def mtu(self) -> int:
-        """MTU of workload interfaces (underlay MTU minus encapsulation overhead)."""
+        """MTU of workload interfaces (underlay MTU minus encapsulation overhead).
+
+        Any thread, cheap, no I/O; constant for the life of the instance (pods keep the MTU
+        they were given at attach)."""
 
     def prepare(self) -> dict[str, Any]:
-        """Create node devices whose identity peers need; return the BackendData to publish."""
+        """Create node devices whose identity peers need; return the BackendData to publish.
+
+        Main thread, before the IPAM starts; may block on the kernel. Idempotent (a failed
+        start is retried): adopt what exists. A weave backend sets ``ctx.mesh`` here."""
         return {}
 
     @abc.abstractmethod
     def start(self, chunks: tuple[IPv4Network, ...]) -> None:
-        """Program the node for its chunks (bridge address, blackholes...). Idempotent."""
+        """Program the node for its chunks (bridge address, blackholes...).
+
+        Main thread, after the IPAM started; may block on the kernel. Idempotent: called
+        again after a failed start and after an agent restart, it adopts existing state.
+        Raises BackendError (retried) or ConfigError/KernelFeatureMissing (fatal)."""
 
     @abc.abstractmethod
     def peers_changed(self, events: Sequence[PeerEvent]) -> None:
-        """Add / remove what is needed to reach peers. Must be quick and idempotent."""
+        """Add / remove what is needed to reach peers.
+
+        The IPAM's thread, concurrently with attach/detach (lock your own state); first the
+        current peers as ``added``, then changes. Quick and idempotent: the same event twice
+        changes nothing. Peer records are untrusted: validate before touching the kernel.
+        Raising is logged and shown in status; the next event is still delivered."""
 
     def chunks_changed(self, chunks: tuple[IPv4Network, ...]) -> None:
-        """This node's own chunks changed (block claimed or released). Default: ignore."""
+        """This node's own chunks changed (block claimed or released, ring range donated).
+
+        The IPAM's thread; quick, idempotent; raising is logged. Default: ignore."""
 
     @abc.abstractmethod
     def attach(self, workload: Workload, allocation: Allocation) -> Endpoint:
         """Create the workload's interface in its netns with the allocated address.
 
-        Idempotent: attaching an attached workload returns the same endpoint."""
+        A control-socket thread, under the network's lock; may block on the kernel.
+        Idempotent: attaching an attached workload returns the same endpoint. Raising fails
+        the CNI ADD with the error's code; the agent then releases the allocation, so a
+        half-made interface must be removed before raising."""
 
     @abc.abstractmethod
     def detach(self, workload: Workload) -> None:
-        """Remove the workload's interface. Idempotent; a missing netns is not an error."""
+        """Remove the workload's interface.
+
+        A control-socket thread, under the network's lock (also from CNI GC and rollback).
+        Idempotent; a missing netns or interface is not an error. Raising fails the CNI DEL,
+        which the runtime retries."""
 
     def check(self, workload: Workload, allocation: Allocation) -> None:
-        """Raise :class:`~fabric.errors.BackendError` if the workload's plumbing is wrong."""
+        """Raise :class:`~fabric.errors.BackendError` if the workload's plumbing is wrong.
+
+        A control-socket thread, under the network's lock; read-only, no side effects."""
 
     def status(self) -> dict[str, Any]:
+        """JSON-able facts for `fabric status` (``backend_status``): peers with their state,
+        devices, data-path counters, anything an operator needs. Any thread, at any moment
+        (also before or during start), without the network's lock: read your state under
+        your own lock and never block on the network. Raising shows ``{"error": ...}``."""
         return {}
 
     def operations(self) -> Mapping[str, Callable[[Mapping[str, Any]], Any]]:
@@ -304,11 +353,19 @@ class Backend(abc.ABC):
         return {}
 
     def stop(self) -> None:
-        """Stop threads and processes; leave kernel state so pods keep working."""
+        """Stop threads and processes; leave kernel state so pods keep working.
+
+        Main thread, on SIGTERM, after the IPAM stopped; must return within seconds.
+        Idempotent; raising is logged."""
 
     @abc.abstractmethod
     def teardown(self) -> None:
-        """Remove every device, route and rule this backend created on the node."""
+        """Remove every device, route and rule this backend created on the node.
+
+        Main thread (`fabric down`), after the IPAM's teardown; also on a freshly built
+        instance when no agent runs (offline teardown from the saved config): find what to
+        remove by name and owner mark, not from memory. Idempotent; delete only what the
+        fabric installed; raising is logged and the other plugins still tear down."""
 
 
 class IPAM(abc.ABC):
@@ -327,14 +384,20 @@ class IPAM(abc.ABC):
 
     @abc.abstractmethod
     def start(self, backend_data: Mapping[str, Any]) -> tuple[IPv4Network, ...]:
-        """Acquire this node's chunks, publishing ``backend_data`` with them."""
+        """Acquire this node's chunks, publishing ``backend_data`` with them.
+
+        Main thread; may block on the datastore or mesh (bounded: raise IPAMError with what
+        is missing rather than wait forever). Idempotent: retried after a failure, and after
+        a restart it re-uses this node's chunks and allocations."""
 
     def subscribe(self, on_peers: PeersCallback, on_chunks: ChunksCallback | None = None) -> None:
-        """Deliver current peers as ``added`` events, then changes, from a background thread."""
+        """Deliver current peers as ``added`` events, then changes, from the IPAM's thread.
+
+        Called once, after start. The callbacks may raise; the IPAM logs that and goes on."""
 
     @abc.abstractmethod
     def chunks(self) -> tuple[IPv4Network, ...]:
-        """This node's chunks now."""
+        """This node's chunks now. Any thread; no blocking I/O."""
 
     @abc.abstractmethod
     def allocate(self, handle: Handle, requested: IPv4Address | None = None) -> Allocation:
@@ -351,21 +414,31 @@ class IPAM(abc.ABC):
 
     @abc.abstractmethod
     def release(self, handle: Handle) -> Allocation | None:
-        """Free the handle's address; None if it had none."""
+        """Free the handle's address; None if it had none.
+
+        A control-socket thread, under the network's lock. Idempotent; persisted before it
+        returns."""
 
     @abc.abstractmethod
     def allocations(self) -> dict[Handle, Allocation]:
-        """Every live allocation on this node."""
+        """Every live allocation on this node (CNI GC, status). Any thread; no network I/O."""
 
     def status(self) -> dict[str, Any]:
+        """JSON-able facts for `fabric status` (``ipam_status``): chunks, lease expiry, peers,
+        datastore or mesh health. Any thread, at any moment; never blocks for long."""
         return {}
 
     def stop(self) -> None:
-        """Stop renewing/watching; keep chunks and allocations for the next start."""
+        """Stop renewing/watching; keep chunks and allocations for the next start.
+
+        Main thread, on SIGTERM, before the backend stops. Idempotent; raising is logged."""
 
     @abc.abstractmethod
     def teardown(self) -> None:
-        """Give this node's chunks back to the cluster and forget allocations."""
+        """Give this node's chunks back to the cluster and forget allocations.
+
+        Main thread (`fabric down`), before the backend's teardown. Idempotent; a datastore
+        that cannot be reached is logged (the lease expires by itself) rather than fatal."""
 
 
 class PolicyEngine(abc.ABC):
@@ -382,23 +455,41 @@ class PolicyEngine(abc.ABC):
         self.ctx = ctx
 
     def start(self) -> None:
-        """Create base state (tables, chains)."""
+        """Create base state (tables, chains).
+
+        Main thread, after the backend started; idempotent (retried, and re-run after a
+        restart over rules that are still in force). PolicyError is fatal."""
 
     @abc.abstractmethod
-    def endpoint_added(self, endpoint: Endpoint) -> None: ...
+    def endpoint_added(self, endpoint: Endpoint) -> None:
+        """A workload interface exists: apply the policies that select it.
+
+        A control-socket thread under the network's lock, after the backend attached it
+        (and on start, once per persisted endpoint). Idempotent. Raising fails the CNI ADD
+        and the agent rolls the pod back: a pod that policy should isolate never comes up
+        open."""
 
     @abc.abstractmethod
-    def endpoint_removed(self, endpoint: Endpoint) -> None: ...
+    def endpoint_removed(self, endpoint: Endpoint) -> None:
+        """A workload interface is gone: drop its rules and set memberships.
+
+        A control-socket thread under the network's lock, after the backend detached it.
+        Idempotent (an unknown endpoint is not an error); raising is logged, never blocks
+        the CNI DEL."""
 
     @abc.abstractmethod
     def set_policies(self, policies: Sequence[Any]) -> None:
-        """Replace all policies (``fabric.policy.model`` objects) in one transaction."""
+        """Replace all policies (``fabric.policy.model`` objects) in one transaction.
+
+        A control-socket thread (``policy.apply``/``policy.delete``). Atomic: on error
+        (PolicyError naming the policy) the previous rules stay in force."""
 
     def status(self) -> dict[str, Any]:
+        """JSON-able facts (rules, counters). Any thread, at any moment."""
         return {}
 
     def stop(self) -> None:
-        """Leave rules in force."""
+        """Leave rules in force (pods stay protected while the agent restarts). Idempotent."""
 
     def teardown(self) -> None:
-        """Remove every rule this engine created."""
+        """Remove every rule this engine created. Main thread (`fabric down`); idempotent."""

@@ -119,7 +119,7 @@ class RoutedRx:
         here, forward, why = table.rx_actions(sender, origin, dst, ttl)
         if why:
             drop(drops, why)
-            if not here:
+            if not here and not forward:
                 return
         hoff = vnet.VNET_HDR_LEN if flags & F_VNET else 0
         if len(body) < hoff + _ETH:

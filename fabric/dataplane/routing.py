@@ -51,15 +51,17 @@ class _Snapshot:
     """One immutable view of the topology (built by the control plane, read by forwarding)."""
 
     __slots__ = ("neighbours", "by_source", "unicast", "next_hop", "flood", "targets",
-                 "excluded", "mode")
+                 "excluded", "mode", "no_deliver")
 
     def __init__(self, neighbours: dict[bytes, PeerAddr], unicast: dict[bytes, bytes],
                  flood: dict[bytes, tuple[bytes, ...]], targets: dict[bytes, tuple[bytes, ...]],
-                 excluded: frozenset[bytes], mode: Literal["tree", "targets"]) -> None:
+                 excluded: frozenset[bytes], mode: Literal["tree", "targets"],
+                 no_deliver: frozenset[bytes] = frozenset()) -> None:
         self.neighbours = neighbours
         self.by_source = {p.ip: (name, p) for name, p in neighbours.items()}
         self.unicast = unicast
         self.excluded = excluded
+        self.no_deliver = no_deliver
         self.mode = mode
         # next hop per destination: only via a neighbour, never to or via an excluded peer
         self.next_hop = {dst: neighbours[via] for dst, via in unicast.items()
@@ -96,7 +98,8 @@ class WeaveRoutes:
     def _swap(self, **changes) -> None:
         old = self._snap
         fields = {"neighbours": old.neighbours, "unicast": old.unicast, "flood": old.flood,
-                  "targets": old.targets, "excluded": old.excluded, "mode": old.mode}
+                  "targets": old.targets, "excluded": old.excluded, "mode": old.mode,
+                  "no_deliver": old.no_deliver}
         fields.update(changes)
         self._snap = _Snapshot(**fields)
         self.version += 1
@@ -131,6 +134,13 @@ class WeaveRoutes:
                  for o, dsts in targets.items()}
         with self._lock:
             self._swap(targets=table, mode="targets")
+
+    def set_no_deliver(self, names: Iterable[bytes]) -> None:
+        """Origins whose frames this node must not take from the sleeve (weave-fastdp: peers
+        on the kernel path, so the bridge never learns their MACs behind the sleeve port).
+        Relaying them to others is unaffected."""
+        with self._lock:
+            self._swap(no_deliver=frozenset(name_bytes(n) for n in names))
 
     def set_excluded(self, names: Iterable[bytes]) -> None:
         """Peers that never get sleeve copies (they are reached on the kernel fast path)."""
@@ -198,14 +208,17 @@ class WeaveRoutes:
         local = self.local
         if origin == local:
             return False, (), "own_origin"  # our own frame came back: a loop
-        if dst == local:
-            return True, (), ""
         snap = self._snap
+        if dst == local:
+            if origin in snap.no_deliver:
+                return False, (), "kernel_path"
+            return True, (), ""
         if dst == FLOOD:
+            here = origin not in snap.no_deliver
             out = self._flood_out(snap, origin, sender, local)
             if out and ttl <= 1:
-                return True, (), "ttl"
-            return True, out, ""
+                return here, (), "ttl"
+            return here, out, "" if here else "kernel_path"
         via = snap.next_hop.get(dst)
         if via is None:
             return False, (), "no_route"

@@ -213,6 +213,8 @@ class WeaveBackend(Backend):
         if self.dns is not None:
             self.dns.teardown()
             self.dns = None
+        # also on a fresh instance (offline teardown): weaveDNS's saved records go too
+        (self.ctx.state_dir / "dns.json").unlink(missing_ok=True)
         self.teardown_overlays()
         self.bridge.teardown()
         self.control.teardown()

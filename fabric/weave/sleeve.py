@@ -103,6 +103,7 @@ class Sleeve:
         routes.set_unicast({_b(d): _b(v) for d, v in view.unicast.items() if d != view.me})
         if self.only is None:
             routes.set_excluded(())
+            routes.set_no_deliver(())
             routes.set_flood({_b(o): [_b(c) for c in kids] for o, kids in view.broadcast.items()})
         else:
             # Unicast may still use sleeve to any peer (the bridge decides which overlay
@@ -111,6 +112,10 @@ class Sleeve:
             routes.set_excluded(())
             routes.set_flood_targets({_b(view.me): [_b(p) for p in view.reachable
                                                     if p in self.only]})
+            # frames of kernel-path peers are not taken from the sleeve: the bridge must
+            # learn their MACs behind the VXLAN port (a late sleeve frame would pull them
+            # behind the TAP, and all traffic to that peer would follow into user space)
+            routes.set_no_deliver([_b(p) for p in view.reachable if p not in self.only])
 
     def health(self) -> dict[int, dict[str, Any]]:
         if self.engine is None:

@@ -11,17 +11,14 @@ import pytest
 from fabric.lab import Lab, Topology
 from tests.lab.conftest import needs_root, stack_missing, up_or_skip
 from tests.lab.weave_util import (
-    Capture,
     backend_status,
     modes,
     multicast_roundtrip,
+    plaintext_seen,
     wrong_password_peer,
 )
 
 pytestmark = [pytest.mark.root, pytest.mark.lab, needs_root]
-
-MARKER = "4e46534543524554"  # "NFSECRET", the pattern ping repeats in its payload
-
 
 def _up(lab_name: str, backend: str, **kw) -> Lab:
     if why := stack_missing(backend, etcd=False):
@@ -39,18 +36,6 @@ def _password_file(tmp_path, text: str = "correct horse battery staple") -> str:
     return str(path)
 
 
-def _marker_seen(lab: Lab, src: str, dst: str) -> bool:
-    """Ping ``dst`` from ``src`` with the marker payload; is it on ``src``'s underlay?"""
-    cap = Capture(lab.target(src[:2])[0], "udp")
-    ns, _ = lab.target(src)
-    _, ip = lab.target(dst)
-    res = lab.exec(src, ["ping", "-c", "3", "-i", "0.2", "-W", "1", "-p", MARKER, "-s", "200",
-                         str(ip)])
-    data = cap.stop()
-    assert res.ok, f"{src} -> {dst} ({ns}): {res.stdout}"
-    return bytes.fromhex(MARKER) in data
-
-
 def test_weave_sleeve_mesh_relay_multicast_dns(lab_name: str) -> None:
     lab = _up(lab_name, "weave-sleeve")
     try:
@@ -63,7 +48,7 @@ def test_weave_sleeve_mesh_relay_multicast_dns(lab_name: str) -> None:
         st = backend_status(lab, "h1")
         assert st["mtu"] == 1500 - 75 and "75 bytes" in st["mtu_reason"]
         # the control: without a password the marker is on the wire
-        assert _marker_seen(lab, "h1p1", "h2p1")
+        assert plaintext_seen(lab, "h1p1", "h2p1")
 
         # multicast from h1 reaches h2 and h3 (and h1's other pod) exactly once each
         counts = multicast_roundtrip(lab, "h1p1", ["h1p2", "h2p1", "h3p2"], "mc-weave-1")
@@ -118,7 +103,7 @@ def test_weave_sleeve_encrypted(lab_name: str, tmp_path) -> None:
         # encryption costs the seal's bytes in the MTU
         assert st["mtu"] < 1500 - 75
         # pod traffic works and no plaintext of it crosses the underlay
-        assert not _marker_seen(lab, "h1p1", "h3p1")
+        assert not plaintext_seen(lab, "h1p1", "h3p1")
         assert lab.tcp_check("h2p1", "h1p2").ok
         # a peer with another password is refused, and the refusal is visible
         out = wrong_password_peer(lab, "rt", "198.18.0.1", "198.18.0.11:6783", "wrong")
@@ -182,7 +167,7 @@ def test_weave_fastdp_with_password_uses_encrypted_sleeve(lab_name: str, tmp_pat
         assert "sleeve" in reason and "ESP" in reason, reason
         lab.wait(lambda: all(m.startswith("sleeve") for m in modes(lab, "h2").values()),
                  timeout=10)
-        assert not _marker_seen(lab, "h2p1", "h3p2")
+        assert not plaintext_seen(lab, "h2p1", "h3p2")
         log = (lab.state_dir / "h2" / "agent.log").read_text()
         assert "every peer uses encrypted sleeve" in log
     finally:

@@ -13,7 +13,10 @@ from typing import Any
 
 from fabric.lab import Lab
 
-__all__ = ["backend_status", "modes", "Capture", "multicast_roundtrip", "wrong_password_peer"]
+__all__ = ["backend_status", "modes", "Capture", "multicast_roundtrip", "plaintext_seen",
+           "wrong_password_peer", "MARKER"]
+
+MARKER = "4e46534543524554"  # "NFSECRET", the pattern ping repeats in its payload
 
 
 def backend_status(lab: Lab, host: str) -> dict[str, Any]:
@@ -33,11 +36,20 @@ class Capture:
         fd, self.path = tempfile.mkstemp(prefix="nfcap-", suffix=".pcap")
         os.close(fd)
         self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", ns, "tcpdump", "-U", "-n", "-s0", "-i", iface, "-w",
-             self.path, bpf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(1.0)  # tcpdump attaches
+            ["ip", "netns", "exec", ns, "tcpdump", "--immediate-mode", "-U", "-n", "-s0", "-i",
+             iface, "-w", self.path, bpf],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        # capturing starts when tcpdump says so (seconds on a loaded machine)
+        assert self.proc.stderr is not None
+        end = time.monotonic() + 20
+        while time.monotonic() < end:
+            line = self.proc.stderr.readline()
+            if not line or "listening on" in line:
+                break
+        time.sleep(0.2)
 
     def stop(self) -> bytes:
+        time.sleep(0.3)  # the last packets reach tcpdump's buffer
         self.proc.send_signal(signal.SIGINT)
         try:
             self.proc.wait(timeout=5)
@@ -47,6 +59,19 @@ class Capture:
         data = Path(self.path).read_bytes()
         os.unlink(self.path)
         return data
+
+
+def plaintext_seen(lab: Lab, src: str, dst: str) -> bool:
+    """Ping ``dst`` from ``src`` with the marker payload: is the marker on ``src``'s host's
+    underlay (UDP)? Fails the test when the ping itself fails."""
+    host = lab.pods[src].host if src in lab.pods else src[:2]
+    cap = Capture(lab.target(host)[0], "udp")
+    _, ip = lab.target(dst)
+    res = lab.exec(src, ["ping", "-c", "3", "-i", "0.2", "-W", "1", "-p", MARKER, "-s", "200",
+                         str(ip)])
+    data = cap.stop()
+    assert res.ok, f"{src} -> {dst}: {res.stdout}"
+    return bytes.fromhex(MARKER) in data
 
 
 _LISTENER = r"""

@@ -178,3 +178,18 @@ def test_public_surface_and_bench_flags() -> None:
     with pytest.raises(ConfigError, match="compares the routed format") as err:
         run("tap", vs_classic=True)
     assert err.value.fix == "add --routed"
+
+
+def test_kernel_path_origins_are_not_delivered_but_still_relayed() -> None:
+    # B has A on weave-fastdp's kernel path: A's frames arriving over sleeve are not
+    # delivered (the bridge must learn A's MACs behind VXLAN), relays for C still go on.
+    b = table(B, [A, C], {A: A, C: C})
+    b.set_flood_targets({B: [C]})
+    b.set_no_deliver([A])
+    assert b.rx_actions(A, A, B, 16) == (False, (), "kernel_path")
+    here, fwd, why = b.rx_actions(A, A, FLOOD, 16)
+    assert not here and why == "kernel_path"
+    assert b.rx_actions(A, A, C, 16) == (False, ((ADDR[C], C),), "")
+    assert b.rx_actions(C, C, B, 16) == (True, (), "")
+    b.set_no_deliver(())
+    assert b.rx_actions(A, A, B, 16) == (True, (), "")
