@@ -15,9 +15,19 @@ from pathlib import Path
 
 from fabric.errors import ConfigError, KernelFeatureMissing
 
-__all__ = ["SOURCE", "build_native"]
+__all__ = ["SOURCE", "MARK", "build_native", "is_native"]
 
 SOURCE = Path(__file__).with_name("forward.c")
+MARK = b"netfabric fabric-cni native forwarder"  # a string compiled into the binary
+
+
+def is_native(path: Path) -> bool:
+    """True if ``path`` is a forwarder this module built (install/uninstall own it)."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError:
+        return False
+    return data[:4] == b"\x7fELF" and MARK in data
 
 
 def _c_string(value: str, what: str) -> str:

@@ -106,3 +106,22 @@ def test_the_agent_really_serves_the_forwarder(tmp_path: Path) -> None:
         assert rc == 0 and out["ips"], out
     rc, out = run(native, "ADD", netconf(ra.socket), "r2", FABRIC_AGENT_SOCKET=ra.socket)
     assert rc == 1 and out["code"] == 11 and "/nonexistent/fabric-cni" in out["details"]
+
+
+def test_install_native_and_uninstall(tmp_path: Path) -> None:
+    from fabric.cni.install import FALLBACK_NAME, PLUGIN_NAME, install, uninstall
+    from fabric.cni.native import is_native
+
+    bin_dir, conf_dir = tmp_path / "bin", tmp_path / "net.d"
+    with RunningAgent(tmp_path / "st", [one_net()]) as ra:
+        done = install(bin_dir, conf_dir, agent_socket=ra.socket, native=True)
+        assert is_native(done.plugin) and (bin_dir / FALLBACK_NAME).exists()
+        conf = json.loads(done.conflist.read_text())
+        plugin_conf = {**conf["plugins"][0], "name": conf["name"],
+                       "cniVersion": conf["cniVersion"]}
+        rc, out = run(done.plugin, "ADD", plugin_conf, "i1")  # no FABRIC_AGENT_SOCKET
+        assert rc == 0 and out["cniVersion"] == "1.0.0", out
+        install(bin_dir, conf_dir, agent_socket=ra.socket, native=True)  # again: ours
+    assert sorted(p.name for p in uninstall(bin_dir, conf_dir)) == sorted(
+        [FALLBACK_NAME, PLUGIN_NAME, done.conflist.name])
+    assert list(bin_dir.iterdir()) == []
