@@ -71,6 +71,8 @@ class RingAllocator(RingAdmin, RingDonation, RingConsensus, Gossiper):
         self._paxos_heard = float("-inf")  # when another node's claims last changed
         self._proposals = 0
         self._skipped = False  # the last proposal tick deferred to another proposer
+        self._heard_ipam = False  # any ipam gossip arrived (see RingConsensus._propose)
+        self._consensus_since = 0.0
         self._answered: dict[int, float] = {}  # neighbour -> when we sent it our ring
         self._owned: list[tuple[int, int]] = []
         self._free_dirty = db is not None  # loaded free counts may be stale
@@ -103,8 +105,7 @@ class RingAllocator(RingAdmin, RingDonation, RingConsensus, Gossiper):
     def start(self) -> None:
         if self.ring.empty():
             # peers that will not create a ring say so: an all-observer mesh can then tell
-            # it is stuck (consensus peers show up in the Paxos claims instead; extra
-            # gossip while Paxos runs was measured to stall 30-peer rounds in the bench)
+            # it is stuck (consensus peers show up in the Paxos claims instead)
             if self.mode != "consensus":
                 self.guards.waiting[fmt_name(self.me)] = self.mode
                 self.channel.gossip(IpamData(waiting={fmt_name(self.me): self.mode}))
@@ -112,6 +113,11 @@ class RingAllocator(RingAdmin, RingDonation, RingConsensus, Gossiper):
                 self._init_ring(self.seeds, "seed")
             elif self.mode == "consensus":
                 self._start_consensus()
+        hello = self.gossip() if self.ring.empty() and self.router.conns else None
+        if hello is not None:
+            # neighbours connected before this channel existed sent their state into the
+            # void (unknown channel): tell every peer we have no ring, ring holders answer
+            self.channel.gossip_broadcast(hello)
 
     def _init_ring(self, peers: list[int], salt: str) -> None:
         self.ring.claim_for_peers(peers, ring_id_for(self.ring.start, self.ring.end, peers, salt))
@@ -259,6 +265,7 @@ class RingAllocator(RingAdmin, RingDonation, RingConsensus, Gossiper):
             d = json.loads(payload)
             if not isinstance(d, dict):
                 raise ValueError("not an object")
+            self._heard_ipam = True
             raw_ring = d.get("ring")
             paxos = Paxos.from_wire(d["paxos"]) if "paxos" in d else None
             if raw_ring is not None and not isinstance(raw_ring, dict):

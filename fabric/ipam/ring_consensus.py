@@ -11,7 +11,9 @@ ring gets one.
 * A peer that has a ring answers Paxos (or "waiting") gossip from a peer without one
   with its ring by unicast, as weave's ``sendRingUpdate``: a peer that missed the decision
   learns the ring on its next proposal instead of at the next periodic gossip (30 s).
-* A ring learned from gossip ends our proposing for good.
+* A ring learned from gossip ends our proposing for good; a peer told targets proposes
+  only once a neighbour's gossip arrived (or after 3 x retry), which carries the ring if
+  the mesh has one: a peer joining later learns the ring without a Paxos round.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ MAX_BACKOFF = 3  # the retry interval grows to at most 3 x retry * U(1, 2)
 
 class RingConsensus:
     def _start_consensus(self: RingAllocator) -> None:
+        self._consensus_since = self.router.env.now()
         self._paxos_timer = self.router.env.call_later(
             self.router.rng.uniform(0, self.retry / 4), self._propose)
 
@@ -39,6 +42,13 @@ class RingConsensus:
         if not self.ring.empty() or self.paxos is None:
             return
         now = self.router.env.now()
+        if (not self._heard_ipam and self.paxos.quorum > 1 and self.router.targets
+                and now - self._consensus_since < 3 * self.retry):
+            # the first word of a neighbour carries its ring if the mesh has one: wait
+            # for it rather than start a round a ring holder would only answer
+            self._paxos_timer = self.router.env.call_later(
+                self.router.rng.uniform(0.1, 0.2) * self.retry, self._propose)
+            return
         leader = self.paxos.leader()
         if (leader not in (0, self.me) and now - self._paxos_heard < self.retry
                 and not self._skipped):
