@@ -82,7 +82,9 @@ def test_random_records_never_touch_routes_outside_the_pod_network(lab_name: str
     prefix = f"/netfabric/{lab.topo.network_names()[0]}/subnets/"
     written: set[str] = set()
     try:
-        assert lab.converge(timeout=20).ok
+        res = lab.converge(timeout=20)
+        assert res.ok, (res.summary(), {h: (lab.exec(h, ["ip", "route"]).stdout, lab.agent_call(
+            h, {"op": "status"})["networks"][0]) for h in lab.hosts})
         before = {h: outside_routes(lab, h) for h in lab.hosts}
         monitors = {h.name: subprocess.Popen(
             ["ip", "-n", h.ns, "-4", "monitor", "route"], stdout=subprocess.PIPE, text=True)
