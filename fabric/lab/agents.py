@@ -74,11 +74,15 @@ def agent_argv(topo: Topology, host: HostInfo, etcd: str | None,
         argv += ["--etcd", etcd]
     names = topo.network_names()
     opts = {b: expand(dict(topo.backend_opts.get(b, {})), fmt) for b in topo.backends}
-    for b in topo.backends:  # gossip backends (weave) find each other through the other hosts
-        if _gossip_backend(b):
-            opts[b].setdefault("Peers", [str(p) for p in peers])
-            # lab rule: no traffic leaves the lab, so weaveDNS forwards nowhere
-            opts[b].setdefault("DNSUpstream", "none")
+    gossip = [b for b in topo.backends if _gossip_backend(b)]
+    for i, b in enumerate(gossip):  # gossip backends (weave) find each other via the hosts
+        opts[b].setdefault("Peers", [str(p) for p in peers])
+        # lab rule: no traffic leaves the lab, so weaveDNS forwards nowhere
+        opts[b].setdefault("DNSUpstream", "none")
+        if i:  # a second weave network on the same hosts needs its own ports
+            opts[b].setdefault("MeshPort", 6783 + 10 * i)
+            opts[b].setdefault("DataPort", 6783 + 10 * i)
+            opts[b].setdefault("FastdpPort", 6784 + 10 * i)
     if len(topo.backends) == 1:
         argv += ["--backend", topo.backends[0], "--network", str(topo.cidr),
                  "--name", names[0], "--subnet-len", str(topo.subnet_len)]
