@@ -36,12 +36,15 @@ __all__ = ["Network", "endpoint_to_result"]
 log = logging.getLogger("fabric.agent")
 
 
-def atomic_write_json(path: Path, data: Any) -> None:
+def atomic_write_json(path: Path, data: Any, durable: bool = True) -> None:
+    """Replace ``path`` atomically (a crashed agent leaves the old or the new file);
+    ``durable`` also survives a power loss (fsync: ~3 ms on this VM's ext4 /run)."""
     tmp = path.with_suffix(path.suffix + ".tmp")
     with open(tmp, "w") as fh:
         json.dump(data, fh, indent=1, sort_keys=True)
-        fh.flush()
-        os.fsync(fh.fileno())
+        if durable:
+            fh.flush()
+            os.fsync(fh.fileno())
     os.replace(tmp, path)
 
 
@@ -106,7 +109,9 @@ class Network:
         return data if isinstance(data, dict) else {}
 
     def _save_workloads(self) -> None:
-        atomic_write_json(self._workloads_path, self._workloads)
+        # No fsync (~3 ms per ADD under the lock): kill -9 keeps it (atomic rename); a power
+        # loss ends every pod too, and the IPAM's own state is durable (no address twice).
+        atomic_write_json(self._workloads_path, self._workloads, durable=False)
 
     # -- lifecycle --
     def start(self) -> None:
@@ -197,15 +202,12 @@ class Network:
 
     def add(self, workload: Workload, *, requested: IPv4Address | None = None,
             kernel_netns: str = "", default_route: bool = False) -> dict[str, Any]:
-        """CNI ADD. ``requested``: a static address (exactly it, or an error);
-        ``kernel_netns``: where the agent reaches the pod's namespace when that differs
-        from the runtime's ``workload.netns`` (a descriptor passed by `fabric-cni`);
-        ``default_route``: take the pod's default route even if another interface has it."""
+        """CNI ADD. ``requested``: static address; ``kernel_netns``: the agent's path to the
+        pod's netns (a passed descriptor); ``default_route``: take it from other interfaces."""
         self._require_ready()
         kwl = _in_netns(workload, kernel_netns)
         with self._lock:
-            alloc = (self.ipam.allocate(workload.handle) if requested is None
-                     else self.ipam.allocate(workload.handle, requested))
+            alloc = self.ipam.allocate(workload.handle, *([requested] if requested else []))
             try:
                 ep = self.backend.attach(kwl, alloc)
                 if default_route and ep.gateway is not None:
@@ -337,9 +339,8 @@ class Network:
 
 def _in_netns(workload: Workload, kernel_netns: str) -> Workload:
     """``workload`` as the kernel helpers must see it (the agent's path to its netns)."""
-    if not kernel_netns or kernel_netns == workload.netns:
-        return workload
-    return attrs.evolve(workload, netns=kernel_netns)
+    same = not kernel_netns or kernel_netns == workload.netns
+    return workload if same else attrs.evolve(workload, netns=kernel_netns)
 
 
 def _record(ep: Endpoint, alloc: Allocation) -> dict[str, Any]:
