@@ -7,7 +7,7 @@ BIN     = $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 DEBS = etcd-server etcd-client bird2 iperf3 nftables iproute2 iputils-ping netcat-openbsd tcpdump \
-       containernetworking-plugins procps
+       containernetworking-plugins procps sockperf
 BACKENDS = $(wildcard backends/*/pyproject.toml)
 
 .PHONY: deps debs venv demo test test-unit test-functional test-lab lint bench clean
@@ -24,7 +24,7 @@ debs:
 $(BIN)/fabric: pyproject.toml $(BACKENDS) tests/plugins/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test,bgp,fast]' $(foreach b,$(BACKENDS),-e $(dir $(b))) \
+	$(BIN)/pip install -q -e '.[test,bgp,fast,bench]' $(foreach b,$(BACKENDS),-e $(dir $(b))) \
 	  -e tests/plugins
 	@touch $@
 

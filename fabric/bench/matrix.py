@@ -100,6 +100,7 @@ def run_matrix(backends: Any = "all", settings: dict[str, Any] | None = None, *,
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="nfmatrix-")))
         pw = tmp / "weave-password"
         pw.write_text(secrets.token_hex(16))
+        pw.chmod(0o600)  # weave refuses a password file others can read
         _setup(rows, stack, tag, tmp, pw, s)
         _rounds(rows, s, t_start)
         _once(rows, s, tmp, tag)
@@ -123,8 +124,9 @@ def _setup(rows: list[_Row], stack: contextlib.ExitStack, tag: str, tmp: Path, p
     from fabric.lab.topology import Topology
 
     by_key = {r.spec.key: r for r in rows}
-    progress("reference lab: underlay, kernel-routed, kernel-vxlan, c-udp")
     ref_lab = Lab(Topology(f"mx{tag}r", "hostgw", hosts=2, etcd=False), agents=False)
+    progress(f"labs mx{tag}*: reference lab {ref_lab.topo.name}: underlay, kernel-routed, "
+             "kernel-vxlan, c-udp")
     stack.callback(ref_lab.down)
     ref_lab.up()
     h1, h2 = ref_lab.hosts["h1"], ref_lab.hosts["h2"]
