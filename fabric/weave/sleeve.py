@@ -151,3 +151,4 @@ class Sleeve:
         with contextlib.suppress(Exception):  # gone already
             unpersist(self.config.device, tap=True)
         delete_link(self.config.device)
+        (self.ctx.state_dir / "sleeve.key").unlink(missing_ok=True)
