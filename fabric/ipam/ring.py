@@ -140,8 +140,10 @@ class RingIPAM(IPAM):
         return self._wait_ready(node)
 
     def _wait_ready(self, node: MeshNode) -> tuple[IPv4Network, ...]:
-        deadline = time.monotonic() + self.wait
-        while not node.call(self.alloc.ready):
+        t0 = time.monotonic()
+        deadline = t0 + self.wait
+        ready = node.call(self.alloc.ready)
+        while not ready:
             if time.monotonic() > deadline:
                 try:
                     node.call(self.alloc.require_ready)
@@ -152,6 +154,11 @@ class RingIPAM(IPAM):
                                     f"{exc.message}",
                                     fix=exc.fix) from None
             time.sleep(0.05)
+            if node.call(self.alloc.ready):
+                ready = True
+                self.ctx.log.info("ring ipam: ring %s ready after %.2fs (init %s%s)",
+                                  self.alloc.ring.ring_id, time.monotonic() - t0, self.mode,
+                                  f"={self.quorum}" if self.mode == "consensus" else "")
         return self.chunks()
 
     def subscribe(self, on_peers: PeersCallback, on_chunks: ChunksCallback | None = None) -> None:
