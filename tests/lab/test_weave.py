@@ -9,6 +9,7 @@ import time
 import pytest
 
 from fabric.lab import Lab, Topology
+from fabric.lab.procs import stop
 from tests.lab.conftest import needs_root, stack_missing, up_or_skip
 from tests.lab.weave_util import (
     backend_status,
@@ -90,6 +91,20 @@ def test_weave_sleeve_mesh_relay_multicast_dns(lab_name: str) -> None:
         lab.wait(names, timeout=75)
         res = lab.converge(timeout=20)
         assert res.ok, res.summary()
+
+        # kill -9: the others keep talking meanwhile; the restarted peer keeps its ring
+        # ranges, its pods' addresses and its DNS names
+        chunks = lab.agent_call("h2", {"op": "status"})["networks"][0]["chunks"]
+        stop(lab.procs["agent:h2"], kill9=True)
+        lab.wait(lambda: lab.ping("h1p1", "h3p1").ok and lab.ping("h3p2", "h1p2").ok,
+                 timeout=10)
+        lab.restart_agent("h2")
+        assert lab.agent_call("h2", {"op": "status"})["networks"][0]["chunks"] == chunks
+        res = lab.converge(timeout=20)
+        assert res.ok, res.summary()
+        _, ip = lab.target("h2p1")
+        out = lab.exec("h3p1", ["getent", "hosts", "h2p1.weave.local"])
+        assert out.ok and out.stdout.split()[0] == str(ip), out.stdout
     finally:
         lab.down()
 
