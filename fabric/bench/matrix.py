@@ -158,14 +158,21 @@ def _setup(rows: list[_Row], stack: contextlib.ExitStack, tag: str, tmp: Path, p
         lab = Lab(Topology(f"mx{tag}{i}", row.spec.backend, hosts=2, pods_per_host=1,
                            backend_opts={row.spec.backend: opts}), ready_timeout=60)
         stack.callback(lab.down)
-        try:
-            lab.up()
-            res = lab.converge(timeout=s["converge_timeout"] + 10)
-            if not res.ok:
-                raise RuntimeError(f"pods do not reach each other: {res.summary()}")
-        except Exception as exc:  # noqa: BLE001 - the row says why; the others go on
-            row.error = f"lab did not come up: {exc}"
-            lab.down()
+        for attempt in (1, 2):  # a second try, as the lab tier reruns a failed test once
+            try:
+                lab.up()
+                res = lab.converge(timeout=s["converge_timeout"] + 10)
+                if not res.ok:
+                    raise RuntimeError(f"pods do not reach each other: {res.summary()}")
+                row.error = ""
+                break
+            except Exception as exc:  # noqa: BLE001 - the row says why; the others go on
+                row.error = f"lab did not come up: {exc}"
+                lab.down()
+                if attempt == 1:
+                    row.errors["lab_first_attempt"] = row.error
+                    progress(f"{row.spec.key}: {row.error}; trying once more")
+        if row.error:
             continue
         row.lab = lab
         a, b = lab.pods["h1p1"], lab.pods["h2p1"]
@@ -235,9 +242,12 @@ def _once(rows: list[_Row], s: dict[str, Any], tmp: Path, tag: str) -> None:
     from fabric.bench.matrix_once import agent_rss_mb, cni_latency, convergence
 
     live = [r for r in rows if r.live and r.spec.kind == "backend"]
+    t0 = time.monotonic()
     for i, row in enumerate(live, 1):
         lab = row.lab
-        progress(f"once {i}/{len(live)}: {row.spec.key}: CNI, RSS with 20 pods, convergence")
+        eta = (time.monotonic() - t0) / (i - 1) * (len(live) - i + 1) if i > 1 else None
+        progress(f"once {i}/{len(live)}: {row.spec.key}: CNI, RSS with 20 pods, convergence"
+                 + (f" (ETA {eta:.0f} s)" if eta is not None else ""))
         for name, fn in (
                 ("cni", lambda lab=lab: cni_latency(lab.hosts["h1"].ns,
                                                     _cni_spec(lab, tmp, s, "fabric"))),
