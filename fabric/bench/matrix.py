@@ -155,10 +155,11 @@ def _setup(rows: list[_Row], stack: contextlib.ExitStack, tag: str, tmp: Path, p
     for i, row in enumerate(backend_rows, 1):
         progress(f"lab {i}/{len(backend_rows)}: {row.spec.key}")
         opts = {k: (str(pw) if v == "{password_file}" else v) for k, v in row.spec.opts.items()}
-        lab = Lab(Topology(f"mx{tag}{i}", row.spec.backend, hosts=2, pods_per_host=1,
-                           backend_opts={row.spec.backend: opts}), ready_timeout=60)
-        stack.callback(lab.down)
+        topo = Topology(f"mx{tag}{i}", row.spec.backend, hosts=2, pods_per_host=1,
+                        backend_opts={row.spec.backend: opts})
         for attempt in (1, 2):  # a second try, as the lab tier reruns a failed test once
+            lab = Lab(topo, ready_timeout=60)  # a fresh object: hosts count from h1 again
+            stack.callback(lab.down)
             try:
                 lab.up()
                 res = lab.converge(timeout=s["converge_timeout"] + 10)
