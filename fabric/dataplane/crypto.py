@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from fabric.errors import ConfigError
+from fabric.fsutil import atomic_write
 
 __all__ = ["KeyPair", "ReplayWindow", "TxSession", "RxSession", "CIPHERS", "derive_key",
            "TAG_LEN", "REKEY_AFTER"]
@@ -65,11 +66,7 @@ class KeyPair:
             return cls.from_bytes(path.read_bytes())
         except FileNotFoundError:
             pair = cls.generate()
-            tmp = path.with_suffix(".tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(pair.private_bytes())
-            os.replace(tmp, path)
+            atomic_write(path, pair.private_bytes(), mode=0o600)
             return pair
 
     def private_bytes(self) -> bytes:

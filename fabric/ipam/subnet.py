@@ -43,8 +43,9 @@ from fabric.errors import (
     StoreError,
     StoreUnavailable,
 )
+from fabric.fsutil import atomic_write
 from fabric.ipam.flannel_names import flannel_type
-from fabric.ipam.local import LocalAllocator, atomic_write_text
+from fabric.ipam.local import LocalAllocator
 from fabric.ipam.netconfig import (
     LeaseRecord,
     NetConfig,
@@ -128,7 +129,7 @@ class SubnetLeaseIPAM(LeaseAcquirer, IPAM):
         lease_id = self._lease.id if self._lease else 0
         data = {"subnet": str(self._subnet), "public_ip": str(self.public_ip), "lease_id": lease_id}
         try:
-            atomic_write_text(self._record_path, json.dumps(data) + "\n")
+            atomic_write(self._record_path, json.dumps(data) + "\n")
         except OSError as exc:
             raise IPAMError(f"cannot record the lease in {self._record_path}: {exc}") from exc
 

@@ -12,7 +12,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 
 from fabric.errors import ConfigError
-from fabric.ipam.local import atomic_write_text
+from fabric.fsutil import atomic_write
 
 __all__ = ["write_subnet_env", "read_subnet_env", "render_subnet_env", "subnet_from_env"]
 
@@ -33,7 +33,7 @@ def write_subnet_env(
     path: str | Path, *, network: IPv4Network, subnet: IPv4Network, mtu: int, ipmasq: bool
 ) -> None:
     """Write ``path`` atomically (temp file, fsync, rename)."""
-    atomic_write_text(Path(path), render_subnet_env(network, subnet, mtu, ipmasq))
+    atomic_write(Path(path), render_subnet_env(network, subnet, mtu, ipmasq))
 
 
 def read_subnet_env(path: str | Path) -> dict[str, str]:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from fabric.errors import ConfigError, NotFound
+from fabric.fsutil import atomic_write
 from fabric.lab.netns import del_ns, list_ns
 from fabric.lab.procs import ProcRecord, is_alive, proc_start_time, stop
 from fabric.lab.results import DownReport
@@ -30,13 +31,7 @@ def state_file(state_dir: Path) -> Path:
 
 def save_state(state_dir: Path, data: dict[str, Any]) -> None:
     """Write lab.json atomically (temp + fsync + rename)."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    tmp = state_dir / ".lab.json.tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, state_file(state_dir))
+    atomic_write(state_file(state_dir), json.dumps(data, indent=1))
 
 
 def load_state(name: str, root: Path = STATE_ROOT) -> dict[str, Any]:

@@ -5,11 +5,11 @@ a kill -9 leaves either the old or the new file, never half of one."""
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable
 from pathlib import Path
 
 from fabric.errors import ConfigError
+from fabric.fsutil import atomic_write
 from fabric.weave.dns_records import Entry, check_container_id, check_ip, normalize_name
 
 __all__ = ["STATE_FILE", "save_state", "load_state"]
@@ -21,18 +21,7 @@ def save_state(path: Path, own: Iterable[Entry], removed: Iterable[int], domain:
     doc = {"format": 1, "domain": domain, "removed": sorted(removed),
            "entries": [[e.hostname, e.ip, e.container_id, e.version, e.tombstone]
                        for e in sorted(own, key=lambda e: e.key)]}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(doc, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    atomic_write(path, json.dumps(doc))
 
 
 def load_state(path: Path, me: int, domain: str) -> tuple[list[Entry], set[int]]:

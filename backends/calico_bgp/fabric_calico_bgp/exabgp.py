@@ -27,6 +27,7 @@ from pathlib import Path
 import attrs
 
 from fabric.errors import BackendError, ConfigError
+from fabric.fsutil import atomic_write
 from fabric_calico_bgp.messages import Message, MessageError, parse_message
 
 __all__ = ["BgpNeighbor", "render_config", "exabgp_env", "exabgp_command", "Speaker"]
@@ -194,9 +195,7 @@ class Speaker:
         self._thread.start()
 
     def write_config(self, text: str) -> None:
-        tmp = self.config_path.with_suffix(".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, self.config_path)
+        atomic_write(self.config_path, text, durable=False)  # rewritten at every start
 
     def reload(self, config_text: str) -> None:
         """New neighbor set: rewrite the config and ask exabgp to reload it (SIGUSR1).

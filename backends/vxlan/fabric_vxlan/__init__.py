@@ -12,7 +12,6 @@ same L2 segment like host-gw instead. The device is re-created if deleted.
 
 from __future__ import annotations
 
-import os
 import random
 import threading
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
@@ -20,6 +19,7 @@ from typing import Any, TypeGuard
 
 from fabric.api import Capabilities, NetworkContext, Peer
 from fabric.errors import BackendError, ConfigError
+from fabric.fsutil import atomic_write
 from fabric.net import (
     delete_fdb,
     delete_link,
@@ -112,9 +112,7 @@ class VxlanBackend(BridgeBackend):
         if info is None:
             raise BackendError(f"{self.device} vanished right after it was created")
         self.mac = info["mac"]
-        tmp = self._mac_file().with_suffix(".tmp")
-        tmp.write_text(self.mac + "\n")
-        os.replace(tmp, self._mac_file())
+        atomic_write(self._mac_file(), self.mac + "\n")
 
     def prepare(self) -> dict[str, Any]:
         require_kind("vxlan")
