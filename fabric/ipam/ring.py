@@ -142,8 +142,7 @@ class RingIPAM(IPAM):
     def _wait_ready(self, node: MeshNode) -> tuple[IPv4Network, ...]:
         t0 = time.monotonic()
         deadline = t0 + self.wait
-        ready = node.call(self.alloc.ready)
-        while not ready:
+        while not node.call(self.alloc.ready):
             if time.monotonic() > deadline:
                 try:
                     node.call(self.alloc.require_ready)
@@ -154,11 +153,9 @@ class RingIPAM(IPAM):
                                     f"{exc.message}",
                                     fix=exc.fix) from None
             time.sleep(0.05)
-            if node.call(self.alloc.ready):
-                ready = True
-                self.ctx.log.info("ring ipam: ring %s ready after %.2fs (init %s%s)",
-                                  self.alloc.ring.ring_id, time.monotonic() - t0, self.mode,
-                                  f"={self.quorum}" if self.mode == "consensus" else "")
+        self.ctx.log.info("ring ipam: ring %s ready after %.2fs (init %s%s)",
+                          node.call(lambda: self.alloc.ring.ring_id), time.monotonic() - t0,
+                          self.mode, f"={self.quorum}" if self.mode == "consensus" else "")
         return self.chunks()
 
     def subscribe(self, on_peers: PeersCallback, on_chunks: ChunksCallback | None = None) -> None:
