@@ -9,6 +9,7 @@ from typing import Any, Literal
 import attrs
 
 from fabric.errors import ConfigError
+from fabric.net.options import check_options
 
 __all__ = ["BgpConfig", "GlobalPeer", "parse_config", "DEFAULT_ASN"]
 
@@ -91,12 +92,7 @@ def _mode(cfg: Mapping[str, Any], key: str) -> str:
 
 def parse_config(cfg: Mapping[str, Any]) -> BgpConfig:
     """Validate ``backend_config``; raises ConfigError naming the bad field."""
-    if not isinstance(cfg, Mapping):
-        raise _err("backend_config", "must be a mapping", "give the options as key: value")
-    unknown = set(cfg) - _OPTIONS
-    if unknown:
-        raise _err("option(s)", f"{', '.join(sorted(unknown))} unknown",
-                   f"valid: {', '.join(sorted(_OPTIONS - {'Type'}))}")
+    cfg = check_options(cfg, _OPTIONS, "calico-bgp")
     asn = _int(cfg, "ASNumber", DEFAULT_ASN, 1, 4294967295)
     rr = cfg.get("RouteReflectorClusterID") or None
     raw_peers = cfg.get("Peers", [])

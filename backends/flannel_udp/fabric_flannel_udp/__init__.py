@@ -25,6 +25,7 @@ from fabric.dataplane import Engine, EngineConfig, PeerAddr, PeerTable, unpersis
 from fabric.errors import BackendError, ConfigError
 from fabric.net import delete_link, link_index, require_kind, set_address, set_up
 from fabric.net.bridge_backend import BridgeBackend
+from fabric.net.options import check_options
 
 __all__ = ["FlannelUdpBackend", "UDP_OVERHEAD", "DEFAULT_PORT"]
 
@@ -40,12 +41,7 @@ class FlannelUdpBackend(BridgeBackend):
 
     def __init__(self, ctx: NetworkContext) -> None:
         super().__init__(ctx)
-        cfg = dict(ctx.spec.backend_config)
-        unknown = set(cfg) - _OPTIONS
-        if unknown:
-            raise ConfigError(
-                f"flannel-udp backend: unknown option(s) {', '.join(sorted(unknown))}",
-                fix=f"valid: {', '.join(sorted(_OPTIONS - {'Type'}))}")
+        cfg = check_options(ctx.spec.backend_config, _OPTIONS, "flannel-udp")
         port = cfg.get("Port", DEFAULT_PORT)
         if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
             raise ConfigError(f"flannel-udp backend: Port must be an integer in [1, 65535], "

@@ -9,9 +9,10 @@ One option: ``FastPath`` (default false), the eBPF forwarding fast path of
 from __future__ import annotations
 
 from fabric.api import Capabilities, NetworkContext, Peer
-from fabric.errors import BackendError, ConfigError
+from fabric.errors import BackendError
 from fabric.net import replace_route
 from fabric.net.bridge_backend import BridgeBackend, route_is_direct
+from fabric.net.options import check_options
 
 __all__ = ["HostGwBackend"]
 
@@ -23,10 +24,7 @@ class HostGwBackend(BridgeBackend):
 
     def __init__(self, ctx: NetworkContext) -> None:
         super().__init__(ctx)
-        unknown = set(ctx.spec.backend_config) - {"Type", "FastPath"}
-        if unknown:
-            raise ConfigError(f"hostgw backend: unknown option(s) {', '.join(sorted(unknown))}",
-                              fix="host-gw takes one option, FastPath")
+        check_options(ctx.spec.backend_config, {"FastPath"}, "hostgw")
 
     @property
     def mtu(self) -> int:

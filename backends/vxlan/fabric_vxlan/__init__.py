@@ -35,6 +35,7 @@ from fabric.net import (
     set_address,
 )
 from fabric.net.bridge_backend import BridgeBackend, route_is_direct
+from fabric.net.options import check_options
 from fabric.net.validate import mac_problem
 
 __all__ = ["VxlanBackend", "VXLAN_OVERHEAD"]
@@ -62,11 +63,7 @@ class VxlanBackend(BridgeBackend):
 
     def __init__(self, ctx: NetworkContext) -> None:
         super().__init__(ctx)
-        cfg = dict(ctx.spec.backend_config)
-        unknown = set(cfg) - _OPTIONS
-        if unknown:
-            raise ConfigError(f"vxlan backend: unknown option(s) {', '.join(sorted(unknown))}",
-                              fix=f"valid: {', '.join(sorted(_OPTIONS - {'Type'}))}")
+        cfg = check_options(ctx.spec.backend_config, _OPTIONS, "vxlan")
         self.vni = _int_option(cfg, "VNI", 1, 0, 2**24 - 1)
         self.port = _int_option(cfg, "Port", 8472, 1, 65535)
         self.direct_routing = cfg.get("DirectRouting", False)

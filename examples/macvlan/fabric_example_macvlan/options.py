@@ -12,6 +12,7 @@ from typing import Any
 import attrs
 
 from fabric.errors import ConfigError
+from fabric.net.options import check_options
 
 __all__ = ["MODES", "MacvlanOptions"]
 
@@ -29,11 +30,7 @@ class MacvlanOptions:
 
     @classmethod
     def parse(cls, block: Mapping[str, Any]) -> MacvlanOptions:
-        unknown = sorted(set(block) - {"Type", "Mode"})
-        if unknown:
-            raise ConfigError(f"macvlan backend: unknown option(s) {', '.join(unknown)}",
-                              fix="the macvlan backend takes one option, Mode",
-                              field=f"backendConfig.{unknown[0]}")
+        check_options(block, {"Mode"}, "macvlan")
         mode = block.get("Mode", "bridge")
         if mode not in MODES:
             raise ConfigError(f"macvlan backend: Mode {mode!r} is not supported",
