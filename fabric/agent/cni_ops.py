@@ -154,6 +154,9 @@ class _InProcess:
         self.agent = agent
         self.netns_fd = netns_fd
 
+    def serves(self, socket_path: str) -> bool:
+        return os.path.realpath(socket_path) == os.path.realpath(self.agent.server.path)
+
     def call(self, request: dict[str, Any], fd: int | None) -> Any:
         return self.agent.dispatch({**request, **({"_fds": [fd]} if fd is not None else {})})
 

@@ -118,7 +118,7 @@ def _cni_error(exc: FabricError, verb: str) -> CNIError:
 def _agent(inv: Invocation, nc: NetConf, request: dict[str, Any], fd: int | None = None) -> Any:
     timeout = nc.timeout or DEFAULT_TIMEOUTS[inv.verb]
     try:
-        if inv.local is not None:  # in the agent already (cni.exec): no socket
+        if inv.local is not None and inv.local.serves(nc.socket):  # cni.exec: no socket
             return inv.local.call({"network": nc.network, **request}, fd)
         return call(nc.socket, {"network": nc.network, **request}, timeout=timeout,
                     fds=() if fd is None else (fd,))
@@ -341,7 +341,8 @@ def run(environ: Any, stdin: IO[bytes], stdout: IO[str], stderr: IO[str],
     """One plugin invocation; returns the exit status. Never raises for bad input.
 
     ``local``: run inside the agent for a native forwarder (``cni.exec``): an object with
-    ``call(request, fd)`` (the agent's own dispatch) and ``netns_fd`` (the namespace the
+    ``call(request, fd)`` (the agent's own dispatch), ``serves(socket_path)`` (a config
+    naming another agent's socket is sent there) and ``netns_fd`` (the namespace the
     forwarder opened, or None)."""
     started = time.monotonic()
     version = LATEST_VERSION

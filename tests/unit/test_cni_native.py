@@ -125,3 +125,14 @@ def test_install_native_and_uninstall(tmp_path: Path) -> None:
     assert sorted(p.name for p in uninstall(bin_dir, conf_dir)) == sorted(
         [FALLBACK_NAME, PLUGIN_NAME, done.conflist.name])
     assert list(bin_dir.iterdir()) == []
+
+
+def test_a_config_naming_another_agent_is_sent_there(tmp_path: Path, plugins) -> None:
+    """The forwarder reaches the agent it was built for; a config whose agentSocket names
+    another agent is passed on to that one (with the namespace descriptor)."""
+    native, _py = plugins
+    with RunningAgent(tmp_path / "a", [one_net("fa", "10.60.0.0/16")]) as a, \
+            RunningAgent(tmp_path / "b", [one_net("fb", "10.61.0.0/16")]) as b:
+        rc, out = run(native, "ADD", netconf(b.socket), "x1", FABRIC_AGENT_SOCKET=a.socket)
+        assert rc == 0 and out["ips"][0]["address"].startswith("10.61."), out
+        assert "x1/eth0" in json.loads((tmp_path / "b/networks/fb/workloads.json").read_text())
