@@ -24,8 +24,8 @@ pod coming or going only changes set elements.
 
 Same-host pods on a bridge never reach the ``inet`` hooks unless bridge netfilter is on,
 and this kernel has no bridge conntrack. The ``bridge`` chain ``prerouting`` therefore
-hands IPv4 frames between local pods, when either one is isolated, to the host's IP
-stack (destination MAC set to the bridge's, pkttype host), in both directions. They are
+hands every IPv4 frame to an isolated pod (from any port) or from one to the host's IP
+stack (destination MAC set to the bridge's, pkttype host), so both directions. They are
 routed back onto the bridge through ``forward`` with conntrack, exactly like cross-host
 traffic (TTL drops by one; ICMP redirects for them are dropped in ``output``). With
 bridge netfilter on, the same frames are seen by the same rules: the outcome is equal.
@@ -153,12 +153,10 @@ def _to_host(mac: str) -> list[dict[str, Any]]:
 def _base(st: NftState, bridges: Mapping[str, tuple[str, set[str]]]) -> None:
     for name in ("ingress", "egress", "ingress_r", "egress_r"):
         st.sets[("inet", name)] = SetDef("ipv4_addr", verdicts=())
-    for name in ("iso", "local"):
-        st.sets[("bridge", name)] = SetDef("ipv4_addr")
     st.chains[("bridge", "prerouting")] = ChainDef(hook=("filter", "prerouting", 0))
     # What the bridge still forwards to or from an isolated pod's port is not IPv4 unicast
-    # between pods (that went to the host above): IPv6 (every pod has a link-local
-    # address), broadcast, multicast, other EtherTypes. Only ARP may pass: fail closed.
+    # (that went to the host below): IPv6 (every pod has a link-local address), broadcast,
+    # multicast, other EtherTypes. Only ARP may pass: fail closed.
     st.chains[("bridge", "forward")] = ChainDef(hook=("filter", "forward", 0))
     not_arp = match(payload("ether", "type"), "arp", "!=")
     for key, port_set in (("oifname", "in_ports"), ("iifname", "eg_ports")):
@@ -167,16 +165,17 @@ def _base(st: NftState, bridges: Mapping[str, tuple[str, set[str]]]) -> None:
                                       {"counter": None}, {"drop": None}])
     st.chains[("inet", "output")] = ChainDef(hook=("filter", "output", 0))
     for br, (mac, ports) in sorted(bridges.items()):
-        port_set = f"ports-{short_id(br, 8)}"
-        st.sets[("bridge", port_set)] = SetDef("ifname", frozenset(ports))
-        ibr = match({"meta": {"key": "iifname"}}, f"@{port_set}")
-        # both directions of every same-host flow of an isolated pod go through the host,
-        # so conntrack sees each connection from its first packet: bridge netfilter
-        # (net.bridge.bridge-nf-call-iptables) is neither needed nor harmful
-        st.rule("bridge", "prerouting", [ibr, match(payload("ip", "daddr"), "@iso"),
+        bid = short_id(br, 8)
+        st.sets[("bridge", f"ports-{bid}")] = SetDef("ifname", frozenset(ports))
+        st.sets[("bridge", f"iso-{bid}")] = SetDef("ipv4_addr")
+        # Every IPv4 frame to or from an isolated pod goes through the host, in both
+        # directions, so conntrack sees each connection from its first packet: bridge
+        # netfilter (net.bridge.bridge-nf-call-iptables) is neither needed nor harmful.
+        # "To" from any port: a non-pod port (an L2 overlay's) is policed the same way.
+        st.rule("bridge", "prerouting", [match(payload("ip", "daddr"), f"@iso-{bid}"),
                                          *_to_host(mac)])
-        st.rule("bridge", "prerouting", [ibr, match(payload("ip", "saddr"), "@iso"),
-                                         match(payload("ip", "daddr"), "@local"),
+        st.rule("bridge", "prerouting", [match({"meta": {"key": "iifname"}}, f"@ports-{bid}"),
+                                         match(payload("ip", "saddr"), f"@iso-{bid}"),
                                          *_to_host(mac)])
         st.rule("inet", "output", [match({"meta": {"key": "oifname"}}, br),
                                    match(payload("icmp", "type"), "redirect"), {"drop": None}])
@@ -247,10 +246,9 @@ def compile_policies(network: str, policies: Sequence[NetworkPolicy],
     everyone = [*local, *remote]
     plans: dict[str, dict[str, EndpointPlan]] = {"ingress": {}, "egress": {}}
     counters: dict[str, tuple[str, str, str]] = {}
-    st.sets[("bridge", "local")] = SetDef("ipv4_addr", frozenset(
-        str(a) for ep in local for a in ep.addresses))
     iso: set[str] = set()
     iso_ports: dict[str, set[str]] = {"ingress": set(), "egress": set()}
+    iso_on: dict[str, set[str]] = {br: set() for br in bridges}  # bridge -> isolated pods
 
     def peer_set(name: str, nets: Iterable[IPv4Network]) -> str:
         if ("inet", name) not in st.sets:
@@ -305,13 +303,15 @@ def compile_policies(network: str, policies: Sequence[NetworkPolicy],
             for a in ep.addresses:
                 verdicts.append((str(a), chain))
                 iso.add(str(a))
-            if ep.bridge and ep.host_ifname:
+            if ep.bridge in bridges:
                 iso_ports[d].add(ep.host_ifname)
+                iso_on[ep.bridge].update(str(a) for a in ep.addresses)
         st.sets[("inet", d)] = SetDef("ipv4_addr", verdicts=tuple(sorted(verdicts)))
         st.sets[("inet", f"{d}_r")] = SetDef("ipv4_addr", verdicts=tuple(sorted(
             (a, f"r{c}") for a, c in verdicts)))
     _forward(st, bool(iso), generation, cidr)
-    st.sets[("bridge", "iso")] = SetDef("ipv4_addr", frozenset(iso))
+    for br, addrs in iso_on.items():
+        st.sets[("bridge", f"iso-{short_id(br, 8)}")] = SetDef("ipv4_addr", frozenset(addrs))
     st.sets[("bridge", "in_ports")] = SetDef("ifname", frozenset(iso_ports["ingress"]))
     st.sets[("bridge", "eg_ports")] = SetDef("ifname", frozenset(iso_ports["egress"]))
     return Compiled(st, plans["ingress"], plans["egress"], counters)

@@ -60,16 +60,6 @@ def _bridge_of(ifname: str) -> tuple[str, str]:
         return "", ""
 
 
-def _bridge_ports(bridge: str) -> set[str]:
-    """Names of the interfaces enslaved to ``bridge`` (empty if it is gone)."""
-    try:
-        from fabric.net.links import bridge_ports
-
-        return set(bridge_ports(bridge))
-    except Exception:  # status must answer even if the kernel lookup fails
-        return set()
-
-
 def _sysctl(path: str) -> str:
     """A sysctl of the agent's network namespace ("" when absent)."""
     try:
@@ -286,14 +276,6 @@ class NftablesPolicy(PolicyEngine):
             "rules": sum(len(c.rules) for c in self.applied.chains.values())
             if self.applied else 0,
         }
-        for br in sorted({e.bridge for e in self.local.values() if e.bridge}):
-            # an overlay port on the pod bridge (L2 across hosts) is bridged, not routed:
-            # traffic through it bypasses the forward hook; say so rather than hide it
-            foreign = _bridge_ports(br) - {e.host_ifname for e in self.local.values()}
-            if foreign:
-                st.setdefault("warnings", []).append(
-                    f"bridge {br} has non-pod ports ({', '.join(sorted(foreign))}): "
-                    "cross-host traffic through them is not policed")
         if self.ctx.store is None:
             st.setdefault("warnings", []).append(NO_STORE)
         if self._directory is not None and self._directory.error:

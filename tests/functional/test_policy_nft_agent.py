@@ -262,16 +262,6 @@ def test_pods_coming_and_going_update_the_sets(node: Node) -> None:
     assert late_ip not in node.nft("list", "table", "inet", "netfabric-pol").stdout
 
 
-def test_overlay_port_on_the_pod_bridge_is_reported(node: Node) -> None:
-    ip("ip", "link", "add", "ovl0", "type", "veth", "peer", "name", "ovl1", ns=node.host)
-    try:
-        ip("ip", "link", "set", "ovl0", "master", "pol.br", ns=node.host)
-        st = call(node.sock, {"op": "status"})["networks"][0]["policy_status"]
-        assert any("ovl0" in w and "not policed" in w for w in st["warnings"]), st
-    finally:
-        ip("ip", "link", "del", "ovl0", ns=node.host)
-
-
 def test_invalid_policy_rejected_whole(node: Node, tmp_path: Path) -> None:
     before = node.policy("list", "--json").stdout
     ruleset = node.nft("list", "table", "inet", "netfabric-pol").stdout

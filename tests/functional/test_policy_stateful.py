@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from ipaddress import IPv4Interface
 from pathlib import Path
 
 import pytest
@@ -272,6 +273,38 @@ def test_isolated_pods_not_reachable_around_ipv4(node: Node, tmp_path: Path) -> 
         assert _v6_open(node, "cli", "other"), "pods not isolated lost link-local IPv6"
     finally:
         delete_all(node)
+
+
+def test_traffic_through_a_non_pod_bridge_port_is_policed(node: Node, tmp_path: Path) -> None:
+    """An L2 overlay's port on the pod bridge (weave): a 'remote pod' behind it is policed."""
+    bridge_ip = ip("ip", "-4", "-o", "addr", "show", "dev", "pol.br", ns=node.host).stdout
+    net = IPv4Interface(bridge_ip.split()[3]).network
+    remote, remote_ip = f"{node.tag}-remote", net.broadcast_address - 2
+    ip("ip", "netns", "add", remote)
+    try:
+        ip("ip", "link", "add", "ovl0", "type", "veth", "peer", "name", "eth0", "netns", remote,
+           ns=node.host)
+        ip("ip", "link", "set", "ovl0", "master", "pol.br", "up", ns=node.host)
+        ip("ip", "addr", "add", f"{remote_ip}/{net.prefixlen}", "dev", "eth0", ns=remote)
+        ip("ip", "link", "set", "eth0", "up", ns=remote)
+        node.pods["remote"] = (remote, remote_ip)
+        check(node, [("remote", "db", "tcp", True)])
+        apply(node, tmp_path, DB_FROM_WEB)
+        check(node, [("remote", "db", "tcp", False), ("remote", "db", "udp", False),
+                     ("web", "db", "tcp", True), ("db", "remote", "tcp", True),
+                     ("remote", "web", "tcp", True)])
+        block = f"[{{ipBlock: {{cidr: {remote_ip}/32}}}}]"
+        apply(node, tmp_path, DB_FROM_WEB.replace("[{podSelector: {matchLabels: {role: web}}}]",
+                                                  block))
+        check(node, [("remote", "db", "tcp", True), ("web", "db", "tcp", False)])
+        delete_all(node)
+        apply(node, tmp_path, DB_NO_EGRESS)
+        check(node, [("db", "remote", "tcp", False), ("remote", "db", "tcp", True)])
+    finally:
+        node.pods.pop("remote", None)
+        delete_all(node)
+        ip("ip", "link", "del", "ovl0", ns=node.host)
+        ip("ip", "netns", "del", remote)
 
 
 def test_relabel_running_pod(node: Node, tmp_path: Path) -> None:

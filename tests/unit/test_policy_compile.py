@@ -61,8 +61,7 @@ def test_only_selected_pods_are_isolated() -> None:
     assert not c.ingress["open/eth0"].isolated  # selected, but a rule allows everything
     vmap = dict(c.state.sets[("inet", "ingress")].verdicts)
     assert vmap == {"10.9.0.2": f"in-{short_id('db/eth0')}"}
-    assert c.state.sets[("bridge", "iso")].elements == {"10.9.0.2"}
-    assert c.state.sets[("bridge", "local")].elements == {"10.9.0.2", "10.9.0.3", "10.9.0.4"}
+    assert c.state.sets[("bridge", f"iso-{short_id('pol.br', 8)}")].elements == {"10.9.0.2"}
 
 
 def test_peer_set_holds_pods_of_every_node_and_blocks() -> None:
@@ -173,11 +172,15 @@ def _rules(c, chain: str) -> list[list[dict]]:
 def test_same_host_flows_of_isolated_pods_go_through_the_host_both_ways() -> None:
     pre = [json.loads(r) for r in build(LOCAL, REMOTE).state.chains[("bridge", "prerouting")]
            .rules]
-    to_iso = [r for r in pre if {"match": {"op": "==", "left": {"payload": {
-        "protocol": "ip", "field": "daddr"}}, "right": "@iso"}} in r]
-    from_iso = [r for r in pre if {"match": {"op": "==", "left": {"payload": {
-        "protocol": "ip", "field": "saddr"}}, "right": "@iso"}} in r]
+    iso = f"@iso-{short_id('pol.br', 8)}"
+
+    def has(rule: list, field: str) -> bool:
+        return {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": field}},
+                          "right": iso}} in rule
+
+    to_iso, from_iso = [r for r in pre if has(r, "daddr")], [r for r in pre if has(r, "saddr")]
     assert len(to_iso) == 1 and len(from_iso) == 1  # into and out of an isolated pod
+    assert "iifname" not in json.dumps(to_iso)  # from any port: an overlay's too
     assert all({"mangle": {"key": {"meta": {"key": "pkttype"}}, "value": "host"}} in r
                for r in pre)
 
