@@ -172,8 +172,8 @@ class Agent:
                          ", ".join(str(c) for c in net.ipam.chunks()))
                 return
             except _FATAL as exc:
-                self._fatal = type(exc)(f"network {net.spec.name}: {exc.message}", fix=exc.fix) \
-                    if not isinstance(exc, KernelFeatureMissing) else exc
+                self._fatal = exc if isinstance(exc, KernelFeatureMissing) else type(exc)(
+                    f"network {net.spec.name}: {exc.message}", fix=exc.fix, field=exc.field)
                 self._stop.set()
                 return
             except Exception as exc:  # transient: etcd down, races; retry with backoff

@@ -225,3 +225,11 @@ def test_add_fails_and_rolls_back_when_policy_cannot_protect_the_pod(tmp_path: P
     finally:
         agent.request_stop()
         t.join(5)
+
+
+def test_a_fatal_start_error_keeps_the_field_at_fault(tmp_path: Path) -> None:
+    agent = make_agent(tmp_path, nets=[{"backend": "fake", "network": "10.50.0.0/16",
+                                        "name": "fk", "backendConfig": {"config_error": "VNI"}}])
+    assert agent.run() == 1
+    assert isinstance(agent._fatal, ConfigError)
+    assert agent._fatal.field == "VNI" and "network fk" in agent._fatal.message

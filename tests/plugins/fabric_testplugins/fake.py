@@ -156,6 +156,9 @@ class FakeBackend(Backend):
         return {"FakeMAC": "02:00:00:00:00:01"}
 
     def start(self, chunks: tuple[IPv4Network, ...]) -> None:
+        if "config_error" in self.ctx.spec.backend_config:  # a fatal start error naming a field
+            raise ConfigError("fake backend: bad option at start",
+                              field=str(self.ctx.spec.backend_config["config_error"]))
         self.chunks = chunks
 
     def peers_changed(self, events: Sequence[PeerEvent]) -> None:
