@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Sequence
@@ -28,6 +27,7 @@ from fabric.api import (
     Workload,
 )
 from fabric.errors import AgentUnavailable, BackendError, ConfigError, FabricError, NotFound
+from fabric.fsutil import atomic_write
 from fabric.net.workload import take_default_route
 from fabric.plugins import load_plugin
 
@@ -39,13 +39,7 @@ log = logging.getLogger("fabric.agent")
 def atomic_write_json(path: Path, data: Any, durable: bool = True) -> None:
     """Replace ``path`` atomically (a crashed agent leaves the old or the new file);
     ``durable`` also survives a power loss (fsync: ~3 ms on this VM's ext4 /run)."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w") as fh:
-        json.dump(data, fh, indent=1, sort_keys=True)
-        if durable:
-            fh.flush()
-            os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(data, indent=1, sort_keys=True), durable=durable)
 
 
 def endpoint_to_result(ep: Endpoint) -> dict[str, Any]:

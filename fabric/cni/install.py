@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,7 @@ import attrs
 
 import fabric
 from fabric.errors import ConfigError
+from fabric.fsutil import atomic_write
 
 __all__ = [
     "CONF_VERSION",
@@ -108,21 +107,10 @@ def conflist(name: str = "netfabric", network: str = "",
 
 def _atomic_write(path: Path, data: bytes, mode: int) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        atomic_write(path, data, mode=mode)  # a new inode: also replaces a running plugin safely
     except OSError as exc:
-        raise ConfigError(f"cannot write in {path.parent}: {exc.strerror}",
+        raise ConfigError(f"cannot write {path}: {exc.strerror}",
                           fix="run as root or pick writable --bin-dir/--conf-dir") from exc
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)  # also replaces a running plugin safely (new inode)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _check_name(value: str, what: str) -> None:

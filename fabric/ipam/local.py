@@ -18,8 +18,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
-import tempfile
 import threading
 from collections.abc import Iterable, Iterator
 from ipaddress import IPv4Address, IPv4Network
@@ -28,34 +26,13 @@ from typing import Any
 
 from fabric.api import Allocation, Handle
 from fabric.errors import ConfigError, IPAMError, PoolExhausted
+from fabric.fsutil import atomic_write
 
-__all__ = ["LocalAllocator", "atomic_write_text", "gateway_of", "usable_hosts"]
+__all__ = ["LocalAllocator", "gateway_of", "usable_hosts"]
 
 log = logging.getLogger("fabric.ipam.local")
 
 _VERSION = 1
-
-
-def atomic_write_text(path: Path, text: str, mode: int = 0o644) -> None:
-    """Replace ``path`` with ``text`` so a crash leaves either the old or the new file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def gateway_of(chunk: IPv4Network) -> IPv4Address:
@@ -113,7 +90,7 @@ class LocalAllocator:
             },
         }
         try:
-            atomic_write_text(self.path, json.dumps(data, indent=1) + "\n", mode=0o600)
+            atomic_write(self.path, json.dumps(data, indent=1) + "\n", mode=0o600)
         except OSError as exc:
             raise IPAMError(f"cannot persist allocations to {self.path}: {exc}") from exc
 

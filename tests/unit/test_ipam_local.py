@@ -14,7 +14,8 @@ import pytest
 
 from fabric.api import Handle
 from fabric.errors import IPAMError, PoolExhausted
-from fabric.ipam.local import LocalAllocator, atomic_write_text, gateway_of, usable_hosts
+from fabric.fsutil import atomic_write
+from fabric.ipam.local import LocalAllocator, gateway_of, usable_hosts
 
 NET = IPv4Network("10.5.7.0/29")  # .0 network, .1 gateway, .7 broadcast: .2-.6 usable
 
@@ -166,7 +167,7 @@ def test_kill_9_mid_allocation_loses_nothing(tmp_path) -> None:
 
 def test_atomic_write_leaves_no_temp_files(tmp_path) -> None:
     target = tmp_path / "sub" / "f.json"
-    atomic_write_text(target, "one")
-    atomic_write_text(target, "two")
+    atomic_write(target, "one")
+    atomic_write(target, "two")
     assert target.read_text() == "two"
     assert [p.name for p in target.parent.iterdir()] == ["f.json"]
