@@ -59,6 +59,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import attrs
 
 from fabric.errors import ConfigError
+from fabric.options import check_options  # backends validate backendConfig with it
 
 if TYPE_CHECKING:  # the mesh is a leaf library; the API names its type only for checkers
     from fabric.mesh.tcp import MeshNode
@@ -81,6 +82,7 @@ __all__ = [
     "PeersCallback",
     "NODE_CONTAINER_ID",
     "ChunksCallback",
+    "check_options",
 ]
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,9}$")

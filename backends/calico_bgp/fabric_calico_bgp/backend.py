@@ -21,18 +21,8 @@ from fabric.api import (
     Workload,
 )
 from fabric.errors import BackendError, ConfigError
-from fabric.net import (
-    LINK_LOCAL_GATEWAY,
-    attach_routed,
-    check_pod,
-    detach_veth,
-    fast_path_from_config,
-    host_ifname,
-    link_index,
-    link_names,
-    remove_fast_path,
-    sync_fast_path,
-)
+from fabric.net import LINK_LOCAL_GATEWAY, attach_routed, check_pod, link_index, link_names
+from fabric.net.podveths import PodVeths
 from fabric.net.validate import Refusals, mac_problem, public_ip_problem, subnet_problem
 from fabric_calico_bgp.config import parse_config
 from fabric_calico_bgp.dataplane import Dataplane
@@ -61,7 +51,8 @@ class CalicoBgpBackend(Backend):
         super().__init__(ctx)
         self.cfg = parse_config(ctx.spec.backend_config)
         self.dp = Dataplane(ctx, self.cfg)
-        self.fast = fast_path_from_config(ctx)  # option FastPath (fabric.net.fastpath)
+        self.pods = PodVeths(ctx, self.veth_prefix)
+        self.fast = self.pods.fast  # option FastPath (fabric.net.fastpath)
         self.table = RouteTable()
         self.chunks: tuple[IPv4Network, ...] = ()
         self.nodes: dict[str, Peer] = {}
@@ -107,8 +98,7 @@ class CalicoBgpBackend(Backend):
                         "per node too)")
             _SPEAKERS[key] = self.ctx.spec.name
         self.dp.start()
-        pods = [d for d in link_names() if d.startswith(self.veth_prefix)]
-        sync_fast_path(self.fast, self.ctx, self.dp.uplinks(), pods)
+        self.pods.start(self.dp.uplinks(), link_names())
         with self._lock:
             self.chunks = tuple(chunks)
             self.dp.set_local_blocks(self.chunks)
@@ -140,12 +130,11 @@ class CalicoBgpBackend(Backend):
             self.speaker.stop()  # routes stay in the kernel: pods keep working
         if self._ticker is not None:
             self._ticker.join(5)
-        if self.fast is not None:
-            self.fast.close(detach=False)  # filters stay: pods keep their fast path
+        self.pods.stop()
 
     def teardown(self) -> None:
         self.stop()
-        remove_fast_path(self.ctx, self.dp.uplinks())  # pod veths go with their pods
+        self.pods.teardown(self.dp.uplinks())
         self.dp.teardown()
 
     # -- peers (nodes from the IPAM) and BGP neighbours --
@@ -341,10 +330,8 @@ class CalicoBgpBackend(Backend):
 
     # -- workloads --
     def attach(self, workload: Workload, allocation: Allocation) -> Endpoint:
-        host = host_ifname(self.veth_prefix, workload)
-        pod = attach_routed(workload, host=host, ip=allocation.ip, mtu=self.mtu)
-        if self.fast is not None:
-            self.fast.attach(host, "pod")
+        host, pod = self.pods.plug(workload, lambda host: attach_routed(
+            workload, host=host, ip=allocation.ip, mtu=self.mtu))
         gw = LINK_LOCAL_GATEWAY
         return Endpoint(
             workload=workload, host_ifname=host, mac=pod.mac,
@@ -353,14 +340,11 @@ class CalicoBgpBackend(Backend):
         )
 
     def detach(self, workload: Workload) -> None:
-        host = host_ifname(self.veth_prefix, workload)
-        detach_veth(host, workload)
-        if self.fast is not None:
-            self.fast.forget(host)
+        self.pods.unplug(workload)
 
     def check(self, workload: Workload, allocation: Allocation) -> None:
         check_pod(workload, IPv4Interface(f"{allocation.ip}/32"), LINK_LOCAL_GATEWAY)
-        if link_index(host_ifname(self.veth_prefix, workload)) is None:
+        if link_index(self.pods.host(workload)) is None:
             raise BackendError("host-side veth is missing")
 
     # -- status (like `calicoctl node status`) --

@@ -8,8 +8,8 @@ from typing import Any, Literal
 
 import attrs
 
+from fabric.api import check_options
 from fabric.errors import ConfigError
-from fabric.net.options import check_options
 
 __all__ = ["BgpConfig", "GlobalPeer", "parse_config", "DEFAULT_ASN"]
 

@@ -6,8 +6,6 @@ import time
 from ipaddress import IPv4Address
 from typing import TYPE_CHECKING, Any
 
-from fabric.net import fast_path_status
-
 if TYPE_CHECKING:
     from fabric_calico_bgp.backend import CalicoBgpBackend
 
@@ -59,7 +57,7 @@ def build_status(b: CalicoBgpBackend) -> dict[str, Any]:
         "encapsulation": b.cfg.encapsulation + (
             " (CrossSubnet)" if b.cfg.cross_subnet else ""),
         "blocks": [str(c) for c in b.chunks],
-        "fast_path": fast_path_status(b.fast),
+        "fast_path": b.pods.status(),
         "routes": [{"dst": str(p), "via": str(b.dp.installed.get(p, ("-",))[0]),
                     "state": st} for p, st in sorted(b.route_state.items())],
     }

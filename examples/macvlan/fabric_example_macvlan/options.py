@@ -11,8 +11,8 @@ from typing import Any
 
 import attrs
 
+from fabric.api import check_options
 from fabric.errors import ConfigError
-from fabric.net.options import check_options
 
 __all__ = ["MODES", "MacvlanOptions"]
 

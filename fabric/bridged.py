@@ -1,9 +1,11 @@
-"""Shared base for flannel-style backends: a node bridge, a veth per pod, routes per peer.
+"""Base class for backend authors (public API): flannel-style backends with a node bridge, a
+veth per pod and routes per peer.
 
 A subclass says how to reach one peer (:meth:`BridgeBackend.program_peer` /
 :meth:`unprogram_peer`); this class keeps the peer table, the bridge, the pod
-veths, status and teardown. (flannel's ``route_network.go`` idea: route-only
-backends share one helper.)
+veths (:class:`fabric.net.podveths.PodVeths`), status and teardown. (flannel's
+``route_network.go`` idea: route-only backends share one helper.) Used by hostgw, vxlan
+and flannel-udp.
 """
 
 from __future__ import annotations
@@ -24,17 +26,12 @@ from fabric.api import (
     Workload,
 )
 from fabric.errors import BackendError
-from fabric.net.fastpath import (
-    fast_path_from_config,
-    fast_path_status,
-    remove_fast_path,
-    sync_fast_path,
-)
 from fabric.net.kernel import ipr, sysctl_set
 from fabric.net.links import bridge_ports, delete_link, ensure_bridge, link_index, set_address
+from fabric.net.podveths import PodVeths
 from fabric.net.routes import delete_route, fabric_routes, replace_route
 from fabric.net.validate import peer_problem
-from fabric.net.workload import attach_bridged, check_pod, detach_veth, host_ifname
+from fabric.net.workload import attach_bridged, check_pod
 
 __all__ = ["BridgeBackend", "route_is_direct"]
 
@@ -62,7 +59,8 @@ class BridgeBackend(Backend):
         self.peer_state: dict[IPv4Network, str] = {}
         self.refused: dict[IPv4Network, str] = {}  # peer records refused before the kernel
         self._lock = threading.RLock()
-        self.fast = fast_path_from_config(ctx)  # option FastPath (fabric.net.fastpath)
+        self.pods = PodVeths(ctx, self.veth_prefix)
+        self.fast = self.pods.fast  # option FastPath (fabric.net.fastpath)
 
     # -- subclass hooks --
     def program_peer(self, peer: Peer, subnet: IPv4Network) -> None:
@@ -122,8 +120,7 @@ class BridgeBackend(Backend):
             self.fast.local = chunk  # same-node pods stay switched by the bridge
             bridge = link_index(self.bridge)
             self.fast.source_iif = bridge or 0  # pods' sources route back via the bridge
-        pods = [dev for dev in bridge_ports(self.bridge) if dev.startswith(self.veth_prefix)]
-        sync_fast_path(self.fast, self.ctx, self.uplinks(), pods)
+        self.pods.start(self.uplinks(), bridge_ports(self.bridge))
 
     def reconcile(self) -> None:
         """Delete our routes into the network that match no current peer."""
@@ -186,11 +183,9 @@ class BridgeBackend(Backend):
         chunk = allocation.chunk
         gateway = next(chunk.hosts())
         address = IPv4Interface(f"{allocation.ip}/{chunk.prefixlen}")
-        host = host_ifname(self.veth_prefix, workload)
-        pod = attach_bridged(workload, bridge=self.bridge, host=host, address=address,
-                             gateway=gateway, mtu=self.mtu)
-        if self.fast is not None:
-            self.fast.attach(host, "pod")
+        host, pod = self.pods.plug(workload, lambda host: attach_bridged(
+            workload, bridge=self.bridge, host=host, address=address, gateway=gateway,
+            mtu=self.mtu))
         return Endpoint(
             workload=workload, host_ifname=host, mac=pod.mac, addresses=(address,),
             gateway=gateway, mtu=self.mtu,
@@ -199,16 +194,13 @@ class BridgeBackend(Backend):
         )
 
     def detach(self, workload: Workload) -> None:
-        host = host_ifname(self.veth_prefix, workload)
-        detach_veth(host, workload)
-        if self.fast is not None:
-            self.fast.forget(host)
+        self.pods.unplug(workload)
 
     def check(self, workload: Workload, allocation: Allocation) -> None:
         want = IPv4Interface(f"{allocation.ip}/{allocation.chunk.prefixlen}")
         check_pod(workload, want, next(allocation.chunk.hosts()))
         with ipr() as sock:
-            host = sock.link_lookup(ifname=host_ifname(self.veth_prefix, workload))
+            host = sock.link_lookup(ifname=self.pods.host(workload))
             bridge = sock.link_lookup(ifname=self.bridge)
             if not host or not bridge:
                 raise BackendError("host-side veth or bridge is missing")
@@ -225,7 +217,7 @@ class BridgeBackend(Backend):
             ]
             refused = [{"subnet": str(s), "reason": why} for s, why in sorted(self.refused.items())]
         return {"bridge": self.bridge, "peers": peers, "refused_peers": refused,
-                "fast_path": fast_path_status(self.fast)}
+                "fast_path": self.pods.status()}
 
     def remove_routes(self) -> None:
         """Delete every route we installed into this network's CIDR (also after a crash)."""
@@ -234,11 +226,10 @@ class BridgeBackend(Backend):
                 delete_route(r["dst"], gateway=r["gateway"], dev=r["dev"])
 
     def stop(self) -> None:
-        if self.fast is not None:
-            self.fast.close(detach=False)  # filters stay: pods keep their fast path
+        self.pods.stop()
 
     def teardown(self) -> None:
-        remove_fast_path(self.ctx, self.uplinks())  # pod veths go with their pods
+        self.pods.teardown(self.uplinks())
         self.remove_routes()
         delete_link(self.bridge)
 

@@ -1,12 +1,12 @@
-"""fabric.net.options.check_options and its use by every bridged/routed backend."""
+"""fabric.api.check_options (fabric/options.py) and its use by every bridged/routed backend."""
 
 from __future__ import annotations
 
 import pytest
-
-from fabric.errors import ConfigError
-from fabric.net.options import check_options
 from fabric_calico_bgp.config import parse_config
+
+from fabric.api import check_options
+from fabric.errors import ConfigError
 
 
 def test_known_options_pass_through() -> None:

@@ -1,4 +1,5 @@
-"""Backend option checking (public API): one place that refuses options a backend does not know.
+"""Backend option checking (public API, re-exported by :mod:`fabric.api`): one place that
+refuses options a backend does not know.
 
 A backend parses its own ``backend_config`` block (the agent passes it through untouched);
 this helper does the common first step, so a typo such as ``VNi`` fails at ``fabric up`` with
