@@ -250,11 +250,11 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
         print(json.dumps([attrs.asdict(p) for p in plugins], indent=2))
         return 0
-    rows = [("KIND", "NAME", "DISTRIBUTION", "VERSION", "TARGET")]
-    rows += [(p.kind, p.name, p.distribution, p.version, p.target) for p in plugins]
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
-    for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    from fabric.table import format_table
+
+    columns = ["kind", "name", "distribution", "version", "target"]
+    print(format_table([{c: getattr(p, c) for c in columns} for p in plugins], columns,
+                       headers=[c.upper() for c in columns]))
     return 0
 
 

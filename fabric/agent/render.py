@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from fabric.table import format_table
+
 __all__ = ["render_status"]
 
 
@@ -16,12 +18,8 @@ def _peers_table(peers: list[dict[str, Any]]) -> list[str]:
     if not peers:
         return ["    (no peers)"]
     cols = ["name", "public_ip", "subnets", "state"]
-    rows = [[str(p.get(c, "")) if not isinstance(p.get(c), list) else ",".join(p[c])
-             for c in cols] for p in peers]
-    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
-    out = ["    " + "  ".join(c.upper().ljust(w) for c, w in zip(cols, widths, strict=True))]
-    out += ["    " + "  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in rows]
-    return out
+    return format_table(peers, cols, headers=[c.upper() for c in cols], indent="    ")\
+        .splitlines()
 
 
 def _value(key: str, value: Any, indent: int) -> list[str]:

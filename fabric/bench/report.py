@@ -9,27 +9,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from fabric.table import format_table
+
 __all__ = ["format_table", "emit", "progress", "format_markdown", "emit_matrix",
            "write_outputs", "register", "MATRIX_COLUMNS"]
-
-
-def _cell(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.3f}"
-    return "-" if value is None else str(value)
 
 
 def progress(message: str) -> None:
     """One progress line on stderr (stdout carries only the JSON document)."""
     print(f"bench: {message}", file=sys.stderr, flush=True)
-
-
-def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
-    """Rows of dicts as aligned text columns (missing values as '-')."""
-    cells = [list(columns)] + [[_cell(r.get(c)) for c in columns] for r in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-                     for row in cells)
 
 
 def emit(data: Mapping[str, Any], *, rows: Sequence[Mapping[str, Any]] = (),
