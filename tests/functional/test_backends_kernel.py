@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.functional.conftest_netns import add_ns, namespaces, needs_root, sh, wire
+from tests.functional.netns_util import add_ns, namespaces, needs_root, sh, wire
 
 pytestmark = [needs_root, pytest.mark.root]
 DRIVER = str(Path(__file__).with_name("backend_driver.py"))

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from fabric.lab.bird import BirdConfig, bird_available, start_bird
-from tests.functional.conftest_netns import add_ns, namespaces, needs_root, sh, wire
+from tests.functional.netns_util import add_ns, namespaces, needs_root, sh, wire
 
 pytestmark = [needs_root, pytest.mark.root]
 CIDR = "10.244.0.0/16"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.functional.conftest_netns import needs_root, sh
+from tests.functional.netns_util import needs_root, sh
 from tests.functional.test_backends_kernel import bring_up, ping, two_host_env
 from tests.functional.test_dataplane_engine import transfer
 

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from fabric.bench.dataplane import UNDER_A, UNDER_B, EnginePair
-from tests.functional.conftest_netns import needs_root, sh
+from tests.functional.netns_util import needs_root, sh
 
 pytestmark = [needs_root, pytest.mark.root]
 DST = {"tun": "10.250.2.1", "tap": "10.251.0.2"}

@@ -20,7 +20,7 @@ import pytest
 
 from fabric.dataplane import Engine, EngineConfig, KeyPair, PeerAddr, WeaveRoutes
 from fabric.dataplane.__main__ import configure_device
-from tests.functional.conftest_netns import add_ns, namespaces, needs_root, sh, wire
+from tests.functional.netns_util import add_ns, namespaces, needs_root, sh, wire
 from tests.functional.test_dataplane_engine import transfer
 from tests.util import wait_for
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.functional.conftest_netns import add_ns, namespaces, needs_root, sh
+from tests.functional.netns_util import add_ns, namespaces, needs_root, sh
 from tests.functional.tls_certs import CA
 
 pytestmark = [pytest.mark.root, needs_root,

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from fabric_calico_bgp.exabgp import BgpNeighbor, Speaker, render_config
 
-from tests.functional.conftest_netns import add_ns, namespaces, needs_root, sh
+from tests.functional.netns_util import add_ns, namespaces, needs_root, sh
 
 pytestmark = [pytest.mark.root, needs_root]
 A, B = IPv4Address("127.0.0.1"), IPv4Address("127.0.0.2")

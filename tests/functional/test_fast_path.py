@@ -12,7 +12,7 @@ import re
 
 import pytest
 
-from tests.functional.conftest_netns import sh
+from tests.functional.netns_util import sh
 from tests.functional.test_backends_kernel import bring_up, needs_root, ping, two_host_env
 from tests.util import FORWARD_COUNTER, FORWARD_COUNTER_LIST, counted_packets, wait_for
 

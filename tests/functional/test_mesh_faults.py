@@ -15,10 +15,8 @@ import logging
 import shutil
 import socket
 import time
-from collections.abc import Iterator
 from ipaddress import IPv4Address
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -27,21 +25,7 @@ from fabric.ipam.ring import RingIPAM
 from fabric.mesh.names import fmt_name
 from fabric.mesh.router import RouterConfig
 from fabric.mesh.tcp import MeshNode
-from tests.functional.test_mesh_restart import Peer, ctx, until
-
-
-@pytest.fixture
-def peers() -> Iterator[list[Peer]]:
-    made: list[Peer] = []
-    yield made
-    for p in made:
-        p.stop()
-
-
-def raw(p: Peer, line: str) -> dict[str, Any]:
-    p.proc.stdin.write(line + "\n")
-    p.proc.stdin.flush()
-    return json.loads(p.proc.stdout.readline())
+from tests.functional.mesh_util import Peer, ring_ctx, until
 
 
 def test_copied_state_directory_is_detected_and_refused(tmp_path: Path,
@@ -60,7 +44,7 @@ def test_copied_state_directory_is_detected_and_refused(tmp_path: Path,
     assert "refuses" in st["name_collision"]["message"]
     issued = set()
     for i in range(30):
-        out = raw(c, f"alloc copy{i}")
+        out = c.request(f"alloc copy{i}")
         assert not out["ok"] and "name" in out["error"], out
         issued |= {out.get("result")} - {None}
     assert not issued & handed
@@ -82,7 +66,7 @@ def test_removed_peer_restarted_is_refused_and_views_converge(tmp_path: Path,
     assert a.cmd(f"rmpeer {fmt_name(c.name)}") >= 1
     # the heir hands out addresses in the inherited range (c's pods are gone)
     inherited = str(IPv4Address(lost[0]) + 10)
-    until(lambda: any(raw(p, f"claim heir {inherited}")["ok"] for p in (a, b)))
+    until(lambda: any(p.request(f"claim heir {inherited}")["ok"] for p in (a, b)))
     got = {until(lambda i=i, p=p: p.cmd(f"alloc x{i}{p.name}"))
            for i in range(40) for p in (a, b)}
     port = int(c.address.rsplit(":", 1)[1])
@@ -90,7 +74,7 @@ def test_removed_peer_restarted_is_refused_and_views_converge(tmp_path: Path,
     c.start()  # back from its old state, under its old name
     st = until(lambda: (s := c.cmd("status"))["ipam"]["refusing"] and s)
     assert "removed with rmpeer" in st["ipam"]["refusing"]
-    out = raw(c, "alloc new")
+    out = c.request("alloc new")
     assert not out["ok"] and "removed" in out["error"]
 
     def agree() -> bool:
@@ -123,7 +107,7 @@ def test_refused_handshakes_are_logged_rate_limited(caplog: pytest.LogCaptureFix
 
 
 def test_all_observer_ring_ipam_says_nobody_will_create_a_ring(tmp_path: Path) -> None:
-    ipam = RingIPAM(ctx(tmp_path, init="observer", wait=1))
+    ipam = RingIPAM(ring_ctx(tmp_path, init="observer", wait=1))
     try:
         with pytest.raises(IPAMError, match="no peer in this mesh will create") as err:
             ipam.start({})
@@ -149,7 +133,7 @@ def test_mismatched_seed_lists_stop_every_peer(tmp_path: Path, peers: list[Peer]
     until(lambda: all((p.cmd("status")["ipam"]["refusing"] or "").startswith("ring conflict")
                       for p in line), timeout=30)
     for p in (line[0], line[5]):  # far from the boundary too
-        out = raw(p, "alloc after")
+        out = p.request("alloc after")
         assert not out["ok"] and "initialised separately" in out["error"], out
 
 

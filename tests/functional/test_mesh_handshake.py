@@ -10,22 +10,12 @@ import os
 import socket
 import struct
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-from tests.functional.test_mesh_restart import Peer, until
+from tests.functional.mesh_util import Peer, until
 
 _PRE = struct.Struct(">6sBBB32s")
 
-
-@pytest.fixture
-def peers() -> Iterator[list[Peer]]:
-    made: list[Peer] = []
-    yield made
-    for p in made:
-        p.stop()
 
 
 def rss_mb(pid: int) -> float:

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Callable, Iterator
-
-import pytest
+from collections.abc import Callable
 
 from fabric.mesh.gossip import Gossiper
 from fabric.mesh.router import RouterConfig
@@ -43,14 +41,6 @@ class Inbox(Gossiper):
         self.got.append((src, payload))
 
 
-@pytest.fixture
-def nodes() -> Iterator[list[MeshNode]]:
-    made: list[MeshNode] = []
-    yield made
-    for n in made:
-        n.stop()
-
-
 def node(made: list[MeshNode], i: int, password: str | None = "s3cret") -> MeshNode:
     n = MeshNode(host=f"127.77.0.{i}", port=0, nickname=f"n{i}", password=password,
                  config=RouterConfig(**CFG)).start()
@@ -62,8 +52,8 @@ def peer_counts(ns: list[MeshNode]) -> list[int]:
     return [n.call(lambda n=n: len(n.router.topology.reachable())) for n in ns]
 
 
-def test_twenty_peers_with_password_converge(nodes: list[MeshNode]) -> None:
-    ns = [node(nodes, i + 1) for i in range(20)]
+def test_twenty_peers_with_password_converge(peers: list[MeshNode]) -> None:
+    ns = [node(peers, i + 1) for i in range(20)]
     for i, n in enumerate(ns[1:], 1):  # a chain plus a few chords: partial connectivity
         targets = [ns[i - 1].address] + ([ns[(i * 7) % i].address] if i > 2 else [])
         n.connect(targets)
@@ -72,10 +62,10 @@ def test_twenty_peers_with_password_converge(nodes: list[MeshNode]) -> None:
     assert len(st["peers"]) == 20 and not st["rejected"]
 
 
-def test_wrong_password_is_refused(nodes: list[MeshNode]) -> None:
-    a = node(nodes, 30)
-    bad = node(nodes, 31, password="wrong")
-    clear = node(nodes, 32, password=None)
+def test_wrong_password_is_refused(peers: list[MeshNode]) -> None:
+    a = node(peers, 30)
+    bad = node(peers, 31, password="wrong")
+    clear = node(peers, 32, password=None)
     bad.connect([a.address])
     clear.connect([a.address])
     assert wait(lambda: sum(a.describe()["rejected"].values()) >= 2)
@@ -89,8 +79,8 @@ def test_wrong_password_is_refused(nodes: list[MeshNode]) -> None:
     assert rej.get("handshake:auth-failed", 0) >= 1 and rej.get("handshake:password-mismatch")
 
 
-def test_unicast_via_middle_peer(nodes: list[MeshNode]) -> None:
-    a, b, c = node(nodes, 40), node(nodes, 41), node(nodes, 42)
+def test_unicast_via_middle_peer(peers: list[MeshNode]) -> None:
+    a, b, c = node(peers, 40), node(peers, 41), node(peers, 42)
     b.connect([a.address])
     c.connect([b.address])
     inboxes = [n.call(lambda n=n: (n.router.new_gossip("app", box := Inbox()), box)[1])
@@ -103,8 +93,8 @@ def test_unicast_via_middle_peer(nodes: list[MeshNode]) -> None:
     assert inboxes[1].got == []
 
 
-def test_hostile_bytes_on_the_port_are_counted(nodes: list[MeshNode]) -> None:
-    a = node(nodes, 50)
+def test_hostile_bytes_on_the_port_are_counted(peers: list[MeshNode]) -> None:
+    a = node(peers, 50)
     host, port = a.address.rsplit(":", 1)
     for junk in (b"GET / HTTP/1.0\r\n\r\n" + b"x" * 100, b"NFMESH\x05\x09\x00" + b"\0" * 32,
                  b"\xff" * 64):
@@ -117,14 +107,14 @@ def test_hostile_bytes_on_the_port_are_counted(nodes: list[MeshNode]) -> None:
             except OSError:
                 pass
     assert wait(lambda: sum(a.describe()["rejected"].values()) >= 3)
-    b = node(nodes, 51)
+    b = node(peers, 51)
     b.connect([a.address])  # the peer still works
     assert wait(lambda: peer_counts([a, b]) == [2, 2])
 
 
-def test_nothing_readable_on_the_wire(nodes: list[MeshNode]) -> None:
+def test_nothing_readable_on_the_wire(peers: list[MeshNode]) -> None:
     """Tap the byte stream of an encrypted connection through a relay socket."""
-    a = node(nodes, 60)
+    a = node(peers, 60)
     a.call(lambda: a.router.new_gossip("app", Inbox()))
     relay = socket.socket()
     relay.bind(("127.77.0.61", 0))
@@ -148,7 +138,7 @@ def test_nothing_readable_on_the_wire(nodes: list[MeshNode]) -> None:
         pump(cli, up)
 
     threading.Thread(target=serve, daemon=True).start()
-    b = node(nodes, 62)
+    b = node(peers, 62)
     b.connect([f"127.77.0.61:{relay.getsockname()[1]}"])
     assert wait(lambda: peer_counts([a, b]) == [2, 2])
     b.call(lambda: b.router.channels.get("app") or b.router.new_gossip("app", Inbox()))

@@ -6,33 +6,20 @@ Loopback addresses 127.77.1.0/24 in the root namespace; no devices are created.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from fabric.api import Handle, NetworkContext, NetworkSpec, Node
+from fabric.api import Handle, Node
 from fabric.errors import ConfigError
 from fabric.ipam.ring import RingIPAM
 from fabric.ipam.ring_status import render_ipam, render_status
-
-
-def ctx(tmp: Path, **cfg: Any) -> NetworkContext:
-    spec = NetworkSpec("ringt", IPv4Network("10.32.0.0/16"), "fake", ipam="ring",
-                       ipam_config={"port": 0, "init": "consensus=1", "gossip_interval": 1,
-                                    "wait": 10, **cfg})
-    return NetworkContext(spec, Node("n1", IPv4Address("127.77.1.1"), "lo", 1500), tmp)
+from tests.functional.mesh_util import Peer, ring_ctx, until
 
 
 def test_ring_ipam_restart_keeps_ring_and_allocations(tmp_path: Path) -> None:
-    ipam = RingIPAM(ctx(tmp_path))
+    ipam = RingIPAM(ring_ctx(tmp_path))
     chunks = ipam.start({})
     assert chunks and chunks[0].subnet_of(IPv4Network("10.32.0.0/16"))
     got = {Handle(f"c{i}", "eth0"): ipam.allocate(Handle(f"c{i}", "eth0")) for i in range(5)}
@@ -42,7 +29,7 @@ def test_ring_ipam_restart_keeps_ring_and_allocations(tmp_path: Path) -> None:
     assert "100.0% of total" in render_ipam(st) and "Name" in render_status(st)
     ipam.stop()
 
-    again = RingIPAM(ctx(tmp_path))
+    again = RingIPAM(ring_ctx(tmp_path))
     assert again.start({}) == chunks
     st2 = again.status()
     assert (st2["ipam"]["ring_id"], st2["ipam"]["owners"]) == ring_before
@@ -60,56 +47,7 @@ def test_ring_ipam_restart_keeps_ring_and_allocations(tmp_path: Path) -> None:
 def test_ring_ipam_bad_config(tmp_path: Path) -> None:
     for bad in ({"init": "consensus=zero"}, {"peers": "x"}, {"bogus": 1}, {"range": "nope"}):
         with pytest.raises(ConfigError):
-            RingIPAM(ctx(tmp_path, **bad))
-
-
-class Peer:
-    def __init__(self, state: Path, host: str, *extra: str, port: int = 0) -> None:
-        self.args = [sys.executable, "-m", "fabric.ipam.ring_peer", "--state", str(state),
-                     "--host", host, "--port", str(port), "--init", "consensus=3",
-                     "--gossip-interval", "0.5", *extra]
-        self.start()
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(self.args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     text=True, cwd=Path(__file__).parents[2])
-        hello = json.loads(self.proc.stdout.readline())
-        assert hello["ready"], hello
-        self.name, self.address = hello["name"], hello["address"]
-
-    def cmd(self, line: str) -> Any:
-        self.proc.stdin.write(line + "\n")
-        self.proc.stdin.flush()
-        out = json.loads(self.proc.stdout.readline())
-        assert out["ok"], out
-        return out["result"]
-
-    def kill9(self) -> None:
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()  # by pid: only processes this test started
-            self.proc.wait(timeout=10)
-
-
-def until(pred, timeout: float = 20.0) -> Any:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        res = pred()
-        if res:
-            return res
-        time.sleep(0.1)
-    raise AssertionError("condition not met in time")
-
-
-@pytest.fixture
-def peers() -> Iterator[list[Peer]]:
-    made: list[Peer] = []
-    yield made
-    for p in made:
-        p.stop()
+            RingIPAM(ring_ctx(tmp_path, **bad))
 
 
 def test_kill9_peer_restarts_from_its_database(tmp_path: Path, peers: list[Peer]) -> None:
@@ -140,13 +78,13 @@ def test_kill9_peer_restarts_from_its_database(tmp_path: Path, peers: list[Peer]
 
 
 def test_two_ring_ipams_observer_gets_space_and_events(tmp_path: Path) -> None:
-    a = RingIPAM(ctx(tmp_path / "a"))
+    a = RingIPAM(ring_ctx(tmp_path / "a"))
     a.start({})
     a_events: list = []
     a.subscribe(a_events.extend)
     addr = a.status()["connections"]  # noqa: F841 - status works before peers exist
     port = a.node.port
-    b_ctx = ctx(tmp_path / "b", init="observer", peers=[f"127.77.1.1:{port}"])
+    b_ctx = ring_ctx(tmp_path / "b", init="observer", peers=[f"127.77.1.1:{port}"])
     b_ctx.node = Node("n2", IPv4Address("127.77.1.2"), "lo", 1500)
     b = RingIPAM(b_ctx)
     try:

@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
-
-import pytest
 
 from fabric.api import NetworkContext, NetworkSpec, Node
 from fabric.ipam.ring import RingIPAM
@@ -52,14 +49,6 @@ class Peer:
     def stop(self) -> None:
         self.ipam.stop()
         self.node.stop()
-
-
-@pytest.fixture
-def peers() -> Iterator[list[Peer]]:
-    made: list[Peer] = []
-    yield made
-    for p in made:
-        p.stop()
 
 
 def start_together(group: list[Peer]) -> None:

@@ -18,7 +18,7 @@ import pytest
 from fabric.api import Handle, NetworkContext, NetworkSpec, Node
 from fabric.errors import ConfigError
 from fabric.ipam.subnet import SubnetLeaseIPAM
-from tests.functional.conftest_netns import add_ns, namespaces, needs_root, sh
+from tests.functional.netns_util import add_ns, namespaces, needs_root, sh
 from tests.util import wait_for
 
 PREFIX = "/netfabric/u"

@@ -12,11 +12,7 @@ its state directory brings them back, while a removed name stays removed.
 from __future__ import annotations
 
 import json
-import os
-import select
 import shutil
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -25,7 +21,8 @@ from typing import Any
 
 import pytest
 
-from tests.functional.conftest_netns import add_ns, namespaces, needs_root, sh
+from tests.functional.jsonlines import JsonLinesProc
+from tests.functional.netns_util import add_ns, namespaces, needs_root, sh
 from tests.util import wait_for
 
 pytestmark = [needs_root, pytest.mark.root]
@@ -116,40 +113,6 @@ print(replies)
 """
 
 
-class Proc:
-    """A process in the test namespace, talking JSON lines on stdin/stdout."""
-
-    def __init__(self, ns: str, args: list[str]) -> None:
-        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-        self.p = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, *args],
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True, env=env)
-
-    def line(self, timeout: float = 20.0) -> str:
-        assert self.p.stdout is not None
-        ready, _, _ = select.select([self.p.stdout], [], [], timeout)
-        if not ready:
-            raise TimeoutError(f"no output from {self.p.args}")
-        out = self.p.stdout.readline()
-        if not out:
-            raise RuntimeError(f"{self.p.args} exited: {self.p.stderr.read()[-2000:]}")
-        return out
-
-    def cmd(self, text: str) -> Any:
-        assert self.p.stdin is not None
-        self.p.stdin.write(text + "\n")
-        self.p.stdin.flush()
-        reply = json.loads(self.line())
-        if not reply["ok"]:
-            raise AssertionError(f"{text}: {reply['error']}")
-        return reply["result"]
-
-    def kill9(self) -> None:
-        if self.p.poll() is None:
-            self.p.send_signal(signal.SIGKILL)  # our own child, by pid
-        self.p.wait(timeout=10)
-
-
 @pytest.fixture
 def ns() -> Iterator[str]:
     with namespaces("nfdns") as tag:
@@ -171,19 +134,12 @@ def ns() -> Iterator[str]:
             shutil.rmtree(etc, ignore_errors=True)
 
 
-@pytest.fixture
-def procs() -> Iterator[list[Proc]]:
-    made: list[Proc] = []
-    yield made
-    for p in made:
-        p.kill9()
-
-
-def peer(ns: str, procs: list[Proc], state: Path, mesh: str, dns: str, *extra: str) -> Proc:
+def peer(ns: str, peers: list[JsonLinesProc], state: Path, mesh: str, dns: str,
+         *extra: str) -> JsonLinesProc:
     host, port = mesh.split(":")
-    p = Proc(ns, ["-m", "fabric.weave.dns_peer", "--state", str(state), "--host", host,
-                  "--port", port, "--dns", dns, *extra])
-    procs.append(p)
+    p = JsonLinesProc([sys.executable, "-m", "fabric.weave.dns_peer", "--state", str(state),
+                       "--host", host, "--port", port, "--dns", dns, *extra], ns=ns)
+    peers.append(p)
     ready = json.loads(p.line())
     assert ready["ready"], ready
     return p
@@ -200,12 +156,13 @@ def getent(ns: str, *args: str) -> str:
     return sh("getent", *args, ns=ns, check=False).stdout
 
 
-def test_names_forwarding_and_bad_queries(ns: str, procs: list[Proc], tmp_path: Path) -> None:
-    up = Proc(ns, ["-c", UPSTREAM_PY, UPSTREAM])
-    procs.append(up)
+def test_names_forwarding_and_bad_queries(ns: str, peers: list[JsonLinesProc],
+                                          tmp_path: Path) -> None:
+    up = JsonLinesProc([sys.executable, "-c", UPSTREAM_PY, UPSTREAM], ns=ns)
+    peers.append(up)
     assert up.line().strip() == "ready"
-    a = peer(ns, procs, tmp_path / "a", A_MESH, A_DNS)
-    b = peer(ns, procs, tmp_path / "b", B_MESH, B_DNS, "--connect", A_MESH)
+    a = peer(ns, peers, tmp_path / "a", A_MESH, A_DNS)
+    b = peer(ns, peers, tmp_path / "b", B_MESH, B_DNS, "--connect", A_MESH)
     assert a.cmd("add h1 10.32.0.11 c1") and a.cmd("add web 10.32.0.21 cw1")
     assert b.cmd("add web 10.32.0.22 cw2")
     assert wait_for(lambda: sorted(b.cmd("lookup web")) == ["10.32.0.21", "10.32.0.22"]
@@ -249,15 +206,15 @@ def test_names_forwarding_and_bad_queries(ns: str, procs: list[Proc], tmp_path: 
     assert query(ns, B_DNS, "h1.weave.local.")[0]["answers"] == ["10.32.0.11"]
     # a clean stop: server threads, worker pool and mesh end promptly
     t0 = time.monotonic()
-    b.p.stdin.write("quit\n")
-    b.p.stdin.flush()
-    assert b.p.wait(timeout=15) == 0 and time.monotonic() - t0 < 5
+    b.proc.stdin.write("quit\n")
+    b.proc.stdin.flush()
+    assert b.proc.wait(timeout=15) == 0 and time.monotonic() - t0 < 5
 
 
-def test_kill9_hides_names_and_restart_brings_them_back(ns: str, procs: list[Proc],
+def test_kill9_hides_names_and_restart_brings_them_back(ns: str, peers: list[JsonLinesProc],
                                                          tmp_path: Path) -> None:
-    a = peer(ns, procs, tmp_path / "a", A_MESH, A_DNS)
-    b = peer(ns, procs, tmp_path / "b", B_MESH, B_DNS, "--connect", A_MESH)
+    a = peer(ns, peers, tmp_path / "a", A_MESH, A_DNS)
+    b = peer(ns, peers, tmp_path / "b", B_MESH, B_DNS, "--connect", A_MESH)
     a.cmd("add h1 10.32.0.11 c1")
     a.cmd("add gone 10.32.0.12 c2")
     assert wait_for(lambda: b.cmd("lookup gone") == ["10.32.0.12"], timeout=15)
@@ -273,7 +230,7 @@ def test_kill9_hides_names_and_restart_brings_them_back(ns: str, procs: list[Pro
     hidden_after = time.monotonic() - t0
     assert b.cmd("status")["hidden_unreachable"] == 1
     # restart from the same state directory: same peer name, same names, one version up
-    a2 = peer(ns, procs, tmp_path / "a", A_MESH, A_DNS)
+    a2 = peer(ns, peers, tmp_path / "a", A_MESH, A_DNS)
     t0 = time.monotonic()
     assert wait_for(lambda: query(ns, B_DNS, "h1.weave.local.")[0]["answers"] == [
         "10.32.0.11"], timeout=20)
@@ -291,15 +248,15 @@ def test_kill9_hides_names_and_restart_brings_them_back(ns: str, procs: list[Pro
     assert b.cmd("entries") == []
 
 
-def test_server_binds_before_its_address_exists(ns: str, procs: list[Proc],
+def test_server_binds_before_its_address_exists(ns: str, peers: list[JsonLinesProc],
                                                tmp_path: Path) -> None:
     addr = "10.99.0.7"  # not configured yet (the bridge gets its address later)
-    bad = Proc(ns, ["-m", "fabric.weave.dns_peer", "--state", str(tmp_path / "x"),
-                    "--dns", f"{addr}:53", "--upstream"])
-    procs.append(bad)
+    bad = JsonLinesProc([sys.executable, "-m", "fabric.weave.dns_peer", "--state",
+                         str(tmp_path / "x"), "--dns", f"{addr}:53", "--upstream"], ns=ns)
+    peers.append(bad)
     refused = json.loads(bad.line())
     assert not refused["ready"] and "cannot listen" in refused["error"]
-    a = peer(ns, procs, tmp_path / "a", A_MESH, f"{addr}:53", "--freebind", "--upstream")
+    a = peer(ns, peers, tmp_path / "a", A_MESH, f"{addr}:53", "--freebind", "--upstream")
     a.cmd("add h1 10.32.0.11 c1")
     sh("ip", "addr", "add", f"{addr}/32", "dev", "v0", ns=ns)
     assert query(ns, f"{addr}:53", "h1.weave.local.")[0]["answers"] == ["10.32.0.11"]

@@ -1,4 +1,4 @@
-"""Small namespace helpers for functional tests (each test owns its namespaces by prefix)."""
+"""Namespace helpers for functional tests (each test owns its namespaces by prefix)."""
 
 from __future__ import annotations
 
@@ -44,3 +44,8 @@ def wire(switch: str, bridge: str, host: str, address: str, peer_name: str) -> N
     sh("ip", "link", "set", peer_name, "master", bridge, "up", ns=switch)
     sh("ip", "addr", "add", address, "dev", "eth0", ns=host)
     sh("ip", "link", "set", "eth0", "up", ns=host)
+
+
+def ping(ns: str, dst: str) -> bool:
+    """One ping from namespace ``ns`` (1 s wait): whether ``dst`` answered."""
+    return sh("ping", "-c", "1", "-W", "1", dst, ns=ns, check=False).returncode == 0
