@@ -27,6 +27,7 @@ from typing import Any
 import attrs
 
 from fabric.errors import ConfigError, FabricError
+from fabric.procutil import stop_process
 
 __all__ = [
     "BirdConfig",
@@ -253,13 +254,7 @@ def start_bird(netns: str | None, config: BirdConfig | str, run_dir: Path) -> Bi
                                 stderr=subprocess.STDOUT, start_new_session=True)
 
     def stop() -> None:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        stop_process(proc, timeout=10)
 
     try:
         _wait_socket(lambda: proc.poll() is None, sock, log)

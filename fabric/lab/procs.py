@@ -18,6 +18,7 @@ from typing import Any
 import attrs
 
 from fabric.lab.netns import LabError, ns_exec_argv
+from fabric.procutil import stop_pid, wait_until
 
 __all__ = ["ProcRecord", "spawn", "proc_start_time", "is_alive", "stop", "wait_dead", "pause",
            "resume", "is_paused"]
@@ -104,35 +105,21 @@ def spawn(role: str, ns: str | None, argv: Sequence[str], log: Path, marker: str
     raise LabError(f"{role} exited at once (status {proc.returncode}); see {log}")
 
 
+def _running(rec: ProcRecord, proc: subprocess.Popen | None) -> bool:
+    return (proc is None or proc.poll() is None) and is_alive(rec)
+
+
 def wait_dead(rec: ProcRecord, timeout: float, proc: subprocess.Popen | None = None) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if proc is not None and proc.poll() is not None:
-            return True
-        if not is_alive(rec):
-            return True
-        time.sleep(0.05)
-    return False
+    return wait_until(lambda: not _running(rec, proc), timeout)
 
 
 def stop(rec: ProcRecord, *, timeout: float = 10, kill9: bool = False,
          proc: subprocess.Popen | None = None) -> bool:
     """End ``rec`` (SIGTERM then SIGKILL, or SIGKILL at once); False if it was not running."""
-    if not is_alive(rec):
+    if not stop_pid(rec.pid, lambda: _running(rec, proc), timeout=timeout, kill9=kill9):
         if proc is not None:
             proc.poll()
         return False
-    sigs = [signal.SIGKILL] if kill9 else [signal.SIGTERM, signal.SIGKILL]
-    for sig in sigs:
-        if not is_alive(rec):
-            break
-        try:
-            os.kill(rec.pid, sig)
-            os.kill(rec.pid, signal.SIGCONT)  # a paused (SIGSTOPped) process acts on it too
-        except ProcessLookupError:
-            break
-        if wait_dead(rec, timeout if sig == signal.SIGTERM else 5, proc):
-            break
     if proc is not None:
         try:
             proc.wait(timeout=5)

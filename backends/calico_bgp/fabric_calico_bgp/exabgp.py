@@ -28,6 +28,7 @@ import attrs
 
 from fabric.errors import BackendError, ConfigError
 from fabric.fsutil import atomic_write
+from fabric.procutil import pid_running, stop_pid, stop_process
 from fabric_calico_bgp.messages import Message, MessageError, parse_message
 
 __all__ = ["BgpNeighbor", "render_config", "exabgp_env", "exabgp_command", "Speaker"]
@@ -283,14 +284,8 @@ class Speaker:
         if conn is not None:
             with contextlib.suppress(OSError):
                 conn.close()
-        proc = self.proc
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        if self.proc is not None:
+            stop_process(self.proc, timeout=5)
 
     def _end_stale(self) -> None:
         """A previous agent killed with -9 may have left its exabgp: end it, by its pid file."""
@@ -302,15 +297,7 @@ class Speaker:
             return
         if str(self.config_path).encode() in cmdline:
             self.log.warning("ending exabgp pid %d left by a previous agent", pid)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-            for _ in range(50):
-                if not Path(f"/proc/{pid}").exists():
-                    break
-                time.sleep(0.1)
-            else:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+            stop_pid(pid, lambda: pid_running(pid), timeout=5)
 
     def _spawn(self) -> None:
         self._end_stale()
