@@ -2,92 +2,22 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.functional.netns_util import add_ns, namespaces, needs_root, sh, wire
+from tests.functional.backend_util import bring_up, two_host_env
+from tests.functional.netns_util import needs_root, ping, sh
 
 pytestmark = [needs_root, pytest.mark.root]
-DRIVER = str(Path(__file__).with_name("backend_driver.py"))
-
-
-class Driver:
-    def __init__(self, ns: str) -> None:
-        self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", ns, sys.executable, DRIVER], stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, text=True, cwd=str(Path(__file__).parents[2]),
-        )
-
-    def __call__(self, **cmd):
-        self.proc.stdin.write(json.dumps(cmd) + "\n")
-        self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
-        assert line, "driver died"
-        return json.loads(line)
-
-    def close(self) -> None:
-        self.proc.stdin.close()
-        self.proc.wait(10)
-
-
-def ping(ns: str, dst: str) -> bool:
-    return sh("ping", "-c", "1", "-W", "1", dst, ns=ns, check=False).returncode == 0
-
-
-@contextlib.contextmanager
-def two_host_env(prefix: str, tmp_path: Path, *, teardown: bool = False):
-    """Switch + two hosts on one segment + two pod namespaces, a backend driver per host."""
-    with namespaces(prefix) as tag:
-        sw, h1, h2, p1, p2 = (f"{tag}-{n}" for n in ("sw", "h1", "h2", "p1", "p2"))
-        for ns in (sw, h1, h2, p1, p2):
-            add_ns(ns)
-        sh("ip", "link", "add", "br0", "type", "bridge", ns=sw)
-        sh("ip", "link", "set", "br0", "up", ns=sw)
-        wire(sw, "br0", h1, "198.18.200.11/24", "s1")
-        wire(sw, "br0", h2, "198.18.200.12/24", "s2")
-        drivers = [Driver(h1), Driver(h2)]
-        try:
-            yield {"ns": (h1, h2), "pods": (p1, p2), "drivers": drivers, "tmp": tmp_path}
-        finally:
-            for d in drivers:
-                if teardown:
-                    with contextlib.suppress(AssertionError, OSError, ValueError):
-                        d(op="teardown")
-                d.close()
 
 
 @pytest.fixture
 def two_hosts(tmp_path: Path):
     with two_host_env("nfkt", tmp_path) as env:
         yield env
-
-
-def bring_up(env, backend: str, config: dict | None = None):
-    d1, d2 = env["drivers"]
-    chunks = ("10.99.1.0/24", "10.99.2.0/24")
-    ips = ("198.18.200.11", "198.18.200.12")
-    data = []
-    for i, d in enumerate((d1, d2)):
-        r = d(op="init", net="t", cidr="10.99.0.0/16", backend=backend, config=config or {},
-              node=f"h{i+1}", ip=ips[i], state=str(env["tmp"] / f"h{i+1}"), chunk=chunks[i])
-        assert r["ok"], r
-        data.append(r["result"])
-    for i, d in enumerate((d1, d2)):
-        j = 1 - i
-        r = d(op="peer", name=f"h{j+1}", ip=ips[j], chunk=chunks[j], backend=backend,
-              data=data[j])
-        assert r["ok"], r
-    for i, d in enumerate((d1, d2)):
-        r = d(op="attach", cid=f"c{i}", netns=f"/run/netns/{env['pods'][i]}",
-              pod_ip=f"10.99.{i+1}.5", chunk=chunks[i])
-        assert r["ok"], r
-    return data
 
 
 @pytest.mark.parametrize("backend", ["hostgw", "vxlan"])

@@ -1,17 +1,15 @@
 """calico-bgp in emulated hosts: exabgp sessions, learned routes, pods reaching pods, BIRD RR.
 
 Every host is a namespace ``nfbgp-XXXX-hN`` on a bridge in ``nfbgp-XXXX-sw``;
-the backend runs in ``fabric_calico_bgp.driver`` inside the host (the agent's
+the backend runs in ``backend_driver.py`` inside the host (the agent's
 role without the IPAM), so exabgp is its child there.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -19,42 +17,13 @@ from pathlib import Path
 import pytest
 
 from fabric.lab.bird import BirdConfig, bird_available, start_bird
-from tests.functional.netns_util import add_ns, namespaces, needs_root, sh, wire
+from tests.functional.backend_util import Driver
+from tests.functional.netns_util import add_ns, namespaces, needs_root, ping, sh, wire
 
 pytestmark = [needs_root, pytest.mark.root]
 CIDR = "10.244.0.0/16"
 SEG = "198.18.251"
-
-
-class Driver:
-    def __init__(self, ns: str, log: Path) -> None:
-        self.log = open(log, "w")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", ns, sys.executable, "-m", "fabric_calico_bgp.driver"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
-        )
-
-    def __call__(self, **cmd):
-        self.proc.stdin.write(json.dumps(cmd) + "\n")
-        self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
-        assert line, "driver died"
-        return json.loads(line)
-
-    def ok(self, **cmd):
-        res = self(**cmd)
-        assert res["ok"], res
-        return res["result"]
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.stdin.close()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self.log.close()
+INIT = {"backend": "calico-bgp", "subnet_len": 26}  # for the driver's init
 
 
 def wait_for(check, timeout: float, what: str) -> float:
@@ -64,10 +33,6 @@ def wait_for(check, timeout: float, what: str) -> float:
             return time.monotonic() - start
         time.sleep(0.1)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-def ping(ns: str, dst: str) -> bool:
-    return sh("ping", "-c", "1", "-W", "1", dst, ns=ns, check=False).returncode == 0
 
 
 def routes(ns: str) -> str:
@@ -107,7 +72,7 @@ class Cluster:
         datas = []
         configs = config if isinstance(config, list) else [config] * len(self.drivers)
         for i, d in enumerate(self.drivers):
-            datas.append(d.ok(op="init", cidr=CIDR, node=f"h{i + 1}", ip=self.ip(i),
+            datas.append(d.ok(op="init", **INIT, cidr=CIDR, node=f"h{i + 1}", ip=self.ip(i),
                               state=str(self.tmp / f"state-h{i + 1}"), config=configs[i],
                               chunks=[self.block(i)]))
         if mesh_peers:
@@ -310,8 +275,8 @@ def test_restart_reconciles_routes_withdrawn_meanwhile(cluster):
     assert extra in routes(c.hosts[0]) and ping(c.pods[0], c.pod_ip(1))
     c.drivers[1].ok(op="chunks", chunks=[c.block(1)])  # withdrawn while h1's agent is away
     c.drivers[0] = Driver(c.hosts[0], c.tmp / "h1-again.log")
-    c.drivers[0].ok(op="init", cidr=CIDR, node="h1", ip=c.ip(0), state=str(c.tmp / "state-h1"),
-                    config={}, chunks=[c.block(0)])
+    c.drivers[0].ok(op="init", **INIT, cidr=CIDR, node="h1", ip=c.ip(0),
+                    state=str(c.tmp / "state-h1"), config={}, chunks=[c.block(0)])
     c.drivers[0].ok(op="peer", name="h2", ip=c.ip(1), chunks=[c.block(1)], data={})
     took = wait_for(lambda: extra not in routes(c.hosts[0]), 20, "the stale route to go")
     print(f"stale route removed {took:.1f}s after the restart")
@@ -332,7 +297,7 @@ def test_agent_killed_takes_its_exabgp_along(cluster):
 
 def test_ipip_is_refused_on_this_kernel(cluster):
     c = cluster(1)
-    res = c.drivers[0](op="init", cidr=CIDR, node="h1", ip=c.ip(0),
+    res = c.drivers[0](op="init", **INIT, cidr=CIDR, node="h1", ip=c.ip(0),
                        state=str(c.tmp / "ipip"), config={"IPIPMode": "Always"},
                        chunks=[c.block(0)])
     if res["ok"]:

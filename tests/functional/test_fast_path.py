@@ -12,8 +12,8 @@ import re
 
 import pytest
 
-from tests.functional.netns_util import sh
-from tests.functional.test_backends_kernel import bring_up, needs_root, ping, two_host_env
+from tests.functional.backend_util import bring_up, two_host_env
+from tests.functional.netns_util import needs_root, ping, sh
 from tests.util import FORWARD_COUNTER, FORWARD_COUNTER_LIST, counted_packets, wait_for
 
 pytestmark = [needs_root, pytest.mark.root]
