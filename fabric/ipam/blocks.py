@@ -42,10 +42,12 @@ from fabric.api import (
     PeerEvent,
     PeersCallback,
 )
-from fabric.errors import ConfigError, IPAMError, PoolExhausted, StoreCompacted, StoreError
+from fabric.errors import ConfigError, IPAMError, PoolExhausted
 from fabric.ipam.block_record import Block, block_key, parse_block_key
 from fabric.ipam.blocks_guard import BlockGuard
 from fabric.net.validate import Refusals
+from fabric.store.base import WatchEvent
+from fabric.store.sync import PrefixMirror
 
 __all__ = ["Block", "BlockIPAM", "block_key", "parse_block_key"]
 
@@ -83,8 +85,7 @@ class BlockIPAM(BlockGuard, IPAM):
         self._lock = threading.RLock()
         self._on_peers: PeersCallback | None = None
         self._on_chunks: ChunksCallback | None = None
-        self._watch = None
-        self._stopped = threading.Event()
+        self._mirror: PrefixMirror | None = None
         self.conflicts = 0
         self.refused = Refusals(ctx.log, "record")  # blocks/node records kept from the kernel
         self._damaged: set[IPv4Network] = set()  # own blocks overwritten with garbage
@@ -173,37 +174,30 @@ class BlockIPAM(BlockGuard, IPAM):
         return self._reclaim_invalid(candidates)
 
     def subscribe(self, on_peers: PeersCallback, on_chunks: ChunksCallback | None = None) -> None:
+        """Peers from a list+watch of the prefix (PrefixMirror: after a compaction it
+        re-lists, retrying with backoff while etcd is unreachable, and reports the
+        difference). Waits briefly for the first list so the current peers come first."""
         self._on_peers, self._on_chunks = on_peers, on_chunks
-        rev = self._list()
-        self._emit_peers()
-        self._start_watch(rev + 1)
-
-    def _start_watch(self, revision: int) -> None:
-        if self._stopped.is_set():
+        mirror = self._mirror = PrefixMirror(self.store, self.prefix + "/",
+                                             self._on_events).start()
+        if not mirror.wait_synced(5.0):
+            self.ctx.log.warning("blocks: etcd did not answer the first list; retrying")
             return
-        self._watch = self.store.watch_prefix(self.prefix + "/", self._on_events, revision,
-                                              on_error=self._on_watch_error)
+        with mirror.lock, self._lock:  # records deleted since start()'s own list are gone
+            listed = set(mirror.items())
+            self._blocks = {c: b for c, b in self._blocks.items()
+                            if block_key(self.prefix, c) in listed}
+            self._nodes = {n: r for n, r in self._nodes.items()
+                           if f"{self.prefix}/nodes/{n}" in listed}
+        self._emit_peers()
 
-    def _on_events(self, events) -> None:
+    def _on_events(self, events: list[WatchEvent]) -> None:
         with self._lock:
             for ev in events:
                 self._ingest(ev.kv.key, ev.kv.value if ev.kind == "put" else "",
                              self._blocks, self._nodes)
         self._repair()
         self._emit_peers()
-
-    def _on_watch_error(self, exc: Exception) -> None:
-        if isinstance(exc, StoreCompacted) and not self._stopped.is_set():
-            self.ctx.log.warning("block watch compacted; re-listing")
-            try:
-                rev = self._list()
-            except StoreError as err:
-                self.ctx.log.error("re-listing blocks failed: %s", err)
-                return
-            self._emit_peers()
-            self._start_watch(rev + 1)
-        else:
-            self.ctx.log.error("block watch failed: %s", exc)
 
     def _peer_view(self) -> dict[str, Peer]:
         out: dict[str, Peer] = {}
@@ -373,10 +367,9 @@ class BlockIPAM(BlockGuard, IPAM):
             }
 
     def stop(self) -> None:
-        self._stopped.set()
-        if self._watch is not None:
-            self._watch.cancel()
-            self._watch = None
+        if self._mirror is not None:
+            self._mirror.stop()
+            self._mirror = None
 
     def teardown(self) -> None:
         self.stop()
