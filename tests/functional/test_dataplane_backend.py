@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.functional.backend_util import bring_up, two_host_env
-from tests.functional.netns_util import needs_root, ping, sh
-from tests.functional.test_dataplane_engine import transfer
+from tests.functional.netns_util import needs_root, ping, sh, transfer
 
 pytestmark = [needs_root, pytest.mark.root]
 

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from fabric.bench.dataplane import UNDER_A, UNDER_B, EnginePair
-from tests.functional.netns_util import needs_root, sh
+from tests.functional.netns_util import needs_root, sh, transfer
 
 pytestmark = [needs_root, pytest.mark.root]
 DST = {"tun": "10.250.2.1", "tap": "10.251.0.2"}
@@ -37,32 +37,6 @@ def _ping(ns: str, dst: str, count: int = 1) -> bool:
 def tcp_transfer(pair: EnginePair, dst: str, size: int = 16 << 20) -> None:
     """``size`` random bytes a -> b over TCP through the engines; digests must match."""
     transfer(pair.a, pair.b, dst, size)
-
-
-def transfer(src_ns: str, dst_ns: str, dst: str, size: int) -> None:
-    """Send ``size`` random bytes from ``src_ns`` to ``dst``:5201 in ``dst_ns``; compare digests."""
-    recv = (
-        "import hashlib,socket;s=socket.socket();s.setsockopt(socket.SOL_SOCKET,"
-        f"socket.SO_REUSEADDR,1);s.bind(('{dst}',5201));s.listen(1);c,_=s.accept();"
-        "h=hashlib.sha256();n=0\nwhile True:\n d=c.recv(1<<16)\n if not d: break\n"
-        " h.update(d);n+=len(d)\nprint(n,h.hexdigest())"
-    )
-    srv = subprocess.Popen(["ip", "netns", "exec", dst_ns, sys.executable, "-c", recv],
-                           stdout=subprocess.PIPE, text=True)
-    try:
-        time.sleep(0.4)
-        send = (
-            f"import hashlib,os,socket;d=os.urandom({size});s=socket.create_connection("
-            f"('{dst}',5201),timeout=30);s.sendall(d);s.close();"
-            "print(len(d),hashlib.sha256(d).hexdigest())"
-        )
-        out = sh(sys.executable, "-c", send, ns=src_ns).stdout.strip()
-        got, _ = srv.communicate(timeout=60)
-        assert got.strip() == out and out.startswith(str(size))
-    finally:
-        if srv.poll() is None:
-            srv.kill()
-            srv.wait()
 
 
 @pytest.mark.parametrize("offload", [(True, True), (False, False), (True, False), (False, True)],

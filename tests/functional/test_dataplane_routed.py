@@ -20,8 +20,7 @@ import pytest
 
 from fabric.dataplane import Engine, EngineConfig, KeyPair, PeerAddr, WeaveRoutes
 from fabric.dataplane.__main__ import configure_device
-from tests.functional.netns_util import add_ns, namespaces, needs_root, sh, wire
-from tests.functional.test_dataplane_engine import transfer
+from tests.functional.netns_util import add_ns, namespaces, needs_root, sh, transfer, wire
 from tests.util import wait_for
 
 pytestmark = [needs_root, pytest.mark.root]
