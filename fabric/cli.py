@@ -10,11 +10,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from fabric.agent.config import DEFAULT_STATE_DIR
 from fabric.errors import ConfigError, FabricError
 
 __all__ = ["main", "build_parser"]
 
-_DEFAULT_STATE = "/run/netfabric"
 # Optional command groups: (module, function) adding subcommands; missing ones are skipped.
 _EXTENSIONS = [
     ("fabric.lab.cli", "register"),
@@ -79,15 +79,15 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--password-file", help="weave backends: file holding the mesh password, "
                                             "not world-readable (backend option PasswordFile)")
     up.add_argument("--config", type=Path, help="YAML/JSON agent config file (several networks)")
-    up.add_argument("--state-dir", type=Path, default=Path(_DEFAULT_STATE))
+    up.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
     up.set_defaults(func=cmd_up)
 
     down = sub.add_parser("down", help="stop the agent and remove everything it created")
-    down.add_argument("--state-dir", type=Path, default=Path(_DEFAULT_STATE))
+    down.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
     down.set_defaults(func=cmd_down)
 
     st = sub.add_parser("status", help="show node, networks, leases and peers")
-    st.add_argument("--state-dir", type=Path, default=Path(_DEFAULT_STATE))
+    st.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
     st.add_argument("--json", action="store_true", help="print the raw JSON status")
     st.set_defaults(func=cmd_status)
 
@@ -106,13 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _extend(module: str, fn: str, sub: Any) -> None:
-    try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name and module.startswith(exc.name):
-            return  # that part of the project is not installed
-        raise
-    getattr(mod, fn)(sub)
+    getattr(importlib.import_module(module), fn)(sub)  # all part of the core distribution
 
 
 def agent_config_from_args(args: argparse.Namespace):
@@ -172,7 +166,7 @@ def agent_config_from_args(args: argparse.Namespace):
                        ("subnetFile", args.subnet_file)):
         if value:
             data[key] = value
-    if args.state_dir != Path(_DEFAULT_STATE) or "stateDir" not in data:
+    if args.state_dir != DEFAULT_STATE_DIR or "stateDir" not in data:
         data["stateDir"] = str(args.state_dir)
     return AgentConfig.from_json(data)
 

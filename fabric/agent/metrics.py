@@ -187,10 +187,8 @@ class StatusCollector:
 
     @staticmethod
     def _policy(st: Mapping[str, Any]) -> Iterator[Metric]:
-        try:
-            from fabric.policy.metrics import render_metrics
-        except ImportError:  # policy package not installed
-            return
+        from fabric.policy.metrics import render_metrics  # lazily: only when scraped
+
         yield from text_string_to_metric_families(render_metrics(st))
 
 

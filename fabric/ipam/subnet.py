@@ -194,13 +194,6 @@ class SubnetLeaseIPAM(LeaseAcquirer, IPAM):
             self._mirror.wait_synced(2.0)
         return self.chunks()
 
-    def publish(self, backend_data: Mapping[str, Any]) -> None:
-        """Publish new BackendData with this node's lease (the keeper writes it)."""
-        with self._lock:
-            self._data = dict(backend_data)
-            self._confirmed = False
-        self._wake.set()
-
     def subscribe(self, on_peers: PeersCallback, on_chunks: ChunksCallback | None = None) -> None:
         with self._lock:
             self._on_peers, self._on_chunks = on_peers, on_chunks

@@ -154,20 +154,6 @@ class Lab(TrafficMixin, ControlMixin):
         self._record(rec)
         return rec
 
-    def track(self, role: str, pid: int, ns: str = "") -> ProcRecord:
-        """Record a process started elsewhere (e.g. by fabric.lab.bird) for cleanup."""
-        from fabric.lab.procs import proc_start_time
-
-        start = proc_start_time(pid)
-        if start is None:
-            raise LabError(f"{role}: pid {pid} is not running")
-        rec = ProcRecord(role, pid, start, self.marker, ns)
-        if not is_alive(rec):
-            raise LabError(f"{role}: pid {pid} does not mention {self.marker} in its command "
-                           "line; cleanup could not recognise it")
-        self._record(rec)
-        return rec
-
     def _record(self, rec: ProcRecord) -> None:
         self.procs[rec.role] = rec
         self._save()

@@ -13,16 +13,16 @@ import json
 from pathlib import Path
 from typing import Any
 
+from fabric.agent.config import DEFAULT_STATE_DIR
 from fabric.errors import ConfigError
 
 __all__ = ["register", "render_weave", "render_connections"]
 
-_DEFAULT_STATE = Path("/run/netfabric")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--network", default="", help="weave network name (default: the only one)")
-    p.add_argument("--state-dir", type=Path, default=_DEFAULT_STATE)
+    p.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
     p.add_argument("--socket", type=Path, help="agent socket (default STATE_DIR/agent.sock)")
 
 

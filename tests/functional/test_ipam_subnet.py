@@ -165,11 +165,6 @@ def test_peers_see_add_change_and_remove_within_a_second(make, store) -> None:
     (shown,) = a.status()["peers"]
     assert shown["public_ip"] == "198.18.0.12" and shown["subnets"] == [str(bsub)]
     assert all(str(e.peer.public_ip) != "198.18.0.11" for _, e in peers.events)  # not self
-    # BackendData change = "added" with the new data
-    t1 = time.monotonic()
-    b.publish({"mac": "b2"})
-    assert wait_for(lambda: peers.last("198.18.0.12").peer.data == {"mac": "b2"}, 2)
-    assert time.monotonic() - t1 < 1.5
     # a late subscriber gets the current peers at once
     late = Peers()
     b.subscribe(late)
