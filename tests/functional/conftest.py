@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
 from typing import Any
 
 import pytest
+
+from fabric.api import NetworkContext, NetworkSpec, Node
+from fabric.ipam.blocks import BlockIPAM
+from fabric.store import connect
+from fabric_testplugins.etcd import EtcdServer, etcd_binary
 
 
 @pytest.fixture
@@ -15,3 +22,38 @@ def peers() -> Iterator[list[Any]]:
     yield made
     for p in made:
         p.stop()
+
+
+@pytest.fixture(scope="module")
+def module_etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
+    """One private etcd for a whole module (tests keep apart by key prefix)."""
+    if etcd_binary() is None:
+        pytest.skip("etcd is not installed (Debian package etcd-server)")
+    with EtcdServer(tmp_path_factory.mktemp("etcd") / "data") as server:
+        yield server
+
+
+_prefixes = iter(range(10**6))
+
+
+@pytest.fixture
+def block_ipam(module_etcd: EtcdServer, tmp_path: Path) -> Iterator[Callable[..., BlockIPAM]]:
+    """Makes Block IPAMs (blocks /28 of 10.244.0.0/24 by default) under a fresh etcd prefix,
+    node N at 198.18.0.(N+10); all stopped afterwards."""
+    prefix = f"/t{next(_prefixes)}"
+    made: list[BlockIPAM] = []
+
+    def factory(node: str = "h1", cidr: str = "10.244.0.0/24", **ipam_config: Any) -> BlockIPAM:
+        spec = NetworkSpec(name="pods", cidr=IPv4Network(cidr), backend="calico-bgp",
+                           ipam_config={"BlockSize": 28, **ipam_config}, etcd_prefix=prefix,
+                           subnet_len=28)
+        ip = IPv4Address(f"198.18.0.{len(made) + 11}")
+        ctx = NetworkContext(spec=spec, node=Node(node, ip, "eth0", 1500),
+                             state_dir=tmp_path / node, store=connect(module_etcd.url))
+        ipam = BlockIPAM(ctx)
+        made.append(ipam)
+        return ipam
+
+    yield factory
+    for ipam in made:
+        ipam.stop()

@@ -12,48 +12,17 @@ from fabric.api import Handle, NetworkContext, NetworkSpec, Node
 from fabric.errors import PoolExhausted, StoreError
 from fabric.ipam.blocks import BlockIPAM, block_key
 from fabric.store import connect
-from fabric_testplugins.etcd import EtcdServer, etcd_binary
+from fabric_testplugins.etcd import etcd_binary
 
 pytestmark = pytest.mark.skipif(etcd_binary() is None, reason="etcd is not installed")
-
-
-@pytest.fixture(scope="module")
-def etcd(tmp_path_factory):
-    with EtcdServer(tmp_path_factory.mktemp("etcd") / "data") as server:
-        yield server
-
-
-_n = iter(range(10**6))
-
-
-@pytest.fixture
-def make(etcd, tmp_path):
-    prefix = f"/t{next(_n)}"
-    made = []
-
-    def factory(node="h1", cidr="10.244.0.0/24", **ipam_config):
-        store = connect(etcd.url)
-        spec = NetworkSpec(name="pods", cidr=IPv4Network(cidr), backend="calico-bgp",
-                           ipam_config={"BlockSize": 28, **ipam_config}, etcd_prefix=prefix,
-                           subnet_len=28)
-        idx = len(made) + 11
-        ctx = NetworkContext(spec=spec, node=Node(node, IPv4Address(f"198.18.0.{idx}"), "eth0",
-                                                  1500), state_dir=tmp_path / node, store=store)
-        ipam = BlockIPAM(ctx)
-        made.append(ipam)
-        return ipam
-
-    yield factory
-    for ipam in made:
-        ipam.stop()
 
 
 def h(i: int) -> Handle:
     return Handle(f"c{i:04d}", "eth0")
 
 
-def test_claims_a_block_and_allocates_idempotently(make):
-    ipam = make()
+def test_claims_a_block_and_allocates_idempotently(block_ipam):
+    ipam = block_ipam()
     chunks = ipam.start({"VtepMAC": "66:00:00:00:00:01"})
     assert len(chunks) == 1 and chunks[0].prefixlen == 28
     a = ipam.allocate(h(1))
@@ -64,20 +33,20 @@ def test_claims_a_block_and_allocates_idempotently(make):
     assert '"affinity": "h1"' in raw.value and "c0001/eth0" in raw.value
 
 
-def test_restart_keeps_allocations(make):
-    first = make()
+def test_restart_keeps_allocations(block_ipam):
+    first = block_ipam()
     first.start({})
     allocs = {h(i): first.allocate(h(i)) for i in range(20)}  # spills into a second block
     assert len(first.chunks()) == 2
     first.stop()
-    again = make()  # same node name, fresh process state
+    again = block_ipam()  # same node name, fresh process state
     assert again.start({}) == first.chunks()
     assert again.allocations() == allocs
     assert again.allocate(h(3)) == allocs[h(3)]
 
 
-def test_two_nodes_racing_never_share_an_address(make):
-    a, b = make("h1"), make("h2")
+def test_two_nodes_racing_never_share_an_address(block_ipam):
+    a, b = block_ipam("h1"), block_ipam("h2")
     a.start({})
     b.start({})
     got: dict[str, list] = {"h1": [], "h2": []}
@@ -97,13 +66,13 @@ def test_two_nodes_racing_never_share_an_address(make):
     assert not set(a.chunks()) & set(b.chunks())
 
 
-def test_borrow_when_pool_is_full_unless_strict(make):
-    a = make("h1", cidr="10.244.0.0/26")  # 4 blocks of 16
+def test_borrow_when_pool_is_full_unless_strict(block_ipam):
+    a = block_ipam("h1", cidr="10.244.0.0/26")  # 4 blocks of 16
     a.start({})
     for i in range(40):
         a.allocate(h(i))
     assert len(a.chunks()) == 3
-    b = make("h2", cidr="10.244.0.0/26")
+    b = block_ipam("h2", cidr="10.244.0.0/26")
     b.start({})
     assert len(b.chunks()) == 1
     for i in range(16):
@@ -111,7 +80,7 @@ def test_borrow_when_pool_is_full_unless_strict(make):
     borrowed = b.allocate(Handle("b-extra", "eth0"))
     assert borrowed.chunk in a.chunks()
     assert IPv4Network(f"{borrowed.ip}/32") in b.chunks()
-    strict = make("h3", cidr="10.244.0.0/26", StrictAffinity=True)
+    strict = block_ipam("h3", cidr="10.244.0.0/26", StrictAffinity=True)
     strict.start({})
     with pytest.raises(PoolExhausted, match="StrictAffinity"):
         strict.allocate(Handle("s", "eth0"))
@@ -119,8 +88,8 @@ def test_borrow_when_pool_is_full_unless_strict(make):
     assert IPv4Network(f"{borrowed.ip}/32") not in b.chunks()
 
 
-def test_release_of_last_address_gives_block_back(make):
-    ipam = make()
+def test_release_of_last_address_gives_block_back(block_ipam):
+    ipam = block_ipam()
     seen = []
     ipam.start({})
     ipam.subscribe(lambda ev: None, seen.append)
@@ -134,12 +103,12 @@ def test_release_of_last_address_gives_block_back(make):
     assert ipam.release(h(16)) is None  # idempotent
 
 
-def test_peers_are_reported_with_blocks_and_backend_data(make):
-    a = make("h1")
+def test_peers_are_reported_with_blocks_and_backend_data(block_ipam):
+    a = block_ipam("h1")
     a.start({})
     events = []
     a.subscribe(events.extend)
-    b = make("h2")
+    b = block_ipam("h2")
     b.start({"VtepMAC": "66:00:00:00:00:02"})
     def latest():
         added = [e for e in events if e.peer.name == "h2" and e.kind == "added"]
@@ -158,8 +127,8 @@ def test_peers_are_reported_with_blocks_and_backend_data(make):
     assert any(e.kind == "removed" and e.peer.name == "h2" for e in events)
 
 
-def test_corrupt_block_in_store_is_skipped(make):
-    a = make("h1")
+def test_corrupt_block_in_store_is_skipped(block_ipam):
+    a = block_ipam("h1")
     a.store.put(block_key(a.prefix, IPv4Network("10.244.0.0/28")), "{garbage")
     a.start({})
     alloc = a.allocate(h(1))
@@ -174,7 +143,7 @@ def test_unreachable_etcd_is_a_store_error(tmp_path):
         BlockIPAM(ctx).start({})
 
 
-def test_random_allocate_release_sequences_keep_invariants(etcd, tmp_path):
+def test_random_allocate_release_sequences_keep_invariants(module_etcd, tmp_path):
     """Hypothesis drives two nodes sharing a 64-address pool through allocate/release."""
     from hypothesis import settings
     from hypothesis import strategies as st
@@ -193,7 +162,7 @@ def test_random_allocate_release_sequences_keep_invariants(etcd, tmp_path):
                                    etcd_prefix=prefix, subnet_len=28)
                 ctx = NetworkContext(spec=spec, node=Node(name, IPv4Address(f"198.18.0.{11 + i}"),
                                                           "eth0", 1500),
-                                     state_dir=tmp_path / name, store=connect(etcd.url))
+                                     state_dir=tmp_path / name, store=connect(module_etcd.url))
                 self.nodes[name] = BlockIPAM(ctx)
                 self.nodes[name].start({})
             self.model: dict[str, dict[Handle, IPv4Address]] = {"h1": {}, "h2": {}}

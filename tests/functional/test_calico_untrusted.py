@@ -9,8 +9,11 @@ import logging
 
 from fabric.api import Handle
 from fabric.ipam.blocks import block_key
-from tests.functional.test_calico_blocks import etcd, h, make  # noqa: F401 (fixtures)
 from tests.util import wait_for
+
+
+def h(i: int) -> Handle:
+    return Handle(f"c{i:04d}", "eth0")
 
 
 def node(ip: str, mac: str = "0a:00:00:00:00:01") -> str:
@@ -18,9 +21,9 @@ def node(ip: str, mac: str = "0a:00:00:00:00:01") -> str:
                        "backend_data": {"VtepMAC": mac}})
 
 
-def test_forged_blocks_and_node_records_are_refused(make, caplog) -> None:  # noqa: F811
+def test_forged_blocks_and_node_records_are_refused(block_ipam, caplog) -> None:
     caplog.set_level(logging.ERROR)
-    a = make("h1")
+    a = block_ipam("h1")
     a.start({})
     events = []
     a.subscribe(events.extend)
@@ -48,8 +51,8 @@ def test_forged_blocks_and_node_records_are_refused(make, caplog) -> None:  # no
     assert wait_for(lambda: a.status()["refused"] == [], 5)
 
 
-def test_garbage_over_own_block_is_written_back_from_allocations(make) -> None:  # noqa: F811
-    a = make("h1")
+def test_garbage_over_own_block_is_written_back_from_allocations(block_ipam) -> None:
+    a = block_ipam("h1")
     (block,) = a.start({})
     first = a.allocate(h(1))
     key = block_key(a.prefix, block)
@@ -68,8 +71,8 @@ def test_garbage_over_own_block_is_written_back_from_allocations(make) -> None: 
     assert a.allocations()[h(1)] == first
 
 
-def test_garbage_cannot_hold_the_last_block(make) -> None:  # noqa: F811
-    a = make("h1", cidr="10.244.0.0/27")  # two /28 blocks
+def test_garbage_cannot_hold_the_last_block(block_ipam) -> None:
+    a = block_ipam("h1", cidr="10.244.0.0/27")  # two /28 blocks
     prefix = a.prefix
     for b in ("10.244.0.0-28", "10.244.0.16-28"):
         a.store.put(f"{prefix}/blocks/{b}", "garbage")
