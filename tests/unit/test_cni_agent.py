@@ -6,74 +6,15 @@ executable (and in-process where many calls are needed).
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess
 import sys
 import sysconfig
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from fabric.agent.config import AgentConfig
-from fabric.agent.daemon import Agent
-from fabric.cni.main import run
-from fabric_testplugins.fake import reset_fake_cluster
-
-NETNS = "/proc/self/ns/net"  # exists; the fake backend creates nothing in it
-
-
-@pytest.fixture(autouse=True)
-def _clean_cluster():
-    reset_fake_cluster()
-    yield
-    reset_fake_cluster()
-
-
-class RunningAgent:
-    def __init__(self, state: Path, nets: list[dict[str, Any]]) -> None:
-        cfg = AgentConfig.from_json({"node": {"name": "n1", "iface": "lo"},
-                                     "stateDir": str(state), "networks": nets})
-        self.agent = Agent(cfg)
-        self.socket = str(state / "agent.sock")
-        self.thread = threading.Thread(target=self.agent.run, daemon=True)
-
-    def __enter__(self) -> RunningAgent:
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not all(n.ready for n in self.agent.networks.values()):
-            assert time.monotonic() < deadline, "agent did not become ready"
-            time.sleep(0.02)
-        return self
-
-    def stop(self, teardown: bool = False) -> None:
-        self.agent.request_stop(teardown)
-        self.thread.join(10)
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-def one_net(name: str = "fk", cidr: str = "10.50.0.0/16") -> dict[str, Any]:
-    return {"backend": "fake", "network": cidr, "name": name}
-
-
-def cni(verb: str, conf: dict[str, Any], cid: str = "c1", ifname: str = "eth0",
-        **env: str) -> tuple[int, Any]:
-    environ = {"CNI_COMMAND": verb, "CNI_CONTAINERID": cid, "CNI_IFNAME": ifname,
-               "CNI_NETNS": NETNS, "CNI_PATH": "/usr/lib/cni", **env}
-    out = io.StringIO()
-    rc = run(environ, io.BytesIO(json.dumps(conf).encode()), out, io.StringIO())
-    return rc, json.loads(out.getvalue()) if out.getvalue() else None
-
-
-def netconf(sock: str, version: str = "1.1.0", **kw: Any) -> dict[str, Any]:
-    return {"cniVersion": version, "name": "netfabric", "type": "fabric-cni",
-            "agentSocket": sock, **kw}
+from tests.unit.agent_util import NETNS, RunningAgent, cni, netconf, one_net
 
 
 def test_lifecycle_through_the_executable(tmp_path: Path) -> None:

@@ -20,11 +20,7 @@ import pytest
 
 from fabric.cni import install as inst
 from fabric.errors import ConfigError
-from tests.unit.test_cni_agent import (
-    RunningAgent,
-    _clean_cluster,  # noqa: F401 (autouse: fresh fake cluster)
-    one_net,
-)
+from tests.unit.agent_util import RunningAgent, one_net
 
 HOST_PYTHON = "/usr/bin/python3"
 

@@ -15,7 +15,7 @@ import pytest
 
 from fabric.cni.install import build_plugin
 from fabric.cni.native import build_native
-from tests.unit.test_cni_agent import NETNS, RunningAgent, netconf, one_net
+from tests.unit.agent_util import NETNS, RunningAgent, netconf, one_net
 
 pytestmark = pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")
 

@@ -14,7 +14,7 @@ import pytest
 from fabric.api import Handle
 from fabric.errors import ConfigError, IPAMError
 from fabric.ipam.local import LocalAllocator
-from tests.unit.test_cni_agent import RunningAgent, cni, netconf, one_net
+from tests.unit.agent_util import RunningAgent, cni, netconf, one_net
 
 FAKE_CHUNK = "10.50.0.0/24"  # a chunk for the LocalAllocator test
 

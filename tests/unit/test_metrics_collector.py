@@ -17,12 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fabric.agent.metrics import AgentMetrics, parse_addr
 from fabric.cni.main import run
-from tests.unit.test_cni_agent import (
-    NETNS,
-    RunningAgent,
-    _clean_cluster,  # noqa: F401 (autouse: fresh fake cluster)
-    one_net,
-)
+from tests.unit.agent_util import NETNS, RunningAgent, one_net
 
 STATUS: dict[str, Any] = {
     "node": {"name": "h1"},

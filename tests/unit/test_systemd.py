@@ -18,11 +18,7 @@ import pytest
 from fabric.agent import notify
 from fabric.agent.logs import JournalFormatter, JsonFormatter, configure, under_journald
 from fabric.errors import ConfigError
-from tests.unit.test_cni_agent import (
-    RunningAgent,
-    _clean_cluster,  # noqa: F401 (autouse: fresh fake cluster)
-    one_net,
-)
+from tests.unit.agent_util import RunningAgent, one_net
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -15,19 +15,7 @@ from fabric.mesh.wire import GOSSIP, Frame
 from fabric.weave.dns import CHANNEL, STATE_FILE, WeaveDNS
 from fabric.weave.dns_records import DnsEntries, Entry
 from tests.unit.mesh.helpers import build
-
-
-class SimHost:
-    """A MeshHost over a simulated router: calls run inline, timers on the SimNet."""
-
-    def __init__(self, net: SimNet, router: Router) -> None:
-        self.net, self.router = net, router
-
-    def call(self, fn, *args, timeout: float = 30):
-        return fn(*args)
-
-    def call_later(self, delay, fn):
-        return self.net.call_later(delay, fn)
+from tests.unit.weave_util import SimHost
 
 
 class Clock:

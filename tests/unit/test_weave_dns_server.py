@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from fabric.weave.dns import WeaveDNS
 from fabric.weave.dns_server import TTL, DnsServer
 from tests.unit.mesh.helpers import build
-from tests.unit.test_weave_dns import SimHost
+from tests.unit.weave_util import SimHost
 
 
 @pytest.fixture
