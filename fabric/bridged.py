@@ -10,8 +10,9 @@ and flannel-udp.
 
 from __future__ import annotations
 
+import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any
 
@@ -33,7 +34,46 @@ from fabric.net.routes import delete_route, fabric_routes, replace_route
 from fabric.net.validate import peer_problem
 from fabric.net.workload import attach_bridged, check_pod
 
-__all__ = ["BridgeBackend", "route_is_direct"]
+__all__ = ["BridgeBackend", "Watchdog", "route_is_direct"]
+
+
+class Watchdog:
+    """A daemon thread calling ``tick()`` every ``period`` s until stopped: ``tick`` checks a
+    node device (or engine) and repairs it, returning True when it did. A BackendError from
+    it is logged and tried again next period; ``repairs`` counts the repairs (for status)."""
+
+    def __init__(self, name: str, period: float, tick: Callable[[], bool],
+                 log: logging.Logger) -> None:
+        self.name, self.period, self.tick, self.log = name, period, tick, log
+        self.repairs = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def start(self) -> None:
+        """Start the thread (no-op while it runs)."""
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, daemon=True, name=self.name)
+        self._thread.start()
+
+    def stop(self, timeout: float = 3.0) -> None:
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+        self._thread = None
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period):
+            try:
+                if self.tick():
+                    self.repairs += 1
+            except BackendError as exc:
+                self.log.error("%s: repair failed: %s", self.name, exc)
 
 
 def route_is_direct(dst: IPv4Address) -> bool:

@@ -21,7 +21,7 @@ from ipaddress import IPv4Interface, IPv4Network
 from typing import Any
 
 from fabric.api import Capabilities, NetworkContext, Peer, check_options
-from fabric.bridged import BridgeBackend
+from fabric.bridged import BridgeBackend, Watchdog
 from fabric.dataplane import Engine, EngineConfig, PeerAddr, PeerTable, unpersist
 from fabric.errors import BackendError, ConfigError
 from fabric.net import delete_link, link_index, require_kind, set_address, set_up
@@ -61,10 +61,8 @@ class FlannelUdpBackend(BridgeBackend):
         self.device = ctx.device_name("tun")
         self.table = PeerTable()
         self.engine: Engine | None = None
-        self._stop = threading.Event()
-        self._watchdog: threading.Thread | None = None
         self._engine_lock = threading.Lock()
-        self.restarted = 0
+        self.watchdog = Watchdog(f"{self.device}-watchdog", 0.5, self._restart_if_broken, ctx.log)
 
     @property
     def mtu(self) -> int:
@@ -79,11 +77,7 @@ class FlannelUdpBackend(BridgeBackend):
         with self._engine_lock:
             if self.engine is None or not self.engine.healthy:
                 self._start_engine()
-        if self._watchdog is None or not self._watchdog.is_alive():
-            self._stop.clear()
-            self._watchdog = threading.Thread(target=self._watch, daemon=True,
-                                              name=f"{self.device}-watchdog")
-            self._watchdog.start()
+        self.watchdog.start()
 
     def _start_engine(self) -> None:
         if self.engine is not None:
@@ -111,22 +105,19 @@ class FlannelUdpBackend(BridgeBackend):
             self.ctx.log.warning("flannel-udp: per-packet fallback (%s)",
                                  status["fallback_reason"] or "no offloads")
 
-    def _watch(self) -> None:
-        """Re-create the TUN device and engine if the device vanishes or a thread died."""
-        while not self._stop.wait(0.5):
-            with self._engine_lock:
-                engine = self.engine
-                if engine is not None and engine.healthy and link_index(self.device) is not None:
-                    continue
-                if self._stop.is_set():
-                    return
-                why = engine.errors if engine is not None else "not running"
-                self.ctx.log.warning("flannel-udp: restarting the dataplane (%s)", why)
-                try:
-                    self._start_engine()
-                    self.restarted += 1
-                except BackendError as exc:
-                    self.ctx.log.error("flannel-udp: restart failed: %s", exc)
+    def _restart_if_broken(self) -> bool:
+        """Watchdog tick: re-create the TUN device and engine if the device vanished or an
+        engine thread died."""
+        with self._engine_lock:
+            engine = self.engine
+            if engine is not None and engine.healthy and link_index(self.device) is not None:
+                return False
+            if self.watchdog.stopping:
+                return False
+            why = engine.errors if engine is not None else "not running"
+            self.ctx.log.warning("flannel-udp: restarting the dataplane (%s)", why)
+            self._start_engine()
+            return True
 
     def program_peer(self, peer: Peer, subnet: IPv4Network) -> None:
         port = peer.data.get("Port", self.port) if isinstance(peer.data, dict) else self.port
@@ -140,15 +131,12 @@ class FlannelUdpBackend(BridgeBackend):
 
     def status(self) -> dict[str, Any]:
         out = super().status()
-        out.update(device=self.device, port=self.port, restarted=self.restarted,
+        out.update(device=self.device, port=self.port, restarted=self.watchdog.repairs,
                    dataplane=self.engine.status() if self.engine else None)
         return out
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._watchdog is not None:
-            self._watchdog.join(timeout=3)
-            self._watchdog = None
+        self.watchdog.stop(timeout=3)
         with self._engine_lock:
             if self.engine is not None:
                 self.engine.stop()

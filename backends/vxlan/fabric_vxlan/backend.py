@@ -13,12 +13,11 @@ same L2 segment like host-gw instead. The device is re-created if deleted.
 from __future__ import annotations
 
 import random
-import threading
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any, TypeGuard
 
 from fabric.api import Capabilities, NetworkContext, Peer, check_options
-from fabric.bridged import BridgeBackend, route_is_direct
+from fabric.bridged import BridgeBackend, Watchdog, route_is_direct
 from fabric.errors import BackendError, ConfigError
 from fabric.fsutil import atomic_write
 from fabric.net import (
@@ -73,9 +72,7 @@ class VxlanBackend(BridgeBackend):
                               fix="remove them; static FDB entries are programmed per peer")
         self.device = ctx.device_name("vx")
         self.mac = ""
-        self._watchdog: threading.Thread | None = None
-        self._stop = threading.Event()
-        self.recreated = 0
+        self.watchdog = Watchdog(f"{self.device}-watchdog", 0.3, self._recreate_device, ctx.log)
 
     @property
     def mtu(self) -> int:
@@ -118,10 +115,7 @@ class VxlanBackend(BridgeBackend):
     def start(self, chunks: tuple[IPv4Network, ...]) -> None:
         super().start(chunks)
         self._address_device()
-        self._stop.clear()
-        self._watchdog = threading.Thread(target=self._watch_device, daemon=True,
-                                          name=f"{self.device}-watchdog")
-        self._watchdog.start()
+        self.watchdog.start()
 
     def chunks_changed(self, chunks: tuple[IPv4Network, ...]) -> None:
         super().chunks_changed(chunks)
@@ -134,21 +128,17 @@ class VxlanBackend(BridgeBackend):
     def _address_device(self) -> None:
         set_address(self.device, IPv4Interface(f"{self.chunks[0].network_address}/32"))
 
-    def _watch_device(self) -> None:
-        """Re-create the device (same MAC, same entries) if someone deletes it."""
-        while not self._stop.wait(0.3):
-            if link_index(self.device) is not None:
-                continue
-            try:
-                self.ctx.log.warning("VXLAN device %s vanished; re-creating it", self.device)
-                self._ensure_device()
-                self._address_device()
-                self.reprogram_all()
-                if self.fast is not None:
-                    self.fast.attach(self.device, "uplink")
-                self.recreated += 1
-            except BackendError as exc:
-                self.ctx.log.error("re-creating %s failed: %s", self.device, exc)
+    def _recreate_device(self) -> bool:
+        """Watchdog tick: re-create the device (same MAC, same entries) if someone deleted it."""
+        if link_index(self.device) is not None:
+            return False
+        self.ctx.log.warning("VXLAN device %s vanished; re-creating it", self.device)
+        self._ensure_device()
+        self._address_device()
+        self.reprogram_all()
+        if self.fast is not None:
+            self.fast.attach(self.device, "uplink")
+        return True
 
     def program_peer(self, peer: Peer, subnet: IPv4Network) -> None:
         if self.direct_routing and route_is_direct(peer.public_ip):
@@ -187,16 +177,14 @@ class VxlanBackend(BridgeBackend):
     def status(self) -> dict[str, Any]:
         out = super().status()
         out.update(device=self.device, vni=self.vni, port=self.port, vtep_mac=self.mac,
-                   direct_routing=self.direct_routing, recreated=self.recreated)
+                   direct_routing=self.direct_routing, recreated=self.watchdog.repairs)
         return out
 
     def uplinks(self) -> list[str]:
         return [self.device, self.ctx.node.iface] if self.direct_routing else [self.device]
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._watchdog is not None:
-            self._watchdog.join(timeout=2)
+        self.watchdog.stop(timeout=2)
         super().stop()
 
     def teardown(self) -> None:
