@@ -94,12 +94,18 @@ class ExecResult:
 
 
 @attrs.frozen
-class PingPair:
-    """One ping from ``src`` to ``dst``: whether it answered and its round-trip time."""
+class _Between:
+    """Two lab targets (pod, host or namespace names) and the address tried."""
 
     src: str
     dst: str
     dst_ip: IPv4Address
+
+
+@attrs.frozen
+class PingPair(_Between):
+    """One ping from ``src`` to ``dst``: whether it answered and its round-trip time."""
+
     ok: bool
     rtt_ms: float | None = None
     error: str = ""
@@ -130,12 +136,9 @@ class PingResult:
 
 
 @attrs.frozen
-class TcpResult:
+class TcpResult(_Between):
     """A TCP connect-and-echo check between two lab targets."""
 
-    src: str
-    dst: str
-    dst_ip: IPv4Address
     port: int
     ok: bool
     connect_ms: float | None = None
@@ -143,12 +146,9 @@ class TcpResult:
 
 
 @attrs.frozen
-class IperfResult:
+class IperfResult(_Between):
     """One iperf3 TCP run between two lab targets: throughput and retransmits."""
 
-    src: str
-    dst: str
-    dst_ip: IPv4Address
     gbps: float  # received throughput
     retransmits: int
     seconds: float

@@ -28,8 +28,9 @@ import struct
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 import dns.exception
 import dns.flags
@@ -54,6 +55,7 @@ TTL = 1  # weave's DefaultTTL
 RESOLV_CONF = "/etc/resolv.conf"
 _ARPA = dns.name.from_text("in-addr.arpa.")
 _MAX_TCP_CONNS = 64
+T = TypeVar("T")
 _TCP_IDLE = 5.0
 _log = logging.getLogger("fabric.weave.dns")
 _IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)  # Linux; also covers IPv6 sockets
@@ -165,17 +167,20 @@ class DnsServer:
         return servers
 
     # ---- transports -----------------------------------------------------------------------
-    def _udp_loop(self) -> None:
-        assert self.udp is not None
+    def _received(self, receive: Callable[[], T]) -> Iterator[T]:
+        """What ``receive()`` (recvfrom / accept, with a timeout) returns, until stopped;
+        timeouts and socket errors are skipped (stop() closes the socket under it)."""
         while not self._stop.is_set():
             try:
-                wire, peer = self.udp.recvfrom(65535)
-            except TimeoutError:
+                got = receive()
+            except OSError:  # TimeoutError included
                 continue
-            except OSError:
-                if self._stop.is_set():
-                    return
-                continue
+            yield got
+
+    def _udp_loop(self) -> None:
+        udp = self.udp
+        assert udp is not None
+        for wire, peer in self._received(lambda: udp.recvfrom(65535)):
             self._count("queries_udp")
             if not self._inflight.acquire(blocking=False):
                 self._count("dropped_busy")
@@ -193,16 +198,9 @@ class DnsServer:
             self._inflight.release()
 
     def _tcp_loop(self) -> None:
-        assert self.tcp is not None
-        while not self._stop.is_set():
-            try:
-                conn, peer = self.tcp.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                if self._stop.is_set():
-                    return
-                continue
+        tcp = self.tcp
+        assert tcp is not None
+        for conn, peer in self._received(tcp.accept):
             if not self._tcp_slots.acquire(blocking=False):
                 self._count("dropped_busy")
                 conn.close()
