@@ -242,9 +242,12 @@ class FastDP:
             self._sync_sleeve(view)
 
     def _drop(self, name: int) -> None:
+        was_fast = name in self.fast
         self._unprogram(name)
         self.fast.discard(name)
         self._gone.pop(name, None)
+        if was_fast:  # the bridge still sends its MACs to the VXLAN port: forget them
+            self._flush_bridge_learned()
 
     def _sync_sleeve(self, view: MeshView | None = None) -> None:
         view = view or self.control.view
