@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.lab.conftest import needs_root, stack_missing
+from tests.lab.lab_util import needs_root, stack_missing
 
 pytestmark = [pytest.mark.root, pytest.mark.lab, needs_root]
 ROUND = ("tcp1_gbps", "tcp4_gbps", "cpu_s_per_gb", "rr_per_s", "rtt_p50_us", "rtt_p99_us",

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from tests.lab.conftest import needs_root, stack_missing
+from tests.lab.lab_util import needs_root, stack_missing
 
 pytestmark = [pytest.mark.root, pytest.mark.lab, needs_root]
 

@@ -10,7 +10,8 @@ import pytest
 
 from fabric.lab import Lab, Topology
 from fabric.lab.bird import BirdConfig, BirdProcess, bird_available, bird_hook
-from tests.lab.conftest import needs_root, stack_missing
+from tests.lab.every_backend import backend_in_lab
+from tests.lab.lab_util import needs_root, stack_missing
 
 pytestmark = [pytest.mark.root, pytest.mark.lab, needs_root]
 BACKEND = "calico-bgp"
@@ -35,13 +36,10 @@ def blocks(lab: Lab, host: str) -> list[str]:
     return bgp_status(lab, host)["blocks"]
 
 
-def test_every_backend_body_vxlan_cross_subnet(lab_name, monkeypatch):
+def test_every_backend_body_vxlan_cross_subnet(lab_name):
     """The every-backend lab test, for calico-bgp in vxlan CrossSubnet mode on two segments."""
-    from tests.lab import test_backends as every
-
-    monkeypatch.setitem(every.SETUP, BACKEND, {
+    backend_in_lab(BACKEND, lab_name, {
         "segments": 2, "backend_opts": {BACKEND: {"VXLANMode": "CrossSubnet"}}})
-    every.test_backend_in_lab(BACKEND, lab_name)
 
 
 def test_vxlan_cross_subnet_two_segments(lab_name):

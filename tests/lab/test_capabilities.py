@@ -11,7 +11,7 @@ import pytest
 
 from fabric.lab import Topology
 from fabric.plugins import load_plugin
-from tests.lab.conftest import installed_backends, needs_root, stack_missing, up_or_skip
+from tests.lab.lab_util import installed_backends, needs_root, stack_missing, up_or_skip
 from tests.lab.weave_util import multicast_roundtrip, plaintext_seen
 
 pytestmark = [pytest.mark.root, pytest.mark.lab, needs_root]

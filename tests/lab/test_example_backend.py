@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.lab.conftest import needs_root, stack_missing
+from tests.lab.lab_util import needs_root, stack_missing
 from tests.wheelhouse import EXAMPLE_MACVLAN, REPO, build_wheels, fresh_venv, lab_cycle, plugins
 
 pytestmark = [pytest.mark.root, pytest.mark.lab, needs_root, pytest.mark.timeout(900)]

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.lab.conftest import lab_namespaces, needs_root, stack_missing
+from tests.lab.lab_util import lab_namespaces, needs_root, stack_missing
 from tests.wheelhouse import REPO
 
 pytestmark = [pytest.mark.root, pytest.mark.lab, needs_root]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from fabric.lab import Topology
-from tests.lab.conftest import installed_backends, needs_root, stack_missing, up_or_skip
+from tests.lab.lab_util import installed_backends, needs_root, stack_missing, up_or_skip
 from tests.util import FORWARD_COUNTER, FORWARD_COUNTER_LIST, counted_packets
 
 pytestmark = [pytest.mark.root, pytest.mark.lab, needs_root]

@@ -14,7 +14,7 @@ import pytest
 from fabric.lab import Lab, Topology
 from fabric.lab.procs import ProcRecord, is_alive
 from fabric.lab.topology import STATE_ROOT
-from tests.lab.conftest import all_namespaces, lab_namespaces, needs_root, stack_missing
+from tests.lab.lab_util import all_namespaces, lab_namespaces, needs_root, stack_missing
 
 pytestmark = [pytest.mark.root, pytest.mark.lab, needs_root]
 

@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from fabric.lab import Lab, Topology
-from tests.lab.conftest import lab_namespaces, needs_root, stack_missing
+from tests.lab.lab_util import lab_namespaces, needs_root, stack_missing
 
 pytestmark = [pytest.mark.root, pytest.mark.lab, needs_root]
 

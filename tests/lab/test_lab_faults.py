@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from fabric.lab import Lab, Topology
-from tests.lab.conftest import needs_root, stack_missing, up_or_skip
+from tests.lab.lab_util import needs_root, stack_missing, up_or_skip
 
 pytestmark = [pytest.mark.root, pytest.mark.lab, needs_root]
 

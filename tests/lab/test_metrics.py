@@ -14,7 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from fabric.lab import Lab, Topology
-from tests.lab.conftest import needs_root, stack_missing, up_or_skip
+from tests.lab.lab_util import needs_root, stack_missing, up_or_skip
 
 pytestmark = [pytest.mark.root, pytest.mark.lab, needs_root,
               pytest.mark.skipif(shutil.which("curl") is None, reason="curl not installed")]

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from fabric.lab import Lab, Topology
-from tests.lab.conftest import needs_root, stack_missing
+from tests.lab.lab_util import needs_root, stack_missing
 
 pytestmark = [pytest.mark.root, pytest.mark.lab, needs_root]
 FOUR = ("hostgw", "vxlan", "flannel-udp", "weave-sleeve")

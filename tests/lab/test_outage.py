@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from fabric.lab import Lab, Topology
+from fabric.lab import Lab
 from fabric.lab.agents import tool
-from tests.lab.conftest import needs_root, stack_missing, up_or_skip
+from tests.lab.lab_util import converged_lab, needs_root
 
 pytestmark = [pytest.mark.root, pytest.mark.lab, needs_root]
 
@@ -36,11 +36,7 @@ def seconds_until(lab: Lab, check, timeout: float) -> float:
 
 
 def test_datastore_outage_is_visible_within_10s_and_recovery_logged(lab_name: str) -> None:
-    if why := stack_missing("vxlan"):
-        pytest.skip(why)
-    lab = up_or_skip(Topology(lab_name, "vxlan", hosts=2, pods_per_host=1))
-    try:
-        assert lab.converge(timeout=20).ok
+    with converged_lab(lab_name, "vxlan") as lab:
         lab.wait(lambda: all(reachable(lab, h) for h in lab.hosts), timeout=10)
         log = Path(lab.hosts["h1"].state_dir) / "agent.log"
         ping = lab.ping_stream("h1p1", "h2p1")
@@ -71,5 +67,3 @@ def test_datastore_outage_is_visible_within_10s_and_recovery_logged(lab_name: st
             (True, True), (False, True), (True, True), (False, True)], lines
         assert "reachable again" in lines[1] and "reachable again" in lines[3]
         assert lab.converge(timeout=10).ok
-    finally:
-        lab.down()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fabric.lab import Lab, LabError, Topology
-from tests.lab.conftest import needs_root, stack_missing
+from tests.lab.lab_util import needs_root, stack_missing
 
 pytestmark = [pytest.mark.root, pytest.mark.lab, needs_root]
 

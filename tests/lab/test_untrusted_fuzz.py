@@ -16,8 +16,7 @@ from hypothesis import strategies as st
 
 from fabric.lab import Lab, Topology
 from fabric.lab.underlay import etcd_url
-from tests.lab.conftest import needs_root, stack_missing, up_or_skip
-from tests.lab.test_untrusted_leases import outside_routes
+from tests.lab.lab_util import needs_root, outside_routes, stack_missing, up_or_skip
 
 pytestmark = [pytest.mark.root, pytest.mark.lab, needs_root]
 
@@ -85,7 +84,7 @@ def test_random_records_never_touch_routes_outside_the_pod_network(lab_name: str
         res = lab.converge(timeout=20)
         assert res.ok, (res.summary(), {h: (lab.exec(h, ["ip", "route"]).stdout, lab.agent_call(
             h, {"op": "status"})["networks"][0]) for h in lab.hosts})
-        before = {h: outside_routes(lab, h) for h in lab.hosts}
+        before = {h: outside_routes(lab, h, POD_NET) for h in lab.hosts}
         monitors = {h.name: subprocess.Popen(
             ["ip", "-n", h.ns, "-4", "monitor", "route"], stdout=subprocess.PIPE, text=True)
             for h in lab.hosts.values()}
@@ -114,7 +113,7 @@ def test_random_records_never_touch_routes_outside_the_pod_network(lab_name: str
             lab.exec("sw", [*base, "del", "--", key])
         time.sleep(3)  # the agents re-assert their own leases and drop what was deleted
         for h in lab.hosts:
-            assert outside_routes(lab, h) == before[h], h
+            assert outside_routes(lab, h, POD_NET) == before[h], h
     finally:
         events = {}
         for name, proc in monitors.items():

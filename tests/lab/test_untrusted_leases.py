@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from fabric.lab import Lab, Topology
+from fabric.lab import Lab
 from fabric.lab.underlay import etcd_url
-from tests.lab.conftest import needs_root, stack_missing, up_or_skip
+from tests.lab.lab_util import converged_lab, needs_root, outside_routes
 
 pytestmark = [pytest.mark.root, pytest.mark.lab, needs_root]
 
@@ -27,18 +27,6 @@ def etcdctl(lab: Lab, *args: str, value: str | None = None) -> str:
     out = lab.exec("sw", [*argv, value] if value is not None else argv)
     assert out.ok, out.stderr
     return out.stdout
-
-
-def outside_routes(lab: Lab, host: str) -> set[str]:
-    """Every IPv4 route of the host (all tables) whose destination is outside the pod network."""
-    out = lab.exec(host, ["ip", "-4", "-j", "route", "show", "table", "all"])
-    assert out.ok, out.stderr
-    keep = set()
-    for r in json.loads(out.stdout):
-        dst = "0.0.0.0/0" if r["dst"] == "default" else r["dst"]
-        if not IPv4Network(dst, strict=False).subnet_of(POD_NET):
-            keep.add(json.dumps(r, sort_keys=True))
-    return keep
 
 
 def refused_keys(lab: Lab, host: str) -> set[str]:
@@ -66,12 +54,8 @@ FORGED = {  # key suffix -> value; each is refused by every node
 
 @pytest.mark.parametrize("backend", ["vxlan", "hostgw"])
 def test_forged_leases_are_refused_and_host_routes_survive(lab_name: str, backend: str) -> None:
-    if why := stack_missing(backend):
-        pytest.skip(why)
-    lab = up_or_skip(Topology(lab_name, backend, hosts=2, pods_per_host=1))
-    try:
-        assert lab.converge(timeout=20).ok
-        before = {h: outside_routes(lab, h) for h in lab.hosts}
+    with converged_lab(lab_name, backend) as lab:
+        before = {h: outside_routes(lab, h, POD_NET) for h in lab.hosts}
         assert all(any('"dst": "default"' in r for r in rs) for rs in before.values())
         prefix = f"/netfabric/{lab.topo.network_names()[0]}/subnets/"
         for key, value in FORGED.items():
@@ -79,11 +63,11 @@ def test_forged_leases_are_refused_and_host_routes_survive(lab_name: str, backen
         end = time.monotonic() + 3
         while time.monotonic() < end:  # agents react within ~100 ms: watch for 3 s
             for h in lab.hosts:
-                assert outside_routes(lab, h) == before[h], h
+                assert outside_routes(lab, h, POD_NET) == before[h], h
         want = {prefix + k for k in FORGED}
         lab.wait(lambda: all(want <= refused_keys(lab, h) for h in lab.hosts), timeout=10)
         for h in lab.hosts:
-            assert outside_routes(lab, h) == before[h], h
+            assert outside_routes(lab, h, POD_NET) == before[h], h
             fabric_routes = lab.exec(h, ["ip", "route", "show", "proto", "78"]).stdout
             assert "10.99.0.0" not in fabric_routes and "10.244.78.0" not in fabric_routes
         assert lab.ping_all().ok
@@ -92,21 +76,15 @@ def test_forged_leases_are_refused_and_host_routes_survive(lab_name: str, backen
             etcdctl(lab, "del", prefix + key)
         time.sleep(1)
         for h in lab.hosts:
-            assert outside_routes(lab, h) == before[h], h
+            assert outside_routes(lab, h, POD_NET) == before[h], h
         lab.wait(lambda: not any(refused_keys(lab, h) for h in lab.hosts), timeout=10)
         for h in lab.hosts:
-            assert outside_routes(lab, h) == before[h], h
+            assert outside_routes(lab, h, POD_NET) == before[h], h
         assert lab.ping_all().ok
-    finally:
-        lab.down()
 
 
 def test_garbage_over_own_lease_is_reasserted_pods_stay_reachable(lab_name: str) -> None:
-    if why := stack_missing("vxlan"):
-        pytest.skip(why)
-    lab = up_or_skip(Topology(lab_name, "vxlan", hosts=2, pods_per_host=1))
-    try:
-        assert lab.converge(timeout=20).ok
+    with converged_lab(lab_name, "vxlan") as lab:
         st = lab.agent_call("h1", {"op": "status"})["networks"][0]
         subnet, key = st["chunks"][0], st["ipam_status"]["key"]
         good = etcdctl(lab, "get", key, "--print-value-only").strip()
@@ -119,18 +97,12 @@ def test_garbage_over_own_lease_is_reasserted_pods_stay_reachable(lab_name: str)
         assert lab.converge(timeout=10).ok, lab.ping_all().summary()  # old and new pods
         # the key carries our etcd lease again (a TTL): garbage never holds a subnet forever
         assert "lease" in etcdctl(lab, "get", key, "-w", "json")
-    finally:
-        lab.down()
 
 
 def test_lease_taken_by_another_node_moves_the_gateway_consistently(lab_name: str) -> None:
     """A valid record of another node over h1's lease (its owner in etcd's eyes): h1 takes a
     new subnet, says so, and its new pods reach and are reached by the other host's pods."""
-    if why := stack_missing("vxlan"):
-        pytest.skip(why)
-    lab = up_or_skip(Topology(lab_name, "vxlan", hosts=2, pods_per_host=1))
-    try:
-        assert lab.converge(timeout=20).ok
+    with converged_lab(lab_name, "vxlan") as lab:
         st = lab.agent_call("h1", {"op": "status"})["networks"][0]
         old, key = st["chunks"][0], st["ipam_status"]["key"]
         etcdctl(lab, "put", key, value=lease("198.18.0.99"))
@@ -144,5 +116,3 @@ def test_lease_taken_by_another_node_moves_the_gateway_consistently(lab_name: st
         assert res.ok, res.summary()
         log = (Path(lab.hosts["h1"].state_dir) / "agent.log").read_text()
         assert "node subnet moved from" in log
-    finally:
-        lab.down()
