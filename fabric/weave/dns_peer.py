@@ -14,12 +14,12 @@ targets live in DIR/mesh.db, the DNS entries in DIR/dns.json.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from fabric.errors import FabricError
+from fabric.jsonlines import reply, serve_commands
 from fabric.mesh.db import MeshDB
 from fabric.mesh.names import fmt_name
 from fabric.mesh.router import RouterConfig
@@ -77,21 +77,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.connect:
             node.connect(args.connect)
     except (FabricError, ValueError) as exc:
-        print(json.dumps({"ready": False, "error": str(exc)}), flush=True)
+        reply({"ready": False, "error": str(exc)})
         return 1
     dns_addr = wd.server.status()["address"] if wd.server is not None else ""
-    print(json.dumps({"ready": True, "name": fmt_name(node.name), "address": node.address,
-                      "dns": dns_addr}), flush=True)
-    for line in sys.stdin:
-        if line.strip() == "quit":
-            break
-        if not line.strip():
-            continue
-        try:
-            out = {"ok": True, "result": _command(node, wd, line)}
-        except (FabricError, ValueError, IndexError) as exc:
-            out = {"ok": False, "error": str(exc)}
-        print(json.dumps(out), flush=True)
+    reply({"ready": True, "name": fmt_name(node.name), "address": node.address,
+           "dns": dns_addr})
+    serve_commands(lambda line: _command(node, wd, line))
     wd.stop()
     node.stop()
     return 0
