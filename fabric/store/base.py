@@ -17,7 +17,8 @@ import attrs
 
 from fabric.errors import ConfigError
 
-__all__ = ["KeyValue", "WatchEvent", "StoreLease", "Watch", "Store", "TLSFiles"]
+__all__ = ["KeyValue", "WatchEvent", "WatchCallback", "WatchErrorCallback", "StoreLease", "Watch",
+           "Store", "TLSFiles"]
 
 
 @attrs.frozen
@@ -63,6 +64,10 @@ class KeyValue:
 class WatchEvent:
     kind: Literal["put", "delete"]
     kv: KeyValue  # for a delete, value is "" and mod_revision the deletion's revision
+
+
+WatchCallback = Callable[[list[WatchEvent]], None]  # a batch of events, in revision order
+WatchErrorCallback = Callable[[Exception], None]  # the watch ended for good (e.g. compacted)
 
 
 class StoreLease(abc.ABC):
@@ -116,13 +121,8 @@ class Store(abc.ABC):
         """Grant a lease of ``ttl`` seconds."""
 
     @abc.abstractmethod
-    def watch_prefix(
-        self,
-        prefix: str,
-        callback: Callable[[list[WatchEvent]], None],
-        start_revision: int,
-        on_error: Callable[[Exception], None] | None = None,
-    ) -> Watch:
+    def watch_prefix(self, prefix: str, callback: WatchCallback, start_revision: int,
+                     on_error: WatchErrorCallback | None = None) -> Watch:
         """Stream changes under ``prefix`` from ``start_revision`` on a background thread.
 
         Reconnects by itself while etcd is down. If ``start_revision`` has been

@@ -15,14 +15,22 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
 import requests
 
 from fabric.errors import ConfigError, StoreError, StoreUnavailable
-from fabric.store.base import KeyValue, Store, StoreLease, TLSFiles, Watch, WatchEvent
+from fabric.store.base import (
+    KeyValue,
+    Store,
+    StoreLease,
+    TLSFiles,
+    Watch,
+    WatchCallback,
+    WatchErrorCallback,
+)
 from fabric.store.etcd_codec import b64 as _b64
 from fabric.store.etcd_codec import kv_from_json as _kv
 from fabric.store.etcd_codec import prefix_end
@@ -241,13 +249,8 @@ class EtcdStore(Store):
         """Compact history up to ``revision`` (for tests and maintenance)."""
         self._call("/kv/compaction", {"revision": revision, "physical": True})
 
-    def watch_prefix(
-        self,
-        prefix: str,
-        callback: Callable[[list[WatchEvent]], None],
-        start_revision: int,
-        on_error: Callable[[Exception], None] | None = None,
-    ) -> Watch:
+    def watch_prefix(self, prefix: str, callback: WatchCallback, start_revision: int,
+                     on_error: WatchErrorCallback | None = None) -> Watch:
         watch = EtcdWatch(self, prefix, callback, start_revision, on_error)
         with self._lock:
             self._watches.add(watch)
