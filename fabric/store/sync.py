@@ -104,19 +104,21 @@ class PrefixMirror:
     # -- internals --
     def _run(self) -> None:
         delay = self.retry_min
+        outage = False
         while not self._stop.is_set():
             self._relist.clear()
             try:
                 self._list_and_watch()
-                if delay > self.retry_min:
+                if outage:
                     log.info("mirror %s: listing and watching again", self.prefix)
-                delay = self.retry_min
+                delay, outage = self.retry_min, False
             except Exception as exc:  # StoreError while etcd is down; anything else is a bug
                 self.last_error = str(exc)
                 if isinstance(exc, StoreError):
                     # one warning per outage (the agent's health probe reports it too), not
                     # one per retry
-                    level = logging.WARNING if delay == self.retry_min else logging.DEBUG
+                    level = logging.DEBUG if outage else logging.WARNING
+                    outage = True
                     log.log(level, "mirror %s: %s; retrying (backoff up to %.0fs)",
                             self.prefix, exc, self.retry_max)
                 else:
