@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from fabric.agent.client import call
-from fabric.errors import FabricError
+from tests.functional.agent_util import AgentHost
+from tests.functional.netns_util import sh
 
 pytestmark = [
     pytest.mark.root,
@@ -33,45 +33,11 @@ BIN = Path(sys.executable).parent
 CIDR = "10.93.0.0/16"
 
 
-def sh(*argv: str, ns: str | None = None, check: bool = True, **kw: Any):
-    cmd = (["ip", "netns", "exec", ns] if ns else []) + list(argv)
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=check, **kw)
-
-
-class Node:
-    """A host namespace running `fabric up`, and pods attached through `fabric-cni`."""
+class Node(AgentHost):
+    """The agent on network "cn" (hostgw, fake IPAM), pods attached by executing `fabric-cni`."""
 
     def __init__(self, tag: str, tmp: Path) -> None:
-        self.tag = tag
-        self.host = f"{tag}-h"
-        self.state = tmp / "state"
-        self.sock = self.state / "agent.sock"
-        self.log = tmp / "agent.log"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        sh("ip", "netns", "add", self.host)
-        sh("ip", "link", "set", "lo", "up", ns=self.host)
-        sh("ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p", ns=self.host)
-        sh("ip", "addr", "add", "198.18.93.1/24", "dev", "eth0", ns=self.host)
-        for dev in ("eth0", "eth0p"):
-            sh("ip", "link", "set", dev, "up", ns=self.host)
-        argv = ["ip", "netns", "exec", self.host, str(BIN / "fabric"), "up", "--backend",
-                "hostgw", "--network", CIDR, "--name", "cn", "--ipam", "fake", "--iface",
-                "eth0", "--node-name", "n1", "--state-dir", str(self.state)]
-        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL,
-                                     stderr=open(self.log, "a"))  # noqa: SIM115
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                st = call(self.sock, {"op": "status"}, timeout=2)
-                if all(n["ready"] for n in st["networks"]):
-                    return
-            except FabricError:
-                pass
-            assert self.proc.poll() is None, self.log.read_text()[-2000:]
-            time.sleep(0.2)
-        raise AssertionError("agent not ready: " + self.log.read_text()[-2000:])
+        super().__init__(tag, tmp, name="cn", cidr=CIDR, address="198.18.93.1/24")
 
     def conf(self, **kw: Any) -> dict[str, Any]:
         return {"cniVersion": "1.0.0", "name": "cn", "type": "fabric-cni", "network": "cn",
@@ -98,26 +64,13 @@ class Node:
         out = sh("ip", "-j", "link", "show", "cn.br", ns=self.host).stdout
         return json.loads(out)[0]["address"]
 
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            subprocess.run([str(BIN / "fabric"), "down", "--state-dir", str(self.state)],
-                           capture_output=True, timeout=60)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-        for line in out.splitlines():
-            if line.startswith(self.tag):
-                subprocess.run(["ip", "netns", "del", line.split()[0]], check=False)
-
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory) -> Iterator[Node]:
     n = Node(f"nfcni-{secrets.token_hex(2)}", tmp_path_factory.mktemp("cni"))
     try:
-        n.start()
+        n.create()
+        n.start_agent()
         yield n
     finally:
         n.stop()

@@ -14,7 +14,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from ipaddress import IPv4Address, IPv4Interface
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,9 @@ import pytest
 from fabric.agent.client import call
 from fabric.errors import FabricError
 from fabric.policy.engine import NO_STORE
-from fabric.policy.probe import Probe, probe_many
+from tests.functional.agent_util import FABRIC
+from tests.functional.netns_util import sh
+from tests.functional.policy_util import Node, check, write
 
 pytestmark = [
     pytest.mark.root,
@@ -30,119 +31,19 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("nft") is None, reason="nft is not installed"),
 ]
 
-FABRIC = str(Path(sys.executable).with_name("fabric"))
-CIDR = "10.91.0.0/16"
-
-
-def ip(*args: str, ns: str | None = None) -> subprocess.CompletedProcess:
-    argv = (["ip", "netns", "exec", ns] if ns else []) + list(args)
-    return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=True)
-
-
-class Node:
-    def __init__(self, tag: str, tmp: Path, engine: str = "nftables") -> None:
-        self.tag = tag
-        self.engine = engine
-        self.host = f"{tag}-h"
-        self.state = tmp / "state"
-        self.sock = self.state / "agent.sock"
-        self.pods: dict[str, tuple[str, IPv4Address]] = {}
-        self.proc: subprocess.Popen | None = None
-        self.log = tmp / "agent.log"
-
-    def start_agent(self) -> None:
-        argv = ["ip", "netns", "exec", self.host, FABRIC, "up", "--backend", "hostgw",
-                "--network", CIDR, "--name", "pol", "--ipam", "fake", "--policy", self.engine,
-                "--iface", "eth0", "--node-name", "n1", "--state-dir", str(self.state)]
-        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL,
-                                     stderr=open(self.log, "a"))  # noqa: SIM115
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                st = call(self.sock, {"op": "status"}, timeout=2)
-                if all(n["ready"] for n in st["networks"]):
-                    return
-            except FabricError:
-                pass
-            assert self.proc.poll() is None, self.log.read_text()[-2000:]
-            time.sleep(0.2)
-        raise AssertionError("agent not ready: " + self.log.read_text()[-2000:])
-
-    def stop_agent(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=30)
-
-    def add_pod(self, name: str, labels: dict[str, str], namespace: str = "default") -> None:
-        ns = f"{self.tag}-{name}"
-        ip("ip", "netns", "add", ns)
-        ip("ip", "link", "set", "lo", "up", ns=ns)
-        res = call(self.sock, {"op": "cni.add", "network": "pol", "container_id": ns,
-                               "ifname": "eth0", "netns": f"/run/netns/{ns}",
-                               "pod_name": name, "pod_namespace": namespace, "labels": labels})
-        self.pods[name] = (ns, IPv4Interface(res["ips"][0]["address"]).ip)
-
-    def policy(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([FABRIC, "policy", *args, "--socket", str(self.sock)],
-                              capture_output=True, text=True, timeout=60)
-
-    def nft(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["ip", "netns", "exec", self.host, "nft", *args],
-                              capture_output=True, text=True, timeout=30)
-
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory) -> Iterator[Node]:
-    tag = f"nfpol-{secrets.token_hex(2)}"
-    n = Node(tag, tmp_path_factory.mktemp("pol"))
+    n = Node(f"nfpol-{secrets.token_hex(2)}", tmp_path_factory.mktemp("pol"))
     try:
-        ip("ip", "netns", "add", n.host)
-        ip("ip", "link", "set", "lo", "up", ns=n.host)
-        ip("ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p", ns=n.host)
-        ip("ip", "addr", "add", "198.18.77.1/24", "dev", "eth0", ns=n.host)
-        for dev in ("eth0", "eth0p"):
-            ip("ip", "link", "set", dev, "up", ns=n.host)
+        n.create()
         n.start_agent()
         n.add_pod("web", {"role": "web"})
         n.add_pod("db", {"role": "db"})
         n.add_pod("other", {"role": "other"}, namespace="team-b")
         yield n
     finally:
-        if n.proc is not None and n.proc.poll() is None:
-            subprocess.run([FABRIC, "down", "--state-dir", str(n.state)], capture_output=True,
-                           timeout=60)
-            try:
-                n.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                n.proc.kill()
-                n.proc.wait()
-        out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-        for line in out.splitlines():
-            if line.startswith(tag):
-                subprocess.run(["ip", "netns", "del", line.split()[0]], check=False)
-
-
-def write(tmp: Path, text: str) -> str:
-    p = tmp / f"p{secrets.token_hex(3)}.yaml"
-    p.write_text(text)
-    return str(p)
-
-
-_port = iter(range(20000, 30000))
-
-
-def check(node: Node, expected: list[tuple[str, str, str, bool]]) -> None:
-    """(src pod, dst pod, 'tcp'/'udp' or 'tcp:PORT', expected reachability) all at once."""
-    probes = []
-    for src, dst, what, _ in expected:
-        proto, _, port = what.partition(":")
-        probes.append(Probe(node.pods[src][0], node.pods[dst][0], node.pods[dst][1],
-                            int(port) if port else next(_port), proto,  # type: ignore[arg-type]
-                            f"{src}->{dst} {what}"))
-    results = probe_many(probes)
-    wrong = [f"{r.probe.label}: got {'open' if r.ok else 'blocked'} ({r.detail})"
-             for r, (*_, want) in zip(results, expected, strict=True) if r.ok != want]
-    assert not wrong, wrong
+        n.stop()
 
 
 _COUNTER = r"""
@@ -258,7 +159,7 @@ def test_pods_coming_and_going_update_the_sets(node: Node) -> None:
         ns, _ = node.pods.pop("late")
         call(node.sock, {"op": "cni.del", "network": "pol", "container_id": ns,
                          "ifname": "eth0", "netns": f"/run/netns/{ns}"})
-        ip("ip", "netns", "del", ns)
+        sh("ip", "netns", "del", ns)
     assert late_ip not in node.nft("list", "table", "inet", "netfabric-pol").stdout
 
 

@@ -8,7 +8,9 @@ after a policy change, relabelled pods and named ports must behave the same both
 
 from __future__ import annotations
 
+import os
 import secrets
+import shutil
 import subprocess
 import sys
 import time
@@ -19,9 +21,14 @@ from pathlib import Path
 import pytest
 
 from fabric.agent.client import call
-from tests.functional.test_policy_nft_agent import FABRIC, Node, check, ip, pytestmark, write
+from tests.functional.netns_util import sh
+from tests.functional.policy_util import Node, check, write
 
-__all__ = ["pytestmark"]
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
+    pytest.mark.skipif(shutil.which("nft") is None, reason="nft is not installed"),
+]
 
 HEAD = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n"
 DB_NO_INGRESS = HEAD + "metadata: {name: db-in}\nspec: {podSelector: {matchLabels: {role: db}}}\n"
@@ -41,36 +48,14 @@ spec:
 
 
 def brnf(node: Node) -> str:
-    return ip("cat", "/proc/sys/net/bridge/bridge-nf-call-iptables", ns=node.host).stdout.strip()
+    return sh("cat", "/proc/sys/net/bridge/bridge-nf-call-iptables", ns=node.host).stdout.strip()
 
 
 def start_node(tag: str, tmp: Path, bridge_nf: int | None, engine: str = "nftables") -> Node:
     n = Node(tag, tmp, engine)
-    ip("ip", "netns", "add", n.host)
-    ip("ip", "link", "set", "lo", "up", ns=n.host)
-    if bridge_nf is not None:
-        ip("sysctl", "-qw", f"net.bridge.bridge-nf-call-iptables={bridge_nf}", ns=n.host)
-    ip("ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p", ns=n.host)
-    ip("ip", "addr", "add", "198.18.77.1/24", "dev", "eth0", ns=n.host)
-    for dev in ("eth0", "eth0p"):
-        ip("ip", "link", "set", dev, "up", ns=n.host)
+    n.create(bridge_nf)
     n.start_agent()
     return n
-
-
-def stop_node(n: Node) -> None:
-    if n.proc is not None and n.proc.poll() is None:
-        subprocess.run([FABRIC, "down", "--state-dir", str(n.state)], capture_output=True,
-                       timeout=60)
-        try:
-            n.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            n.proc.kill()
-            n.proc.wait()
-    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    for line in out.splitlines():
-        if line.startswith(n.tag):
-            subprocess.run(["ip", "netns", "del", line.split()[0]], check=False)
 
 
 @pytest.fixture(scope="module", params=[1, 0], ids=["bridge-nf-on", "bridge-nf-off"])
@@ -87,7 +72,7 @@ def node(request, tmp_path_factory) -> Iterator[Node]:
         yield n
     finally:
         if n is not None:
-            stop_node(n)
+            n.stop()
 
 
 def apply(node: Node, tmp: Path, text: str) -> None:
@@ -239,7 +224,7 @@ except OSError as exc:
 
 
 def _link_local(node: Node, pod: str) -> str:
-    out = ip("ip", "-6", "-o", "addr", "show", "dev", "eth0", "scope", "link",
+    out = sh("ip", "-6", "-o", "addr", "show", "dev", "eth0", "scope", "link",
              ns=node.pods[pod][0]).stdout
     return out.split()[3].split("/")[0]
 
@@ -250,7 +235,7 @@ def _v6_open(node: Node, src: str, dst: str) -> bool:
                             _V6_SERVER, port], stdout=subprocess.PIPE, text=True)
     try:
         assert srv.stdout is not None and srv.stdout.readline() == "ready\n"
-        out = ip(sys.executable, "-c", _V6_CLIENT, _link_local(node, dst), port,
+        out = sh(sys.executable, "-c", _V6_CLIENT, _link_local(node, dst), port,
                  ns=node.pods[src][0]).stdout
         return out.startswith("ok")
     finally:
@@ -277,16 +262,16 @@ def test_isolated_pods_not_reachable_around_ipv4(node: Node, tmp_path: Path) -> 
 
 def test_traffic_through_a_non_pod_bridge_port_is_policed(node: Node, tmp_path: Path) -> None:
     """An L2 overlay's port on the pod bridge (weave): a 'remote pod' behind it is policed."""
-    bridge_ip = ip("ip", "-4", "-o", "addr", "show", "dev", "pol.br", ns=node.host).stdout
+    bridge_ip = sh("ip", "-4", "-o", "addr", "show", "dev", "pol.br", ns=node.host).stdout
     net = IPv4Interface(bridge_ip.split()[3]).network
     remote, remote_ip = f"{node.tag}-remote", net.broadcast_address - 2
-    ip("ip", "netns", "add", remote)
+    sh("ip", "netns", "add", remote)
     try:
-        ip("ip", "link", "add", "ovl0", "type", "veth", "peer", "name", "eth0", "netns", remote,
+        sh("ip", "link", "add", "ovl0", "type", "veth", "peer", "name", "eth0", "netns", remote,
            ns=node.host)
-        ip("ip", "link", "set", "ovl0", "master", "pol.br", "up", ns=node.host)
-        ip("ip", "addr", "add", f"{remote_ip}/{net.prefixlen}", "dev", "eth0", ns=remote)
-        ip("ip", "link", "set", "eth0", "up", ns=remote)
+        sh("ip", "link", "set", "ovl0", "master", "pol.br", "up", ns=node.host)
+        sh("ip", "addr", "add", f"{remote_ip}/{net.prefixlen}", "dev", "eth0", ns=remote)
+        sh("ip", "link", "set", "eth0", "up", ns=remote)
         node.pods["remote"] = (remote, remote_ip)
         check(node, [("remote", "db", "tcp", True)])
         apply(node, tmp_path, DB_FROM_WEB)
@@ -303,8 +288,8 @@ def test_traffic_through_a_non_pod_bridge_port_is_policed(node: Node, tmp_path: 
     finally:
         node.pods.pop("remote", None)
         delete_all(node)
-        ip("ip", "link", "del", "ovl0", ns=node.host)
-        ip("ip", "netns", "del", remote)
+        sh("ip", "link", "del", "ovl0", ns=node.host)
+        sh("ip", "netns", "del", remote)
 
 
 def test_relabel_running_pod(node: Node, tmp_path: Path) -> None:
@@ -364,4 +349,4 @@ def test_engine_none_refuses_apply(tmp_path: Path) -> None:
         assert n.policy("list", "--json").stdout.strip() == "[]"
     finally:
         if n is not None:
-            stop_node(n)
+            n.stop()
