@@ -13,10 +13,15 @@ from typing import Any
 
 import attrs
 
+from fabric.agent.records import (
+    endpoint_from_record,
+    endpoint_record,
+    endpoint_to_result,
+    workload_from_record,
+)
 from fabric.api import (
     IPAM,
     NODE_CONTAINER_ID,
-    Allocation,
     Backend,
     Endpoint,
     Handle,
@@ -31,7 +36,7 @@ from fabric.fsutil import atomic_write
 from fabric.net.workload import take_default_route
 from fabric.plugins import load_plugin
 
-__all__ = ["Network", "endpoint_to_result"]
+__all__ = ["Network", "endpoint_to_result", "atomic_write_json", "network_context"]
 
 log = logging.getLogger("fabric.agent")
 
@@ -40,30 +45,6 @@ def atomic_write_json(path: Path, data: Any, durable: bool = True) -> None:
     """Replace ``path`` atomically (a crashed agent leaves the old or the new file);
     ``durable`` also survives a power loss (fsync: ~3 ms on this VM's ext4 /run)."""
     atomic_write(path, json.dumps(data, indent=1, sort_keys=True), durable=durable)
-
-
-def endpoint_to_result(ep: Endpoint) -> dict[str, Any]:
-    """CNI 1.x-shaped result (the plugin converts to the runtime's version)."""
-    return {
-        "interfaces": [
-            {"name": ep.host_ifname},
-            {"name": ep.workload.ifname, "mac": ep.mac, "sandbox": ep.workload.netns,
-             "mtu": ep.mtu},
-        ],
-        "ips": [
-            {
-                "address": str(a),
-                **({"gateway": str(ep.gateway)} if ep.gateway else {}),
-                "interface": 1,
-            }
-            for a in ep.addresses
-        ],
-        "routes": [
-            {"dst": str(r.dst), **({"gw": str(r.gateway)} if r.gateway else {})}
-            for r in ep.routes
-        ],
-        "dns": dict(ep.dns),
-    }
 
 
 class Network:
@@ -114,7 +95,7 @@ class Network:
         self.backend.start(chunks)
         self.policy.start()
         for rec in self._workloads.values():
-            ep = _endpoint_from_record(rec)
+            ep = endpoint_from_record(rec)
             if ep is not None:
                 self._guard("policy endpoint_added", self.policy.endpoint_added, ep)
         if self.spec.ipmasq:
@@ -176,7 +157,7 @@ class Network:
         """Remove workloads, rules, devices and give the chunks back."""
         self.ready = False
         for rec in list(self._workloads.values()):
-            wl = _workload_from_record(rec)
+            wl = workload_from_record(rec)
             self._guard("detach", self.backend.detach, wl)
         self._workloads.clear()
         self._save_workloads()
@@ -211,7 +192,7 @@ class Network:
                     self.ipam.release(workload.handle)
                 raise
             ep = attrs.evolve(ep, workload=workload)  # results name the runtime's path
-            self._workloads[workload.handle.key()] = _record(ep, alloc)
+            self._workloads[workload.handle.key()] = endpoint_record(ep, alloc)
             self._save_workloads()
             try:
                 # A pod that policy should isolate must not come up open: fail the ADD.
@@ -229,14 +210,14 @@ class Network:
         with self._lock:
             rec = self._workloads.get(workload.handle.key())
             if rec is not None and not workload.netns:
-                workload = _workload_from_record(rec)
+                workload = workload_from_record(rec)
             self.backend.detach(_in_netns(workload, kernel_netns))
             self.ipam.release(workload.handle)
             if rec is not None:
                 del self._workloads[workload.handle.key()]
                 self._save_workloads()
         if rec is not None:
-            ep = _endpoint_from_record(rec)
+            ep = endpoint_from_record(rec)
             if ep is not None:
                 self._guard("policy endpoint_removed", self.policy.endpoint_removed, ep)
 
@@ -271,7 +252,7 @@ class Network:
                 h for h in self.ipam.allocations() if h.container_id != NODE_CONTAINER_ID}
             for handle in sorted(known - valid, key=lambda h: h.key()):
                 rec = self._workloads.get(handle.key())
-                wl = _workload_from_record(rec) if rec else Workload(
+                wl = workload_from_record(rec) if rec else Workload(
                     handle.container_id, handle.ifname, ""
                 )
                 try:
@@ -298,8 +279,25 @@ class Network:
             raise ConfigError("args must be a mapping")
         return fn(args)
 
+    @property
+    def lock(self) -> threading.RLock:
+        """Held by every change to this network's workloads (CNI ops, relabels)."""
+        return self._lock
+
+    def set_workload_labels(self, key: str, labels: dict[str, str]) -> dict[str, str]:
+        """Replace an attached workload's labels in its persisted record (a Kubernetes-style
+        relabel); returns the previous labels. NotFound when it is not attached here."""
+        with self._lock:
+            rec = self._workloads.get(key)
+            if rec is None:
+                raise NotFound(f"pod {key} is not attached on this node")
+            old = dict(rec.get("labels") or {})
+            rec["labels"] = dict(labels)
+            self._save_workloads()
+            return old
+
     def endpoints(self) -> list[Endpoint]:
-        return [ep for r in self._workloads.values() if (ep := _endpoint_from_record(r))]
+        return [ep for r in self._workloads.values() if (ep := endpoint_from_record(r))]
 
     def status(self) -> dict[str, Any]:
         def safe(fn):
@@ -335,53 +333,6 @@ def _in_netns(workload: Workload, kernel_netns: str) -> Workload:
     """``workload`` as the kernel helpers must see it (the agent's path to its netns)."""
     same = not kernel_netns or kernel_netns == workload.netns
     return workload if same else attrs.evolve(workload, netns=kernel_netns)
-
-
-def _record(ep: Endpoint, alloc: Allocation) -> dict[str, Any]:
-    wl = ep.workload
-    return {
-        "container_id": wl.container_id,
-        "ifname": wl.ifname,
-        "netns": wl.netns,
-        "name": wl.name,
-        "namespace": wl.namespace,
-        "labels": dict(wl.labels),
-        "host_ifname": ep.host_ifname,
-        "mac": ep.mac,
-        "addresses": [str(a) for a in ep.addresses],
-        "gateway": str(ep.gateway) if ep.gateway else None,
-        "mtu": ep.mtu,
-        "ip": str(alloc.ip),
-    }
-
-
-def _workload_from_record(rec: dict[str, Any]) -> Workload:
-    return Workload(
-        container_id=rec["container_id"],
-        ifname=rec["ifname"],
-        netns=rec.get("netns", ""),
-        name=rec.get("name", ""),
-        namespace=rec.get("namespace", "default"),
-        labels=rec.get("labels", {}),
-    )
-
-
-def _endpoint_from_record(rec: dict[str, Any]) -> Endpoint | None:
-    from ipaddress import IPv4Address, IPv4Interface
-
-    try:
-        return Endpoint(
-            workload=_workload_from_record(rec),
-            host_ifname=rec["host_ifname"],
-            mac=rec.get("mac", ""),
-            addresses=tuple(IPv4Interface(a) for a in rec["addresses"]),
-            gateway=IPv4Address(rec["gateway"]) if rec.get("gateway") else None,
-            routes=(),
-            mtu=int(rec.get("mtu", 1500)),
-        )
-    except (KeyError, ValueError) as exc:
-        log.error("ignoring a malformed workload record %r: %s", rec, exc)
-        return None
 
 
 def network_context(spec, node: Node, state_dir: Path, store) -> NetworkContext:

@@ -8,14 +8,15 @@ engine refuses them, the previous file is restored: nothing is half-applied.
 from __future__ import annotations
 
 import json
-import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from fabric.errors import ConfigError, FabricError, NotFound, PolicyError
+from fabric.fsutil import atomic_write
 from fabric.policy.compile import EndpointInfo
 from fabric.policy.explain import explain
 from fabric.policy.load import parse_documents, parse_label_changes
@@ -26,6 +27,9 @@ __all__ = ["POLICY_FILE", "load_saved", "save_documents", "PolicyService", "hand
 POLICY_FILE = "policies.json"
 _OPS_LOCK = threading.Lock()  # one policy change at a time per agent
 Obj = NetworkPolicy | Namespace
+
+if TYPE_CHECKING:  # the agent calls us; we only name its type
+    from fabric.agent.network import Network
 
 
 def _path(state_dir: Path) -> Path:
@@ -49,14 +53,7 @@ def load_saved(state_dir: Path) -> list[Obj]:
 
 
 def save_documents(state_dir: Path, docs: list[dict[str, Any]]) -> None:
-    path = _path(state_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    with open(tmp, "w") as fh:
-        json.dump(docs, fh, indent=1, sort_keys=True)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    atomic_write(_path(state_dir), json.dumps(docs, indent=1, sort_keys=True))
 
 
 def _ident(obj: Obj) -> tuple[str, str]:
@@ -67,7 +64,7 @@ def _ident(obj: Obj) -> tuple[str, str]:
 class PolicyService:
     """Policy ops for one agent network (``network.ctx``, ``.policy``, ``.endpoints()``)."""
 
-    def __init__(self, network: Any) -> None:
+    def __init__(self, network: Network) -> None:
         self.network = network
         self.state_dir = Path(network.ctx.state_dir)
 
@@ -178,7 +175,7 @@ class PolicyService:
         from fabric.policy.explain import find_endpoint
 
         net = self.network
-        with net._lock:  # one change to this network's workloads at a time (as ADD/DEL)
+        with net.lock:  # one change to this network's workloads at a time (as ADD/DEL)
             eps = {e.workload.handle.key(): e for e in net.endpoints()}
             key = find_endpoint(pod, [endpoint_info(e) for e in eps.values()]).key
             ep = eps[key]
@@ -189,45 +186,33 @@ class PolicyService:
             except ValueError as exc:
                 raise ConfigError(str(exc), field="labels") from exc
             new = attrs.evolve(ep, workload=attrs.evolve(ep.workload, labels=labels))
-            old_labels = _set_record_labels(net, key, labels)
+            old_labels = net.set_workload_labels(key, labels)
             try:
                 net.policy.endpoint_added(new)
             except BaseException:
-                _set_record_labels(net, key, old_labels)
+                net.set_workload_labels(key, old_labels)
                 raise
         return {"pod": endpoint_info(new).display, "labels": labels}
 
 
-def _set_record_labels(network: Any, key: str, labels: dict[str, str]) -> dict[str, str]:
-    """Persist a workload's labels in the agent's record; returns the previous ones.
-
-    The agent (fabric.agent.network) keeps these records privately; this is the one place
-    the policy service writes them."""
-    rec = network._workloads.get(key)
-    if rec is None:
-        raise NotFound(f"pod {key} is not attached on this node")
-    old = dict(rec.get("labels") or {})
-    rec["labels"] = dict(labels)
-    network._save_workloads()
-    return old
-
-
-def handle_policy_op(network: Any, op: str, req: dict[str, Any]) -> Any:
+def handle_policy_op(network: Network, op: str, req: dict[str, Any]) -> Any:
     with _OPS_LOCK:
         return _handle(PolicyService(network), op, req)
 
 
+_HANDLERS: dict[str, Callable[[PolicyService, dict[str, Any]], Any]] = {
+    "policy.apply": lambda svc, req: svc.apply(req.get("documents"),
+                                               str(req.get("source") or "request")),
+    "policy.list": lambda svc, req: svc.list(),
+    "policy.delete": lambda svc, req: svc.delete(req.get("name", ""), req.get("namespace"),
+                                                 str(req.get("kind") or "NetworkPolicy")),
+    "policy.explain": lambda svc, req: svc.explain(req.get("pod", "")),
+    "policy.label": lambda svc, req: svc.label(req.get("pod", ""), req.get("labels")),
+}
+
+
 def _handle(svc: PolicyService, op: str, req: dict[str, Any]) -> Any:
-    if op == "policy.apply":
-        return svc.apply(req.get("documents"), str(req.get("source") or "request"))
-    if op == "policy.list":
-        return svc.list()
-    if op == "policy.delete":
-        return svc.delete(req.get("name", ""), req.get("namespace"),
-                          str(req.get("kind") or "NetworkPolicy"))
-    if op == "policy.explain":
-        return svc.explain(req.get("pod", ""))
-    if op == "policy.label":
-        return svc.label(req.get("pod", ""), req.get("labels"))
-    raise ConfigError(f"unknown op {op!r}", fix="policy.apply, policy.list, policy.delete, "
-                      "policy.explain, policy.label")
+    handler = _HANDLERS.get(op)
+    if handler is None:
+        raise ConfigError(f"unknown op {op!r}", fix=", ".join(_HANDLERS))
+    return handler(svc, req)

@@ -39,8 +39,8 @@ class FakeNetwork:
         self.policy = engine or Recording(self.ctx)
         self.eps = [self._ep("db", "10.9.0.2", {"app": "db"}),
                     self._ep("web", "10.9.0.3", {"app": "web"})]
-        # the agent's private workload records, as fabric.agent.network keeps them
-        self._lock = threading.RLock()
+        # the agent's workload records, behind the seam fabric.agent.network offers
+        self.lock = threading.RLock()
         self._workloads = {e.workload.handle.key(): {"labels": dict(e.workload.labels)}
                            for e in self.eps}
         self.saved = 0
@@ -55,8 +55,11 @@ class FakeNetwork:
             e.workload, labels=self._workloads[e.workload.handle.key()]["labels"]))
             for e in self.eps]
 
-    def _save_workloads(self) -> None:
+    def set_workload_labels(self, key: str, labels: dict[str, str]) -> dict[str, str]:
+        old = self._workloads[key]["labels"]
+        self._workloads[key]["labels"] = dict(labels)
         self.saved += 1
+        return old
 
 
 class Recording(AllowAllPolicy):
