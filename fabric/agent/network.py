@@ -110,10 +110,8 @@ class Network:
     def _write_subnet_env(self, chunks: tuple[IPv4Network, ...]) -> None:
         if not chunks or self.ipam_name == "ring":  # weave ranges are no per-node subnet
             return
-        try:
-            from fabric.ipam.subnet_env import write_subnet_env
-        except ImportError:  # pragma: no cover - part of the core distribution
-            return
+        from fabric.ipam.subnet_env import write_subnet_env
+
         write_subnet_env(
             self.ctx.state_dir / "subnet.env",
             network=self.spec.cidr,
