@@ -13,7 +13,6 @@ listens, then answers one JSON line per command read from stdin:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
@@ -23,6 +22,7 @@ from fabric.errors import FabricError
 from fabric.ipam.ring import parse_init
 from fabric.ipam.ring_alloc import RingAllocator
 from fabric.ipam.ring_status import ring_status
+from fabric.jsonlines import reply, serve_commands
 from fabric.mesh.db import MeshDB
 from fabric.mesh.names import parse_name
 from fabric.mesh.router import RouterConfig
@@ -89,17 +89,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.connect:
             node.connect(args.connect)
     except (FabricError, ValueError) as exc:
-        print(json.dumps({"ready": False, "error": str(exc)}), flush=True)
+        reply({"ready": False, "error": str(exc)})
         return 1
-    print(json.dumps({"ready": True, "name": node.name, "address": node.address}), flush=True)
-    for line in sys.stdin:
-        if line.strip() == "quit":
-            break
-        try:
-            out = {"ok": True, "result": _command(node, alloc, line)}
-        except (FabricError, ValueError, IndexError) as exc:
-            out = {"ok": False, "error": str(exc)}
-        print(json.dumps(out), flush=True)
+    reply({"ready": True, "name": node.name, "address": node.address})
+    serve_commands(lambda line: _command(node, alloc, line))
     node.stop()
     return 0
 
