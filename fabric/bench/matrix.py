@@ -80,6 +80,10 @@ class _Row:
         self.path: Path2 | None = None
         self.lab: Any = None
         self.samples: dict[str, list[float]] = {m: [] for m in ROUND_METRICS}
+        # 1-stream Gbit/s of the reference and the underlay measured right next to this
+        # row's own run in each round: the ratios' denominators (drift between rows spread
+        # over a round is much larger than between adjacent runs on a shared machine)
+        self.paired: dict[str, list[float]] = {"reference": [], "underlay": []}
         self.once: dict[str, Any] = {}
         self.errors: dict[str, str] = {}
         self.error = spec.error
@@ -204,7 +208,19 @@ def _measure(row: _Row, s: dict[str, Any]) -> None:
                     row.samples[k].append(v)
 
 
+def _pair(row: _Row, by_key: dict[str, _Row], s: dict[str, Any]) -> None:
+    """The 1-stream runs of the row's reference and of the underlay, next to its own."""
+    for name, key in (("reference", row.spec.reference), ("underlay", UNDERLAY)):
+        other = by_key.get(key or "")
+        gbps = float("nan")
+        if other is not None and other.live and other.path is not None:
+            with contextlib.suppress(Exception):  # a missed pair only drops that round
+                gbps = throughput(other.path, s["duration"], 1)["gbps"]
+        row.paired[name].append(gbps)
+
+
 def _rounds(rows: list[_Row], s: dict[str, Any], t_start: float) -> None:
+    by_key = {r.spec.key: r for r in rows}
     live = [r for r in rows if r.live]
     total, done, t0 = s["rounds"] * len(live), 0, time.monotonic()
     for rnd in range(s["rounds"]):
@@ -214,7 +230,12 @@ def _rounds(rows: list[_Row], s: dict[str, Any], t_start: float) -> None:
             progress(f"round {rnd + 1}/{s['rounds']}: {row.spec.key} "
                      f"({done + 1}/{total}, elapsed {time.monotonic() - t_start:.0f} s"
                      + (f", rounds ETA {eta:.0f} s)" if eta is not None else ")"))
+            pair = row.spec.kind == "backend"
+            if pair and rnd % 2:  # ABBA: the pair before the row's run in odd rounds
+                _pair(row, by_key, s)
             _measure(row, s)
+            if pair and not rnd % 2:
+                _pair(row, by_key, s)
             done += 1
         for row in live:  # keep per-round alignment for the ratios: pad a missed sample
             for m in ("tcp1_gbps", "tcp4_gbps"):
@@ -271,10 +292,14 @@ def _median(values: list[float]) -> float | None:
     return round(statistics.median(vals), 3) if vals else None
 
 
-def _ratio(row: _Row, other: _Row | None, metric: str) -> float | None:
+def _ratio(row: _Row, other: _Row | None, metric: str, paired: str = "") -> float | None:
+    """Median of the per-round ratios: to the paired runs when there are (1 stream), else
+    to the other row's run in the same round."""
     if other is None:
         return None
-    pairs = [a / b for a, b in zip(row.samples[metric], other.samples[metric], strict=False)
+    base = row.paired.get(paired) if paired else None
+    base = base if base and any(b == b for b in base) else other.samples[metric]
+    pairs = [a / b for a, b in zip(row.samples[metric], base, strict=False)
              if a == a and b == b and b > 0]
     return round(statistics.median(pairs), 3) if pairs else None
 
@@ -289,11 +314,14 @@ def _summary(row: _Row, rows: list[_Row]) -> dict[str, Any]:
     for m in ROUND_METRICS:
         out[m] = _median(row.samples[m])
     out.update(row.once)
-    out["ratio_to_underlay"] = _ratio(row, under, "tcp1_gbps")
-    out["ratio_to_reference"] = _ratio(row, ref, "tcp1_gbps")
+    out["ratio_to_underlay"] = _ratio(row, under, "tcp1_gbps", "underlay")
+    out["ratio_to_reference"] = _ratio(row, ref, "tcp1_gbps", "reference")
     out["tcp4_ratio_to_underlay"] = _ratio(row, under, "tcp4_gbps")
     out["tcp4_ratio_to_reference"] = _ratio(row, ref, "tcp4_gbps")
     out["tcp1_gbps_rounds"] = [round(v, 3) for v in row.samples["tcp1_gbps"] if v == v]
+    if row.spec.kind == "backend":
+        out["paired_gbps_rounds"] = {k: [round(v, 3) if v == v else None for v in vs]
+                                     for k, vs in row.paired.items()}
     out["metrics"] = sorted(k for k, v in out.items() if isinstance(v, int | float)
                             and not isinstance(v, bool) and k not in ("rss_pods",))
     out["errors"] = dict(row.errors)

@@ -68,6 +68,17 @@ def test_ratios_are_medians_of_same_round_ratios() -> None:
     assert matrix._summary(under, rows)["ratio_to_reference"] is None
 
 
+def test_backend_ratios_use_the_runs_paired_with_them() -> None:
+    under = _row(UNDERLAY, UNDERLAY, tcp1=[10.0, 10.0])
+    ref = _row("kernel-vxlan", "reference", tcp1=[9.0, 9.0])
+    vx = _row("vxlan/default", reference="kernel-vxlan", tcp1=[4.0, 6.0])
+    vx.paired = {"reference": [5.0, 6.0], "underlay": [math.nan, 8.0]}
+    out = matrix._summary(vx, [under, ref, vx])
+    assert out["ratio_to_reference"] == pytest.approx((0.8 + 1.0) / 2)
+    assert out["ratio_to_underlay"] == pytest.approx(0.75)  # the missed pair drops its round
+    assert out["paired_gbps_rounds"]["underlay"] == [None, 8.0]
+
+
 def test_a_row_without_throughput_names_why() -> None:
     row = _row("vxlan/default", reference="kernel-vxlan")
     row.errors["tcp1"] = "iperf3 failed: boom"
