@@ -16,6 +16,7 @@ run_tier() {
 }
 "$BIN/ruff" check fabric backends tests || status=1
 "$BIN/lint-imports" || status=1
+"$BIN/mypy" || status=1  # the contract, fabric.net/bridged/weave and every backend (pyproject)
 run_tier unit tests/unit
 if [ "$(id -u)" = 0 ]; then
   run_tier functional tests/functional

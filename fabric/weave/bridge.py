@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import hashlib
 from ipaddress import IPv4Address, IPv4Interface
+from typing import Any
 
 from fabric.errors import BackendError
 from fabric.net import (
@@ -68,7 +69,7 @@ class WeaveBridge:
             br, port = sock.link_lookup(ifname=self.name), sock.link_lookup(ifname=dev)
             if not br or not port:
                 raise BackendError(f"cannot put {dev} on {self.name}: device missing")
-            kw = {"mtu": mtu} if mtu else {}
+            kw: dict[str, Any] = {"mtu": mtu} if mtu else {}
             netlink_call(f"putting {dev} on {self.name}", sock.link, "set", index=port[0],
                          master=br[0], state="up", **kw)
             netlink_call(f"setting bridge port flags of {dev}", sock.brport, "set",

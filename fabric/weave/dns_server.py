@@ -268,7 +268,7 @@ class DnsServer:
                authoritative: bool = True) -> dns.message.Message:
         r = dns.message.make_response(q)
         r.flags |= dns.flags.RA | (dns.flags.AA if authoritative else 0)
-        r.set_rcode(rcode)
+        r.set_rcode(dns.rcode.Rcode(rcode))
         return r
 
     def _error(self, q: dns.message.Message, rcode: int) -> bytes:
@@ -304,7 +304,8 @@ class DnsServer:
         n = len(values)
         while True:
             r = self._reply(q)
-            r.answer.append(dns.rrset.from_text_list(name, TTL, dns.rdataclass.IN, rdtype,
+            r.answer.append(dns.rrset.from_text_list(name, TTL, dns.rdataclass.IN,
+                                                     dns.rdatatype.RdataType(rdtype),
                                                      values[:n]))
             if n < len(values):
                 r.flags |= dns.flags.TC

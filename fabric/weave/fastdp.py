@@ -353,7 +353,7 @@ class FastDP:
                 return
             for name, payload in self.health.outgoing():
                 with self._lock:
-                    peer = self.peers.get(name)
+                    peer = self.peers.get(name) if isinstance(name, int) else None
                 if peer is None:
                     continue
                 frame = _mac_bytes(peer[1]) + src + ETH_P_HEARTBEAT.to_bytes(2, "big") + me
