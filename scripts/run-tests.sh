@@ -14,7 +14,7 @@ run_tier() {
   # 5 = no tests collected in that tier: not a failure
   if [ $rc -ne 0 ] && [ $rc -ne 5 ]; then status=1; fi
 }
-"$BIN/ruff" check fabric backends tests || status=1
+"$BIN/ruff" check fabric backends tests examples || status=1
 "$BIN/lint-imports" || status=1
 "$BIN/mypy" || status=1  # the contract, fabric.net/bridged/weave and every backend (pyproject)
 run_tier unit tests/unit
