@@ -61,7 +61,7 @@ class WeaveControl:
         node = MeshNode(host=str(self.ctx.node.public_ip), port=self.opts.mesh_port,
                         nickname=self.ctx.node.name, password=self.opts.password, db=self.db,
                         config=RouterConfig(gossip_interval=30.0))
-        self.info = PeerInfoGossiper(node.name, self.ctx.spec.cidr)
+        self.info = PeerInfoGossiper(node.name, self.ctx.spec.cidr, self.ctx.node.public_ip)
         self._channel = node.router.new_gossip(CHANNEL, self.info)
         self.info.on_change.append(self._changed)
         node.router.on_peers_changed.append(self._changed)

@@ -105,9 +105,11 @@ class PeerInfoSet(GossipData):
 class PeerInfoGossiper(Gossiper):
     """Receiver of channel ``weave``. Runs on the mesh thread; ``on_change`` after a merge."""
 
-    def __init__(self, me: int, pod_cidr: IPv4Network | None = None) -> None:
+    def __init__(self, me: int, pod_cidr: IPv4Network | None = None,
+                 my_ip: IPv4Address | None = None) -> None:
         self.me = me
         self.pod_cidr = pod_cidr
+        self.my_ip = my_ip  # another peer claiming our underlay address is refused
         self.state = PeerInfoSet()
         self.rejected: dict[str, int] = {}
         self.on_change: list[Callable[[], None]] = []
@@ -127,9 +129,14 @@ class PeerInfoGossiper(Gossiper):
                 name = int(key, 16)
                 if not 0 < name < 1 << 48:
                     raise BadRecord("bad peer name")
-                out.records[name] = PeerInfo.from_wire(name, rec, self.pod_cidr)
+                info = PeerInfo.from_wire(name, rec, self.pod_cidr)
+                if name != self.me and info.ip == self.my_ip:
+                    raise BadRecord(f"{info.ip} is this node's own underlay address")
+                out.records[name] = info
             except (BadRecord, ValueError, TypeError) as exc:
                 why = type(exc).__name__ if not isinstance(exc, BadRecord) else str(exc)
+                if why not in self.rejected and len(self.rejected) >= 64:
+                    why = "other"  # reasons carry values: bound what a hostile peer can add
                 self.rejected[why] = self.rejected.get(why, 0) + 1
         return out
 

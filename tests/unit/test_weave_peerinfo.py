@@ -92,3 +92,10 @@ def test_decoder_never_crashes(payload: bytes) -> None:
         g.on_gossip(OTHER, payload)
     for info in g.state.records.values():
         assert info.ip not in POD and 0 < info.data_port <= 65535
+
+
+def test_a_record_claiming_our_own_address_is_refused() -> None:
+    g = PeerInfoGossiper(ME, POD, IPv4Address("198.18.0.11"))
+    assert g.on_gossip(OTHER, _payload({OTHER: _rec(ip="198.18.0.11")})) is None
+    assert g.get(OTHER) is None and "own underlay address" in " ".join(g.rejected)
+    assert g.on_gossip(OTHER, _payload({OTHER: _rec(ip="198.18.0.12")})) is not None
