@@ -6,7 +6,10 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Self
 
 from fabric.agent.client import call
 from fabric.errors import FabricError
@@ -65,6 +68,16 @@ class AgentHost:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(timeout=30)
+
+    @contextmanager
+    def started(self, bridge_nf: int | None = None) -> Iterator[Self]:
+        """create() and start_agent(); stop() afterwards whatever happened."""
+        try:
+            self.create(bridge_nf)
+            self.start_agent()
+            yield self
+        finally:
+            self.stop()
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

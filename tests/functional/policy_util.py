@@ -14,6 +14,7 @@ from tests.functional.agent_util import FABRIC, AgentHost
 from tests.functional.netns_util import sh
 
 CIDR = "10.91.0.0/16"
+HEAD = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n"  # of a policy document
 
 
 class Node(AgentHost):

@@ -67,13 +67,8 @@ class Node(AgentHost):
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory) -> Iterator[Node]:
-    n = Node(f"nfcni-{secrets.token_hex(2)}", tmp_path_factory.mktemp("cni"))
-    try:
-        n.create()
-        n.start_agent()
+    with Node(f"nfcni-{secrets.token_hex(2)}", tmp_path_factory.mktemp("cni")).started() as n:
         yield n
-    finally:
-        n.stop()
 
 
 def _ip(result: dict) -> str:
@@ -84,15 +79,21 @@ def _routes(ns: str) -> list[dict]:
     return json.loads(sh("ip", "-j", "-4", "route", "show", "default", ns=ns).stdout)
 
 
-def test_runtime_in_another_mount_namespace(node: Node, tmp_path: Path) -> None:
-    """The pod's netns is reachable only inside the runtime's private mount namespace."""
-    pod = node.pod("mnt")
-    private = tmp_path / "private"
+def private_netns(tmp: Path, pod: str) -> tuple[Path, list[str]]:
+    """A runtime's view of pod's netns: a path bound only inside a private mount namespace,
+    and the command prefix that runs a plugin there."""
+    private = tmp / "private"
     private.mkdir()
     inner = private / "netns"
     script = (f"mount -t tmpfs nfcni {private} && touch {inner} && "
               f"mount --bind /run/netns/{pod} {inner} && exec \"$@\"")
-    wrap = ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh"]
+    return inner, ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh"]
+
+
+def test_runtime_in_another_mount_namespace(node: Node, tmp_path: Path) -> None:
+    """The pod's netns is reachable only inside the runtime's private mount namespace."""
+    pod = node.pod("mnt")
+    inner, wrap = private_netns(tmp_path, pod)
     rc, out = node.cni("ADD", pod, netns=str(inner), prefix=wrap)
     assert rc == 0, out
     assert out["interfaces"][-1]["sandbox"] == str(inner)
@@ -221,12 +222,7 @@ def test_native_forwarder_from_another_mount_namespace(node: Node, tmp_path: Pat
     native = build_native(tmp_path / "bin" / "fabric-cni", socket=str(node.sock),
                           fallback=str(py))
     pod = node.pod("nat")
-    private = tmp_path / "private"
-    private.mkdir()
-    inner = private / "netns"
-    script = (f"mount -t tmpfs nfcni {private} && touch {inner} && "
-              f"mount --bind /run/netns/{pod} {inner} && exec \"$@\"")
-    wrap = ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh"]
+    inner, wrap = private_netns(tmp_path, pod)
     rc, out = node.cni("ADD", pod, netns=str(inner), prefix=wrap, exe=str(native))
     assert rc == 0, out
     assert out["cniVersion"] == "1.0.0" and out["interfaces"][-1]["sandbox"] == str(inner)

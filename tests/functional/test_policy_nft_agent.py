@@ -23,7 +23,7 @@ from fabric.errors import FabricError
 from fabric.policy.engine import NO_STORE
 from tests.functional.agent_util import FABRIC
 from tests.functional.netns_util import sh
-from tests.functional.policy_util import Node, check, write
+from tests.functional.policy_util import HEAD, Node, check, write
 
 pytestmark = [
     pytest.mark.root,
@@ -34,16 +34,11 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory) -> Iterator[Node]:
-    n = Node(f"nfpol-{secrets.token_hex(2)}", tmp_path_factory.mktemp("pol"))
-    try:
-        n.create()
-        n.start_agent()
+    with Node(f"nfpol-{secrets.token_hex(2)}", tmp_path_factory.mktemp("pol")).started() as n:
         n.add_pod("web", {"role": "web"})
         n.add_pod("db", {"role": "db"})
         n.add_pod("other", {"role": "other"}, namespace="team-b")
         yield n
-    finally:
-        n.stop()
 
 
 _COUNTER = r"""
@@ -93,18 +88,12 @@ class Flood:
         return sent, got
 
 
-DENY_DB = """
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: deny-db}
+DENY_DB = HEAD + """metadata: {name: deny-db}
 spec:
   podSelector: {matchLabels: {role: db}}
 """
 
-ALLOW_WEB = """
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: allow-web}
+ALLOW_WEB = HEAD + """metadata: {name: allow-web}
 spec:
   podSelector: {matchLabels: {role: db}}
   ingress:

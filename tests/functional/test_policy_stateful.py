@@ -22,7 +22,7 @@ import pytest
 
 from fabric.agent.client import call
 from tests.functional.netns_util import sh
-from tests.functional.policy_util import Node, check, write
+from tests.functional.policy_util import HEAD, Node, check, write
 
 pytestmark = [
     pytest.mark.root,
@@ -30,7 +30,6 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("nft") is None, reason="nft is not installed"),
 ]
 
-HEAD = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n"
 DB_NO_INGRESS = HEAD + "metadata: {name: db-in}\nspec: {podSelector: {matchLabels: {role: db}}}\n"
 DB_NO_EGRESS = HEAD + """metadata: {name: db-out}
 spec: {podSelector: {matchLabels: {role: db}}, policyTypes: [Egress]}
@@ -51,28 +50,16 @@ def brnf(node: Node) -> str:
     return sh("cat", "/proc/sys/net/bridge/bridge-nf-call-iptables", ns=node.host).stdout.strip()
 
 
-def start_node(tag: str, tmp: Path, bridge_nf: int | None, engine: str = "nftables") -> Node:
-    n = Node(tag, tmp, engine)
-    n.create(bridge_nf)
-    n.start_agent()
-    return n
-
-
 @pytest.fixture(scope="module", params=[1, 0], ids=["bridge-nf-on", "bridge-nf-off"])
 def node(request, tmp_path_factory) -> Iterator[Node]:
-    n = None
-    try:
-        n = start_node(f"nfsf-{secrets.token_hex(2)}", tmp_path_factory.mktemp("sf"),
-                       request.param)
+    tag, tmp = f"nfsf-{secrets.token_hex(2)}", tmp_path_factory.mktemp("sf")
+    with Node(tag, tmp).started(bridge_nf=request.param) as n:
         assert brnf(n) == str(request.param)
         n.add_pod("web", {"role": "web"})
         n.add_pod("db", {"role": "db", "port.netfabric.io/pg": "5432"})
         n.add_pod("cli", {"role": "cli"})
         n.add_pod("other", {"role": "other"}, namespace="team-b")
         yield n
-    finally:
-        if n is not None:
-            n.stop()
 
 
 def apply(node: Node, tmp: Path, text: str) -> None:
@@ -339,14 +326,9 @@ spec:
 
 
 def test_engine_none_refuses_apply(tmp_path: Path) -> None:
-    n = None
-    try:
-        n = start_node(f"nfsn-{secrets.token_hex(2)}", tmp_path, None, engine="none")
+    with Node(f"nfsn-{secrets.token_hex(2)}", tmp_path, engine="none").started() as n:
         r = n.policy("apply", "-f", write(tmp_path, DB_NO_INGRESS))
         assert r.returncode != 0
         assert "created" not in r.stdout
         assert "--policy nftables" in r.stderr and "enforces nothing" in r.stderr, r.stderr
         assert n.policy("list", "--json").stdout.strip() == "[]"
-    finally:
-        if n is not None:
-            n.stop()
