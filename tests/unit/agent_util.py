@@ -7,6 +7,8 @@ import io
 import json
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,28 @@ from fabric.cni.main import run
 NETNS = "/proc/self/ns/net"  # exists; the fake backend creates nothing in it
 
 
+def start_in_thread(agent: Agent) -> threading.Thread:
+    """``agent.run()`` in a daemon thread; returns once every network is ready."""
+    t = threading.Thread(target=agent.run, daemon=True)
+    t.start()
+    deadline = time.monotonic() + 10
+    while not all(n.ready for n in agent.networks.values()):
+        assert time.monotonic() < deadline, "agent did not become ready"
+        time.sleep(0.02)
+    return t
+
+
+@contextmanager
+def running(agent: Agent) -> Iterator[Agent]:
+    """The agent running (start_in_thread) for the block; stopped afterwards."""
+    t = start_in_thread(agent)
+    try:
+        yield agent
+    finally:
+        agent.request_stop()
+        t.join(5)
+
+
 class RunningAgent:
     """The real agent in a thread of this process (fake backend/IPAM); a context manager."""
 
@@ -25,14 +49,9 @@ class RunningAgent:
                                      "stateDir": str(state), "networks": nets})
         self.agent = Agent(cfg)
         self.socket = str(state / "agent.sock")
-        self.thread = threading.Thread(target=self.agent.run, daemon=True)
 
     def __enter__(self) -> RunningAgent:
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not all(n.ready for n in self.agent.networks.values()):
-            assert time.monotonic() < deadline, "agent did not become ready"
-            time.sleep(0.02)
+        self.thread = start_in_thread(self.agent)
         return self
 
     def stop(self, teardown: bool = False) -> None:

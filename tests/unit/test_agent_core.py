@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -13,14 +11,7 @@ import pytest
 from fabric.agent.config import AgentConfig, network_from_mapping
 from fabric.agent.daemon import Agent
 from fabric.errors import AgentUnavailable, ConfigError, NotFound
-from fabric_testplugins.fake import reset_fake_cluster
-
-
-@pytest.fixture(autouse=True)
-def _clean_cluster():
-    reset_fake_cluster()
-    yield
-    reset_fake_cluster()
+from tests.unit.agent_util import running, start_in_thread
 
 
 def make_agent(tmp_path: Path, name: str = "n1", nets=None) -> Agent:
@@ -33,29 +24,19 @@ def make_agent(tmp_path: Path, name: str = "n1", nets=None) -> Agent:
     return Agent(cfg)
 
 
-def start(agent: Agent) -> threading.Thread:
-    t = threading.Thread(target=agent.run, daemon=True)
-    t.start()
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if all(n.ready for n in agent.networks.values()):
-            return t
-        time.sleep(0.02)
-    raise AssertionError("agent did not become ready")
+def exchange(path: Path, line: bytes) -> dict:
+    """One raw line to the control socket; its decoded answer, an error or not."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(str(path))
+        s.sendall(line)
+        data = b""
+        while not data.endswith(b"\n") and (chunk := s.recv(65536)):
+            data += chunk
+    return json.loads(data)
 
 
 def call(path: Path, req: dict) -> dict:
-    s = socket.socket(socket.AF_UNIX)
-    s.connect(str(path))
-    s.sendall(json.dumps(req).encode() + b"\n")
-    data = b""
-    while not data.endswith(b"\n"):
-        chunk = s.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    s.close()
-    return json.loads(data)
+    return exchange(path, json.dumps(req).encode() + b"\n")
 
 
 def add_req(cid: str, netns: str = "/proc/self/ns/net") -> dict:
@@ -64,9 +45,7 @@ def add_req(cid: str, netns: str = "/proc/self/ns/net") -> dict:
 
 
 def test_add_is_idempotent_and_del_twice_succeeds(tmp_path: Path) -> None:
-    agent = make_agent(tmp_path)
-    t = start(agent)
-    try:
+    with running(make_agent(tmp_path)) as agent:
         first = agent.dispatch(add_req("c1"))
         again = agent.dispatch(add_req("c1"))
         assert first["ips"] == again["ips"]
@@ -78,14 +57,11 @@ def test_add_is_idempotent_and_del_twice_succeeds(tmp_path: Path) -> None:
         agent.dispatch({"op": "cni.del", "container_id": "never-seen", "ifname": "eth0"})
         with pytest.raises(NotFound):
             agent.dispatch({"op": "cni.check", "container_id": "c1", "ifname": "eth0"})
-    finally:
-        agent.request_stop()
-        t.join(5)
 
 
 def test_workloads_are_persisted_and_gc_releases(tmp_path: Path) -> None:
     agent = make_agent(tmp_path)
-    t = start(agent)
+    t = start_in_thread(agent)
     ip1 = agent.dispatch(add_req("c1"))["ips"][0]["address"]
     agent.dispatch(add_req("c2"))
     rec = json.loads((tmp_path / "n1/networks/fk/workloads.json").read_text())
@@ -99,10 +75,8 @@ def test_workloads_are_persisted_and_gc_releases(tmp_path: Path) -> None:
 
 
 def test_control_socket_errors_are_answers(tmp_path: Path) -> None:
-    agent = make_agent(tmp_path)
-    t = start(agent)
-    sock = tmp_path / "n1/agent.sock"
-    try:
+    with running(make_agent(tmp_path)):
+        sock = tmp_path / "n1/agent.sock"
         assert oct(sock.stat().st_mode & 0o777) == "0o600"
         ok = call(sock, {"op": "status"})
         assert ok["ok"] and ok["result"]["networks"][0]["ready"] is True
@@ -110,25 +84,18 @@ def test_control_socket_errors_are_answers(tmp_path: Path) -> None:
         assert bad["ok"] is False and bad["error"]["kind"] == "ConfigError"
         assert bad["error"]["message"] == "unknown op 'frobnicate'"
         assert "cni.add" in bad["error"]["fix"] and "policy.*" in bad["error"]["fix"]
-        s = socket.socket(socket.AF_UNIX)
-        s.connect(str(sock))
-        s.sendall(b"{not json\n")
-        answer = json.loads(s.recv(65536))
-        s.close()
+        answer = exchange(sock, b"{not json\n")
         assert answer["ok"] is False and answer["error"]["kind"] == "ConfigError"
         missing = call(sock, {"op": "cni.add", "container_id": "", "ifname": "eth0"})
         assert missing["error"]["kind"] == "ConfigError"
         wrong_net = call(sock, {**add_req("c9"), "network": "nope"})
         assert wrong_net["error"]["kind"] == "NotFound"
         assert call(sock, {"op": "status"})["ok"]  # still serving
-    finally:
-        agent.request_stop()
-        t.join(5)
 
 
 def test_two_agents_see_each_other_as_peers(tmp_path: Path) -> None:
     a, b = make_agent(tmp_path, "n1"), make_agent(tmp_path, "n2")
-    ta, tb = start(a), start(b)
+    ta, tb = start_in_thread(a), start_in_thread(b)
     try:
         backend_a = a.networks["fk"].backend
         assert "n2" in backend_a.peers
@@ -141,19 +108,14 @@ def test_two_agents_see_each_other_as_peers(tmp_path: Path) -> None:
 
 
 def test_several_networks_need_a_name(tmp_path: Path) -> None:
-    agent = make_agent(tmp_path, nets=[
+    with running(make_agent(tmp_path, nets=[
         {"backend": "fake", "network": "10.50.0.0/16", "name": "one"},
         {"backend": "fake", "network": "10.51.0.0/16", "name": "two"},
-    ])
-    t = start(agent)
-    try:
+    ])) as agent:
         with pytest.raises(ConfigError, match="several networks"):
             agent.dispatch(add_req("c1"))
         res = agent.dispatch({**add_req("c1"), "network": "two"})
         assert res["ips"][0]["address"].startswith("10.51.")
-    finally:
-        agent.request_stop()
-        t.join(5)
 
 
 def test_not_ready_network_says_try_again(tmp_path: Path) -> None:
@@ -186,9 +148,7 @@ def test_overlapping_networks_refused() -> None:
 def test_check_compares_what_the_runtime_expects(tmp_path: Path) -> None:
     from fabric.errors import BackendError
 
-    agent = make_agent(tmp_path)
-    t = start(agent)
-    try:
+    with running(make_agent(tmp_path)) as agent:
         res = agent.dispatch(add_req("c1"))
         ip = res["ips"][0]["address"]
         base = {"op": "cni.check", "container_id": "c1", "ifname": "eth0"}
@@ -199,22 +159,17 @@ def test_check_compares_what_the_runtime_expects(tmp_path: Path) -> None:
             agent.dispatch({**base, "expected": {"mac": "02:00:00:00:00:99"}})
         with pytest.raises(ConfigError):
             agent.dispatch({**base, "expected": ["not", "a", "mapping"]})
-    finally:
-        agent.request_stop()
-        t.join(5)
 
 
 def test_add_fails_and_rolls_back_when_policy_cannot_protect_the_pod(tmp_path: Path) -> None:
     from fabric.errors import PolicyError
 
-    agent = make_agent(tmp_path)
-    t = start(agent)
-    net = agent.networks["fk"]
+    with running(make_agent(tmp_path)) as agent:
+        net = agent.networks["fk"]
 
-    def refuse(_ep):
-        raise PolicyError("nft failed: simulated")
+        def refuse(_ep):
+            raise PolicyError("nft failed: simulated")
 
-    try:
         net.policy.endpoint_added = refuse
         with pytest.raises(PolicyError):
             agent.dispatch(add_req("c1"))
@@ -222,9 +177,6 @@ def test_add_fails_and_rolls_back_when_policy_cannot_protect_the_pod(tmp_path: P
         assert net.backend.endpoints == {}
         rec = json.loads((tmp_path / "n1/networks/fk/workloads.json").read_text())
         assert "c1/eth0" not in rec
-    finally:
-        agent.request_stop()
-        t.join(5)
 
 
 def test_a_fatal_start_error_keeps_the_field_at_fault(tmp_path: Path) -> None:
