@@ -35,39 +35,49 @@ def _deliver(rx: L2Receiver, dgrams, peer):
     return [g for g in got if g is not None]
 
 
+class Link:
+    """Peer a sealing messages for peer b; b's receiver counts its drops in ``drops``."""
+
+    def __init__(self, psk: bytes = b"", cipher: str = "aesgcm") -> None:
+        self.a, self.b, self.peer_a, self.peer_b = _pair()
+        self.sender = L2Sender(SEG, self.a, psk, cipher)
+        self.drops: dict = {}
+        self.rx = L2Receiver(self.drops, self.b, psk, cipher)
+
+    def send(self, message: bytes) -> list[bytes]:
+        return _datagrams(self.sender, message, self.peer_b)
+
+    def deliver(self, dgrams: list[bytes]) -> list:
+        return _deliver(self.rx, dgrams, self.peer_a)
+
+
 @pytest.mark.parametrize("cipher", ["aesgcm", "chacha20poly1305"])
 @pytest.mark.parametrize("size", [20, 1400, 1452, 65000])
 def test_sealed_roundtrip(cipher: str, size: int) -> None:
-    a, b, peer_a, peer_b = _pair()
-    sender = L2Sender(SEG, a, b"psk", cipher)
-    drops: dict = {}
-    rx = L2Receiver(drops, b, b"psk", cipher)
+    link = Link(b"psk", cipher)
     msg = os.urandom(size)
-    dgrams = _datagrams(sender, msg, peer_b)
+    dgrams = link.send(msg)
     assert all(len(d) <= SEG and d[0] == T_SEALED for d in dgrams)
     assert msg not in b"".join(dgrams)  # encrypted on the wire
-    assert _deliver(rx, dgrams, peer_a) == [(msg, 1)]
-    assert not drops
+    assert link.deliver(dgrams) == [(msg, 1)]
+    assert not link.drops
 
 
 def test_replay_and_modification_are_dropped_and_counted() -> None:
-    a, b, peer_a, peer_b = _pair()
-    sender = L2Sender(SEG, a)
-    drops: dict = {}
-    rx = L2Receiver(drops, b)
-    first = _datagrams(sender, b"x" * 3000, peer_b)
-    assert len(_deliver(rx, first, peer_a)) == 1
-    assert _deliver(rx, first, peer_a) == []  # replayed whole
-    assert drops["replay"] == 1
-    second = _datagrams(sender, b"y" * 100, peer_b)
+    link = Link()
+    first = link.send(b"x" * 3000)
+    assert len(link.deliver(first)) == 1
+    assert link.deliver(first) == []  # replayed whole
+    assert link.drops["replay"] == 1
+    second = link.send(b"y" * 100)
     body = bytearray(second[0])
     body[-1] ^= 0x80  # flipped ciphertext bit
-    assert _deliver(rx, [bytes(body)], peer_a) == []
+    assert link.deliver([bytes(body)]) == []
     hdr = bytearray(second[0])
     hdr[3] ^= 1  # flags are authenticated (associated data)
-    assert _deliver(rx, [bytes(hdr)], peer_a) == []
-    assert drops["auth_failed"] == 2
-    assert _deliver(rx, second, peer_a) == [(b"y" * 100, 1)]  # the genuine one still passes
+    assert link.deliver([bytes(hdr)]) == []
+    assert link.drops["auth_failed"] == 2
+    assert link.deliver(second) == [(b"y" * 100, 1)]  # the genuine one still passes
 
 
 def test_wrong_key_or_psk_fails_authentication() -> None:
@@ -107,15 +117,12 @@ def test_replay_window() -> None:
 
 
 def test_lost_fragment_drops_only_that_message() -> None:
-    a, b, peer_a, peer_b = _pair()
-    sender = L2Sender(SEG, a)
-    drops: dict = {}
-    rx = L2Receiver(drops, b)
-    lossy = _datagrams(sender, b"a" * 5000, peer_b)
+    link = Link()
+    lossy = link.send(b"a" * 5000)
     del lossy[1]
-    assert _deliver(rx, lossy, peer_a) == []
-    assert drops["incomplete"] >= 1
-    assert _deliver(rx, _datagrams(sender, b"b" * 5000, peer_b), peer_a) == [(b"b" * 5000, 1)]
+    assert link.deliver(lossy) == []
+    assert link.drops["incomplete"] >= 1
+    assert link.deliver(link.send(b"b" * 5000)) == [(b"b" * 5000, 1)]
 
 
 def test_plain_receiver_refuses_sealed_and_vice_versa() -> None:

@@ -9,17 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fabric.dataplane import gro
+from fabric.dataplane import gro, l3
 from fabric.dataplane.csum import checksum, fill_ipv4_checksum
-from fabric.dataplane.l3 import (
-    coalesce_tcp4,
-    complete_checksum,
-    icmp_unreachable,
-    merged_header,
-    segment_tcp4,
-    segment_udp4,
-    valid_ipv4,
-)
 
 
 def ref_sum(data: bytes) -> int:
@@ -79,13 +70,13 @@ def test_segments_are_valid_flannel_packets(size, mss, numpy, opts, cwr) -> None
     payload = os.urandom(size)
     pkt = tcp_super(payload, flags=0x18 | (0x80 if cwr else 0) | 0x01, opts=opts)
     out = bytearray()
-    count, full, total = segment_tcp4(memoryview(pkt), mss, out, True, numpy)
+    count, full, total = l3.segment_tcp4(memoryview(pkt), mss, out, True, numpy)
     segs = split(out, total)
     assert count == len(segs) == -(-size // mss)
     assert b"".join(s[40 + len(opts):] for s in segs) == payload
     for i, s in enumerate(segs):
         assert tcp_ok(s), i
-        assert valid_ipv4(s, len(s)) == 20
+        assert l3.valid_ipv4(s, len(s)) == 20
         assert struct.unpack_from("!I", s, 24)[0] == 1000 + i * mss
         assert struct.unpack_from("!H", s, 4)[0] == 7 + i
         f = s[33]
@@ -98,15 +89,15 @@ def test_segments_are_valid_flannel_packets(size, mss, numpy, opts, cwr) -> None
 def test_numpy_and_python_segmentation_agree() -> None:
     pkt = tcp_super(os.urandom(1420 * 40 + 3), opts=bytes([1, 1, 8, 10]) + bytes(8))
     a, b = bytearray(), bytearray()
-    ra = segment_tcp4(memoryview(pkt), 1420, a, True, True)
-    rb = segment_tcp4(memoryview(pkt), 1420, b, True, False)
+    ra = l3.segment_tcp4(memoryview(pkt), 1420, a, True, True)
+    rb = l3.segment_tcp4(memoryview(pkt), 1420, b, True, False)
     assert ra == rb and a[:ra[2]] == b[:rb[2]]
 
 
 def test_partial_checksum_mode_leaves_pseudo_sum() -> None:
     pkt = tcp_super(os.urandom(5000))
     out = bytearray()
-    _c, _f, total = segment_tcp4(memoryview(pkt), 1400, out, False)
+    _c, _f, total = l3.segment_tcp4(memoryview(pkt), 1400, out, False)
     for s in split(out, total):
         ihl = 20
         pseudo = ref_sum(s[12:20] + struct.pack("!BBH", 0, 6, len(s) - ihl))
@@ -121,7 +112,7 @@ def test_udp_segments_are_valid() -> None:
     pkt[12:20] = bytes([10, 0, 0, 1, 10, 0, 1, 1])
     struct.pack_into("!HHH", pkt, 20, 1234, 5678, len(pkt) - 20)
     out = bytearray()
-    count, _full, total = segment_udp4(memoryview(pkt), 1400, out)
+    count, _full, total = l3.segment_udp4(memoryview(pkt), 1400, out)
     segs = split(out, total)
     assert count == len(segs) == 8
     for s in segs:
@@ -134,33 +125,33 @@ def test_udp_segments_are_valid() -> None:
                                  bytes([0x4F]) + bytes(39), bytes([0x45, 0, 0, 99]) + bytes(36)])
 def test_malformed_packets_are_refused(bad: bytes) -> None:
     out = bytearray()
-    assert segment_tcp4(memoryview(bytearray(bad)), 1400, out)[0] == 0
-    assert segment_udp4(memoryview(bytearray(bad)), 1400, out)[0] == 0
-    assert not valid_ipv4(bad, len(bad))
+    assert l3.segment_tcp4(memoryview(bytearray(bad)), 1400, out)[0] == 0
+    assert l3.segment_udp4(memoryview(bytearray(bad)), 1400, out)[0] == 0
+    assert not l3.valid_ipv4(bad, len(bad))
 
 
 def test_complete_checksum_finishes_partial_packets() -> None:
     pkt = tcp_super(os.urandom(333))
     pseudo = ref_sum(pkt[12:20] + struct.pack("!BBH", 0, 6, len(pkt) - 20))
     struct.pack_into("!H", pkt, 36, pseudo)
-    assert complete_checksum(pkt, 0, len(pkt), 20, 16)
+    assert l3.complete_checksum(pkt, 0, len(pkt), 20, 16)
     assert tcp_ok(bytes(pkt))
-    assert not complete_checksum(pkt, 0, len(pkt), 20, 5000)  # offsets outside the packet
+    assert not l3.complete_checksum(pkt, 0, len(pkt), 20, 5000)  # offsets outside the packet
 
 
 def _segments(size=1400 * 30, mss=1400, **kw) -> tuple[bytearray, list[bytes]]:
     pkt = tcp_super(os.urandom(size), flags=0x18, **kw)
     out = bytearray()
-    _c, _f, total = segment_tcp4(memoryview(pkt), mss, out)
+    _c, _f, total = l3.segment_tcp4(memoryview(pkt), mss, out)
     return pkt, split(out, total)
 
 
 def test_merge_restores_the_super_packet() -> None:
     pkt, segs = _segments()
     views = [memoryview(s) for s in segs]
-    count, hlen, mss = coalesce_tcp4(views, 0)
+    count, hlen, mss = l3.coalesce_tcp4(views, 0)
     assert (count, hlen, mss) == (30, 40, 1400)
-    hdr = merged_header(views[0], len(pkt), hlen, views[-1][33])
+    hdr = l3.merged_header(views[0], len(pkt), hlen, views[-1][33])
     merged = bytes(hdr) + b"".join(bytes(v[hlen:]) for v in views)
     assert merged[40:] == pkt[40:] and merged[:20][:4] == pkt[:4]
     assert ref_sum(merged[:20]) == 0xFFFF
@@ -175,12 +166,13 @@ def test_numpy_run_detection_matches_python() -> None:
     _pkt, segs = _segments(size=1400 * 20)  # all full: equal-size datagrams
     buf = bytearray(b"".join(segs))
     assert gro.equal_run(buf, 0, len(segs), len(segs[0]))[0] == \
-        coalesce_tcp4([memoryview(s) for s in segs], 0)[0] == 20
+        l3.coalesce_tcp4([memoryview(s) for s in segs], 0)[0] == 20
     # a gap in the sequence ends the run
     bad = bytearray(buf)
     struct.pack_into("!I", bad, 7 * 1440 + 24, 5)
     assert gro.equal_run(bad, 0, 20, 1440)[0] == 7
-    assert coalesce_tcp4([memoryview(bad)[i * 1440:(i + 1) * 1440] for i in range(20)], 0)[0] == 7
+    runs = [memoryview(bad)[i * 1440:(i + 1) * 1440] for i in range(20)]
+    assert l3.coalesce_tcp4(runs, 0)[0] == 7
     # another flow (port) ends it too; SYN never merges
     other = bytearray(buf)
     other[3 * 1440 + 21] ^= 1
@@ -192,7 +184,7 @@ def test_numpy_run_detection_matches_python() -> None:
 
 def test_icmp_unreachable_quotes_the_offender() -> None:
     pkt = tcp_super(b"hello")
-    reply = icmp_unreachable(memoryview(pkt), bytes([10, 250, 1, 0]))
+    reply = l3.icmp_unreachable(memoryview(pkt), bytes([10, 250, 1, 0]))
     assert reply[9] == 1 and reply[20] == 3 and reply[21] == 0
     assert reply[16:20] == pkt[12:16] and reply[12:16] == bytes([10, 250, 1, 0])
     assert reply[28:28 + 28] == bytes(pkt[:28])
@@ -220,7 +212,7 @@ def test_receive_batch_drops_malformed_rows_and_merges_the_rest() -> None:
             out += chunk
     finally:
         os.close(r)
-    assert drops.get("malformed", 0) >= 1 + (0 if valid_ipv4(rows[5], 640) else 1)
+    assert drops.get("malformed", 0) >= 1 + (0 if l3.valid_ipv4(rows[5], 640) else 1)
     assert stats["packets"] == 10 and stats["writes"] == 2  # rows 1-4 and 6-11 merged
     hdr = vnet.unpack(out)
     assert hdr[1] == vnet.GSO_TCPV4 and hdr[3] == 600
