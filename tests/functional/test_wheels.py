@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import subprocess
 import zipfile
 from pathlib import Path
 
@@ -83,12 +82,7 @@ def test_every_backend_wheel_and_a_lab(wheels: dict[str, Path], tmp_path: Path) 
     for tool in ("etcd", "ping", "ip"):
         if not shutil.which(tool):
             pytest.skip(f"{tool} is not installed")
-    name = f"w{secrets.token_hex(2)}"
-    try:
-        doc = lab_cycle(bin_dir, name, "vxlan")
-    finally:
-        subprocess.run([str(bin_dir / "fabric"), "lab", "down", "--name", name],
-                       capture_output=True, timeout=120)
+    doc = lab_cycle(bin_dir, f"w{secrets.token_hex(2)}", "vxlan")  # takes the lab down too
     assert doc["converged"] is True, doc
     assert len(doc["pings"]) == 12 and set(doc["pings"].values()) == {0}, doc["pings"]
 
@@ -103,11 +97,6 @@ def test_userspace_backend_without_numpy(wheels: dict[str, Path], tmp_path: Path
     probe = run_in(bin_dir, "python", "-c", "import importlib.util as u; "
                    "print(u.find_spec('numpy') is None)")
     assert probe.stdout.strip() == "True"
-    name = f"w{secrets.token_hex(2)}"
-    try:
-        doc = lab_cycle(bin_dir, name, "flannel-udp")
-    finally:
-        subprocess.run([str(bin_dir / "fabric"), "lab", "down", "--name", name],
-                       capture_output=True, timeout=120)
+    doc = lab_cycle(bin_dir, f"w{secrets.token_hex(2)}", "flannel-udp")  # takes the lab down too
     assert doc["converged"] is True, doc
     assert set(doc["pings"].values()) == {0}, doc["pings"]
