@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -13,6 +13,8 @@ from fabric.api import NetworkContext, NetworkSpec, Node
 from fabric.ipam.blocks import BlockIPAM
 from fabric.store import connect
 from fabric_testplugins.etcd import EtcdServer, etcd_binary
+
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -33,27 +35,38 @@ def module_etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer
         yield server
 
 
+@pytest.fixture
+def stop_later() -> Iterator[Callable[[T], T]]:
+    """``stop_later(x)`` returns ``x``; ``x.stop()`` runs after the test."""
+    made: list[Any] = []
+
+    def keep(obj: T) -> T:
+        made.append(obj)
+        return obj
+
+    yield keep
+    for obj in made:
+        obj.stop()
+
+
 _prefixes = iter(range(10**6))
 
 
 @pytest.fixture
-def block_ipam(module_etcd: EtcdServer, tmp_path: Path) -> Iterator[Callable[..., BlockIPAM]]:
+def block_ipam(module_etcd: EtcdServer, tmp_path: Path,
+               stop_later: Callable[[BlockIPAM], BlockIPAM]) -> Callable[..., BlockIPAM]:
     """Makes Block IPAMs (blocks /28 of 10.244.0.0/24 by default) under a fresh etcd prefix,
-    node N at 198.18.0.(N+10); all stopped afterwards."""
+    the Nth at 198.18.0.(N+10); all stopped afterwards."""
     prefix = f"/t{next(_prefixes)}"
-    made: list[BlockIPAM] = []
+    count = iter(range(11, 255))
 
     def factory(node: str = "h1", cidr: str = "10.244.0.0/24", **ipam_config: Any) -> BlockIPAM:
         spec = NetworkSpec(name="pods", cidr=IPv4Network(cidr), backend="calico-bgp",
                            ipam_config={"BlockSize": 28, **ipam_config}, etcd_prefix=prefix,
                            subnet_len=28)
-        ip = IPv4Address(f"198.18.0.{len(made) + 11}")
-        ctx = NetworkContext(spec=spec, node=Node(node, ip, "eth0", 1500),
-                             state_dir=tmp_path / node, store=connect(module_etcd.url))
-        ipam = BlockIPAM(ctx)
-        made.append(ipam)
-        return ipam
+        ip = IPv4Address(f"198.18.0.{next(count)}")
+        return stop_later(BlockIPAM(NetworkContext(spec=spec, node=Node(node, ip, "eth0", 1500),
+                                                   state_dir=tmp_path / node,
+                                                   store=connect(module_etcd.url))))
 
-    yield factory
-    for ipam in made:
-        ipam.stop()
+    return factory

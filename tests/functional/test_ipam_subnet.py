@@ -50,9 +50,7 @@ class Peers:
 
 
 @pytest.fixture
-def make(store, tmp_path):
-    made: list[SubnetLeaseIPAM] = []
-
+def make(store, tmp_path, stop_later):
     def factory(n: int, *, cidr="10.50.0.0/16", subnet_len=24, ttl=None, state=None, st=None,
                 backend="vxlan"):  # fmt: skip
         spec = NetworkSpec(
@@ -66,13 +64,9 @@ def make(store, tmp_path):
         )
         node = Node(f"n{n}", IPv4Address(f"198.18.0.{10 + n}"), "eth0", 1500)
         ctx = NetworkContext(spec, node, state or tmp_path / f"n{n}", st or store)
-        ipam = SubnetLeaseIPAM(ctx)
-        made.append(ipam)
-        return ipam
+        return stop_later(SubnetLeaseIPAM(ctx))
 
-    yield factory
-    for ipam in made:
-        ipam.stop()
+    return factory
 
 
 def lease_of(store, subnet: IPv4Network) -> dict:

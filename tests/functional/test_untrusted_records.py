@@ -26,20 +26,14 @@ CIDR = IPv4Network("10.50.0.0/16")
 
 
 @pytest.fixture
-def make(store, tmp_path):
-    made: list[SubnetLeaseIPAM] = []
-
+def make(store, tmp_path, stop_later):
     def factory(n: int, cidr: str = "10.50.0.0/16", ttl: int = 30) -> SubnetLeaseIPAM:
         spec = NetworkSpec(name="u", cidr=IPv4Network(cidr), backend="vxlan", ipam="subnet",
                            ipam_config={"leaseTTL": ttl}, etcd_prefix=PREFIX)
         node = Node(f"n{n}", IPv4Address(f"198.18.0.{10 + n}"), "eth0", 1500)
-        ipam = SubnetLeaseIPAM(NetworkContext(spec, node, tmp_path / f"n{n}", store))
-        made.append(ipam)
-        return ipam
+        return stop_later(SubnetLeaseIPAM(NetworkContext(spec, node, tmp_path / f"n{n}", store)))
 
-    yield factory
-    for ipam in made:
-        ipam.stop()
+    return factory
 
 
 def lease(ip: str, **data) -> str:
