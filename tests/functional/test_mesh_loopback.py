@@ -11,9 +11,9 @@ import socket
 import time
 from collections.abc import Callable
 
-from fabric.mesh.gossip import Gossiper
 from fabric.mesh.router import RouterConfig
 from fabric.mesh.tcp import MeshNode
+from tests.unit.mesh.helpers import Recorder
 
 CFG = dict(gossip_interval=1.0, relay_delay=0.02, backoff_base=0.2, backoff_max=1.0)
 
@@ -25,20 +25,6 @@ def wait(pred: Callable[[], bool], timeout: float = 20.0) -> bool:
             return True
         time.sleep(0.05)
     return pred()
-
-
-class Inbox(Gossiper):
-    def __init__(self) -> None:
-        self.got: list[tuple[int, bytes]] = []
-
-    def gossip(self):
-        return None
-
-    def on_gossip(self, sender, payload):
-        return None
-
-    def on_gossip_unicast(self, src, payload):
-        self.got.append((src, payload))
 
 
 def node(made: list[MeshNode], i: int, password: str | None = "s3cret") -> MeshNode:
@@ -83,14 +69,14 @@ def test_unicast_via_middle_peer(peers: list[MeshNode]) -> None:
     a, b, c = node(peers, 40), node(peers, 41), node(peers, 42)
     b.connect([a.address])
     c.connect([b.address])
-    inboxes = [n.call(lambda n=n: (n.router.new_gossip("app", box := Inbox()), box)[1])
+    inboxes = [n.call(lambda n=n: (n.router.new_gossip("app", box := Recorder()), box)[1])
                for n in (a, b, c)]
     assert wait(lambda: peer_counts([a, b, c]) == [3, 3, 3])
     assert c.name not in a.call(lambda: set(a.router.conns))
     assert a.call(lambda: a.router.topology.unicast_routes()[c.name]) == b.name
     assert a.call(lambda: a.router.channels["app"].gossip_unicast(c.name, b"via B"))
-    assert wait(lambda: inboxes[2].got == [(a.name, b"via B")], 5)
-    assert inboxes[1].got == []
+    assert wait(lambda: inboxes[2].unicast == [(a.name, b"via B")], 5)
+    assert inboxes[1].unicast == []
 
 
 def test_hostile_bytes_on_the_port_are_counted(peers: list[MeshNode]) -> None:
@@ -115,7 +101,7 @@ def test_hostile_bytes_on_the_port_are_counted(peers: list[MeshNode]) -> None:
 def test_nothing_readable_on_the_wire(peers: list[MeshNode]) -> None:
     """Tap the byte stream of an encrypted connection through a relay socket."""
     a = node(peers, 60)
-    a.call(lambda: a.router.new_gossip("app", Inbox()))
+    a.call(lambda: a.router.new_gossip("app", Recorder()))
     relay = socket.socket()
     relay.bind(("127.77.0.61", 0))
     relay.listen(1)
@@ -141,7 +127,7 @@ def test_nothing_readable_on_the_wire(peers: list[MeshNode]) -> None:
     b = node(peers, 62)
     b.connect([f"127.77.0.61:{relay.getsockname()[1]}"])
     assert wait(lambda: peer_counts([a, b]) == [2, 2])
-    b.call(lambda: b.router.channels.get("app") or b.router.new_gossip("app", Inbox()))
+    b.call(lambda: b.router.channels.get("app") or b.router.new_gossip("app", Recorder()))
     b.call(lambda: b.router.channels["app"].gossip_unicast(a.name, b"TOPSECRET-PAYLOAD"))
     time.sleep(0.5)
     relay.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 from fabric.ipam.ring_alloc import RingAllocator
+from fabric.mesh.gossip import Gossiper
 from fabric.mesh.router import Router, RouterConfig
 from fabric.mesh.sim import SimNet
 
@@ -48,3 +49,23 @@ def converged(routers: list[Router]) -> bool:
         truth = (truth + hash((r.name, r.version))) & ((1 << 64) - 1)
     return all(len(r.topology.records) == len(routers) and r.topology.digest == truth
                for r in routers)
+
+
+class Recorder(Gossiper):
+    """A gossip channel's user that keeps what it is sent point-to-point and broadcast."""
+
+    def __init__(self) -> None:
+        self.unicast: list[tuple[int, bytes]] = []
+        self.bcast: list[tuple[int, bytes]] = []
+
+    def gossip(self):
+        return None
+
+    def on_gossip(self, sender, payload):
+        return None
+
+    def on_gossip_broadcast(self, src, payload):
+        self.bcast.append((src, payload))
+
+    def on_gossip_unicast(self, src, payload):
+        self.unicast.append((src, payload))

@@ -2,29 +2,10 @@
 
 from __future__ import annotations
 
-from fabric.mesh.gossip import Gossiper
 from fabric.mesh.names import fmt_name, new_name, parse_name
 from fabric.mesh.topology import PeerRecord, Topology, TopologyUpdate
 
-from .helpers import build, converged
-
-
-class Recorder(Gossiper):
-    def __init__(self) -> None:
-        self.unicast: list[tuple[int, bytes]] = []
-        self.bcast: list[tuple[int, bytes]] = []
-
-    def gossip(self):
-        return None
-
-    def on_gossip(self, sender, payload):
-        return None
-
-    def on_gossip_broadcast(self, src, payload):
-        self.bcast.append((src, payload))
-
-    def on_gossip_unicast(self, src, payload):
-        self.unicast.append((src, payload))
+from .helpers import Recorder, build, converged
 
 
 def test_names_roundtrip() -> None:
