@@ -8,19 +8,12 @@ own data directory, started per test and stopped by pid afterwards; tests may
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
-from fabric_testplugins.etcd import EtcdServer, etcd_binary
+from fabric_testplugins.etcd import EtcdServer
+from tests.util import private_etcd
 
-
-@pytest.fixture
-def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
-    if etcd_binary() is None:
-        pytest.skip("etcd is not installed (Debian package etcd-server)")
-    with EtcdServer(tmp_path_factory.mktemp("etcd") / "data") as server:
-        yield server
+etcd = pytest.fixture(private_etcd, name="etcd")
 
 
 @pytest.fixture

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from fabric_testplugins.etcd import EtcdServer, etcd_binary
 
 
 def wait_for(pred: Callable[[], bool], timeout: float = 5.0, step: float = 0.01) -> bool:
@@ -15,6 +19,15 @@ def wait_for(pred: Callable[[], bool], timeout: float = 5.0, step: float = 0.01)
             return True
         time.sleep(step)
     return pred()
+
+
+def private_etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
+    """A private, real etcd on 127.0.0.1 (free ports, own data directory), stopped by pid
+    afterwards; skips the test when etcd is not installed. The body of the etcd fixtures."""
+    if etcd_binary() is None:
+        pytest.skip("etcd is not installed (Debian package etcd-server)")
+    with EtcdServer(tmp_path_factory.mktemp("etcd") / "data") as server:
+        yield server
 
 
 # A counting nftables `forward` chain: shows whether a host's stack forwarded traffic

@@ -12,7 +12,8 @@ import pytest
 from fabric.api import NetworkContext, NetworkSpec, Node
 from fabric.ipam.blocks import BlockIPAM
 from fabric.store import connect
-from fabric_testplugins.etcd import EtcdServer, etcd_binary
+from fabric_testplugins.etcd import EtcdServer
+from tests.util import private_etcd
 
 T = TypeVar("T")
 
@@ -26,13 +27,8 @@ def peers() -> Iterator[list[Any]]:
         p.stop()
 
 
-@pytest.fixture(scope="module")
-def module_etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
-    """One private etcd for a whole module (tests keep apart by key prefix)."""
-    if etcd_binary() is None:
-        pytest.skip("etcd is not installed (Debian package etcd-server)")
-    with EtcdServer(tmp_path_factory.mktemp("etcd") / "data") as server:
-        yield server
+# one private etcd for a whole module (its tests keep apart by key prefix)
+module_etcd = pytest.fixture(private_etcd, scope="module", name="module_etcd")
 
 
 @pytest.fixture
