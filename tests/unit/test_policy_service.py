@@ -91,10 +91,15 @@ def test_apply_list_delete_persist(tmp_path: Path) -> None:
         handle_policy_op(net, "policy.delete", {"name": "quiet"})
 
 
-def test_invalid_documents_change_nothing(tmp_path: Path) -> None:
-    net = FakeNetwork(tmp_path)
+def with_db_policy(tmp: Path) -> tuple[FakeNetwork, str]:
+    """A network with DOCS[0] applied, and the saved policy file's text."""
+    net = FakeNetwork(tmp)
     handle_policy_op(net, "policy.apply", {"documents": DOCS[:1]})
-    before = (tmp_path / POLICY_FILE).read_text()
+    return net, (tmp / POLICY_FILE).read_text()
+
+
+def test_invalid_documents_change_nothing(tmp_path: Path) -> None:
+    net, before = with_db_policy(tmp_path)
     bad = json.loads(json.dumps(DOCS[1]))
     bad["spec"]["podSelector"] = {"matchLabels": {"app": ["x"]}}
     with pytest.raises(PolicyError, match=r"spec\.podSelector\.matchLabels\.app"):
@@ -105,9 +110,7 @@ def test_invalid_documents_change_nothing(tmp_path: Path) -> None:
 
 
 def test_engine_failure_restores_previous_policies(tmp_path: Path) -> None:
-    net = FakeNetwork(tmp_path)
-    handle_policy_op(net, "policy.apply", {"documents": DOCS[:1]})
-    before = (tmp_path / POLICY_FILE).read_text()
+    net, before = with_db_policy(tmp_path)
     net.policy = Refusing(net.ctx)
     with pytest.raises(PolicyError, match="boom"):
         handle_policy_op(net, "policy.apply", {"documents": DOCS[1:]})
