@@ -7,13 +7,7 @@ import secrets
 import pytest
 
 from fabric.lab.topology import STATE_ROOT
-from tests.lab.lab_util import (  # the others re-exported until every lab module imports lab_util
-    installed_backends,  # noqa: F401
-    lab_namespaces,
-    needs_root,  # noqa: F401
-    stack_missing,  # noqa: F401
-    up_or_skip,  # noqa: F401
-)
+from tests.lab.lab_util import lab_namespaces
 
 
 @pytest.fixture

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from tests.lab.every_backend import SETUP, backend_in_lab
+from tests.lab.every_backend import backend_in_lab
 from tests.lab.lab_util import installed_backends, needs_root
 
 pytestmark = [pytest.mark.root, pytest.mark.lab, needs_root]
-__all__ = ["SETUP"]  # per-backend lab settings, read by test_policy_matrix too
 
 
 @pytest.mark.parametrize("backend", installed_backends())

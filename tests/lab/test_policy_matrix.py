@@ -20,8 +20,8 @@ import pytest
 
 from fabric.lab import Lab, Topology
 from fabric.policy.probe import Probe, probe_many
-from tests.lab import test_backends
-from tests.lab.conftest import installed_backends, needs_root, stack_missing, up_or_skip
+from tests.lab.every_backend import SETUP  # per-backend lab settings, shared
+from tests.lab.lab_util import installed_backends, needs_root, stack_missing, up_or_skip
 
 pytestmark = [pytest.mark.root, pytest.mark.lab, needs_root]
 
@@ -92,7 +92,6 @@ spec:
 
 # cases that need no knowledge of the other node's pods (backends without a datastore)
 LOCAL_ONLY = ("deny-all-ingress", "allow-to-port", "egress-deny", "egress-ipblock")
-SETUP: dict = getattr(test_backends, "SETUP", {})  # per-backend lab settings, shared
 
 
 def _policy(lab: Lab, *args: str) -> subprocess.CompletedProcess:

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
 from fabric.lab import Lab, Topology
 from fabric.lab.procs import stop
-from tests.lab.conftest import needs_root, stack_missing, up_or_skip
+from tests.lab.lab_util import needs_root, stack_missing, up_or_skip
 from tests.lab.weave_util import (
     backend_status,
     modes,
@@ -21,13 +24,22 @@ from tests.lab.weave_util import (
 
 pytestmark = [pytest.mark.root, pytest.mark.lab, needs_root]
 
-def _up(lab_name: str, backend: str, **kw) -> Lab:
+
+@contextmanager
+def _lab(lab_name: str, backend: str, password_in: Path | None = None, **kw) -> Iterator[Lab]:
+    """3 hosts x 2 pods converged within 30 s (a password file in ``password_in``: encrypted);
+    taken down afterwards."""
     if why := stack_missing(backend, etcd=False):
         pytest.skip(why)
+    if password_in is not None:
+        kw["backend_opts"] = {backend: {"PasswordFile": _password_file(password_in)}}
     lab = up_or_skip(Topology(lab_name, backend, hosts=3, pods_per_host=2, **kw))
-    res = lab.converge(timeout=30)
-    assert res.ok and len(res.pairs) == 30, res.summary()
-    return lab
+    try:
+        res = lab.converge(timeout=30)
+        assert res.ok and len(res.pairs) == 30, res.summary()
+        yield lab
+    finally:
+        lab.down()
 
 
 def _password_file(tmp_path, text: str = "correct horse battery staple") -> str:
@@ -38,8 +50,7 @@ def _password_file(tmp_path, text: str = "correct horse battery staple") -> str:
 
 
 def test_weave_sleeve_mesh_relay_multicast_dns(lab_name: str) -> None:
-    lab = _up(lab_name, "weave-sleeve")
-    try:
+    with _lab(lab_name, "weave-sleeve") as lab:
         # no datastore anywhere
         assert lab.etcd is None and not any(k.startswith("etcd") for k in lab.procs)
         # every connection carries sleeve, established by heartbeats
@@ -105,14 +116,10 @@ def test_weave_sleeve_mesh_relay_multicast_dns(lab_name: str) -> None:
         _, ip = lab.target("h2p1")
         out = lab.exec("h3p1", ["getent", "hosts", "h2p1.weave.local"])
         assert out.ok and out.stdout.split()[0] == str(ip), out.stdout
-    finally:
-        lab.down()
 
 
 def test_weave_sleeve_encrypted(lab_name: str, tmp_path) -> None:
-    pw = _password_file(tmp_path)
-    lab = _up(lab_name, "weave-sleeve", backend_opts={"weave-sleeve": {"PasswordFile": pw}})
-    try:
+    with _lab(lab_name, "weave-sleeve", password_in=tmp_path) as lab:
         st = backend_status(lab, "h1")
         assert st["mesh"]["encryption"] and "sealed" in st["overlay"]["encryption_reason"]
         # encryption costs the seal's bytes in the MTU
@@ -128,13 +135,10 @@ def test_weave_sleeve_encrypted(lab_name: str, tmp_path) -> None:
         assert refused >= 1, mesh
         log = (lab.state_dir / "h1" / "agent.log").read_text()
         assert "198.18.0.1" in log, "refused handshakes are logged with the address"
-    finally:
-        lab.down()
 
 
 def test_weave_fastdp_per_peer_fallback(lab_name: str) -> None:
-    lab = _up(lab_name, "weave-fastdp")
-    try:
+    with _lab(lab_name, "weave-fastdp") as lab:
         lab.wait(lambda: all(m == "fastdp" for h in ("h1", "h2", "h3")
                              for m in modes(lab, h).values())
                  and len(modes(lab, "h1")) == 2, timeout=15)
@@ -180,14 +184,10 @@ def test_weave_fastdp_per_peer_fallback(lab_name: str) -> None:
         lab.wait(lambda: modes(lab, "h1").get("h3") == "fastdp", timeout=75)
         res = lab.converge(timeout=10)
         assert res.ok, res.summary()
-    finally:
-        lab.down()
 
 
 def test_weave_fastdp_with_password_uses_encrypted_sleeve(lab_name: str, tmp_path) -> None:
-    pw = _password_file(tmp_path)
-    lab = _up(lab_name, "weave-fastdp", backend_opts={"weave-fastdp": {"PasswordFile": pw}})
-    try:
+    with _lab(lab_name, "weave-fastdp", password_in=tmp_path) as lab:
         st = backend_status(lab, "h2")
         assert not st["overlay"]["fastdp"]["enabled"]
         reason = st["overlay"]["encryption_reason"]
@@ -197,5 +197,3 @@ def test_weave_fastdp_with_password_uses_encrypted_sleeve(lab_name: str, tmp_pat
         assert not plaintext_seen(lab, "h2p1", "h3p2")
         log = (lab.state_dir / "h2" / "agent.log").read_text()
         assert "every peer uses encrypted sleeve" in log
-    finally:
-        lab.down()
