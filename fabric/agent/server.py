@@ -27,7 +27,7 @@ from typing import Any
 
 from fabric.errors import ConfigError, FabricError
 
-__all__ = ["ControlServer", "MAX_REQUEST", "BACKLOG", "RawAnswer"]
+__all__ = ["ControlServer", "MAX_REQUEST", "BACKLOG", "RawAnswer", "close_listener"]
 
 log = logging.getLogger("fabric.agent")
 MAX_REQUEST = 4 * 1024 * 1024
@@ -124,13 +124,19 @@ class ControlServer:
 
     def close(self) -> None:
         self._closing.set()
-        if self._sock is not None:
-            with contextlib.suppress(OSError):  # wakes the thread blocked in accept()
-                self._sock.shutdown(socket.SHUT_RDWR)
-            self._sock.close()
-            self._sock = None
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+        close_listener(self._sock, self.path)
+        self._sock = None
+
+
+def close_listener(sock: socket.socket | None, path: str | os.PathLike[str]) -> None:
+    """Close a listening unix socket (waking a thread blocked in accept()) and remove its
+    path; either may be gone already."""
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+        sock.close()
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
 
 
 def _read_request(conn: socket.socket, fds: list[int]) -> dict[str, Any]:

@@ -21,6 +21,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from fabric.agent.server import close_listener
+
 __all__ = ["FakeAgent", "ok", "fail", "HANG", "CLOSE", "Raw", "invoke", "Runner"]
 
 HANG = "hang"  # read the request, never answer (until the agent is closed)
@@ -105,13 +107,8 @@ class FakeAgent:
 
     def close(self) -> None:
         self._closing.set()
-        if self._sock is not None:
-            with contextlib.suppress(OSError):  # wakes the thread blocked in accept()
-                self._sock.shutdown(socket.SHUT_RDWR)
-            self._sock.close()
-            self._sock = None
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
+        close_listener(self._sock, self.path)
+        self._sock = None
         for t in self._threads:
             t.join(2)
 
