@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fabric.agent.config import DEFAULT_STATE_DIR
+from fabric.agent.config import DEFAULT_STATE_DIR, add_agent_options, agent_socket
 from fabric.errors import ConfigError, FabricError
 
 __all__ = ["main", "build_parser"]
@@ -83,11 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     up.set_defaults(func=cmd_up)
 
     down = sub.add_parser("down", help="stop the agent and remove everything it created")
-    down.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
+    add_agent_options(down)
     down.set_defaults(func=cmd_down)
 
     st = sub.add_parser("status", help="show node, networks, leases and peers")
-    st.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
+    add_agent_options(st)
     st.add_argument("--json", action="store_true", help="print the raw JSON status")
     st.set_defaults(func=cmd_status)
 
@@ -187,24 +187,25 @@ def cmd_up(args: argparse.Namespace) -> int:
     return Agent(config).run()
 
 
-def agent_request(state_dir: Path, request: dict[str, Any], timeout: float = 30) -> Any:
+def agent_request(args: argparse.Namespace, request: dict[str, Any],
+                  timeout: float = 30) -> Any:
     from fabric.agent.client import call
 
-    return call(state_dir / "agent.sock", request, timeout=timeout)
+    return call(agent_socket(args), request, timeout=timeout)
 
 
 def cmd_down(args: argparse.Namespace) -> int:
     from fabric.agent.client import AgentUnreachable
 
     try:
-        agent_request(args.state_dir, {"op": "stop", "teardown": True})
+        agent_request(args, {"op": "stop", "teardown": True})
     except AgentUnreachable:
         from fabric.agent.daemon import offline_teardown
 
         done = offline_teardown(args.state_dir)
         print(f"agent not running; removed network(s): {', '.join(done) or 'none'}")
         return 0
-    _wait_gone(args.state_dir / "agent.sock")
+    _wait_gone(agent_socket(args))
     print("agent stopped and its networks removed")
     return 0
 
@@ -225,7 +226,7 @@ def _wait_gone(path: Path, timeout: float = 30) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    status = agent_request(args.state_dir, {"op": "status"})
+    status = agent_request(args, {"op": "status"})
     if args.json:
         print(json.dumps(status, indent=2))
         return 0

@@ -42,12 +42,28 @@ from fabric.store.base import TLSFiles
 __all__ = [
     "AgentConfig",
     "DEFAULT_STATE_DIR",
+    "add_agent_options",
+    "agent_socket",
     "load_config_file",
     "network_from_mapping",
     "parse_key_values",
 ]
 
 DEFAULT_STATE_DIR = Path("/run/netfabric")
+
+
+def add_agent_options(parser: Any) -> None:
+    """``--state-dir`` / ``--socket``: how every command that talks to a running agent finds it
+    (`fabric status`, `fabric down`, `fabric policy`, `fabric weave`, `fabric dns`)."""
+    parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR,
+                        help=f"the agent's state directory (default {DEFAULT_STATE_DIR})")
+    parser.add_argument("--socket", type=Path,
+                        help="the agent's control socket (default STATE_DIR/agent.sock)")
+
+
+def agent_socket(args: Any) -> Path:
+    """The socket named by :func:`add_agent_options`' options."""
+    return Path(args.socket) if args.socket else Path(args.state_dir) / "agent.sock"
 _NETWORK_KEYS = {
     "name", "backend", "network", "subnetLen", "subnetMin", "subnetMax", "backendConfig",
     "ipam", "ipamConfig", "policy", "etcdPrefix", "ipMasq", "mtu",

@@ -1,6 +1,7 @@
 """`fabric policy apply -f FILE | list | delete NAME | explain POD | label POD K=V | metrics`.
 
-Targets: ``--socket PATH`` (default /run/netfabric/agent.sock) or ``--lab NAME`` with
+Targets: ``--state-dir DIR`` / ``--socket PATH`` (as `fabric status`; default
+/run/netfabric/agent.sock) or ``--lab NAME`` with
 ``--host hN`` (repeatable; default every host of the lab). Files are validated here
 first, so a bad policy never reaches an agent.
 """
@@ -11,12 +12,10 @@ import argparse
 import json
 from typing import Any
 
+from fabric.agent.config import DEFAULT_STATE_DIR, add_agent_options, agent_socket
 from fabric.errors import ConfigError, FabricError, NotFound
 
 __all__ = ["register", "targets"]
-
-_DEFAULT_SOCKET = "/run/netfabric/agent.sock"
-
 
 def register(subparsers: Any) -> None:
     pol = subparsers.add_parser("policy", help="NetworkPolicy: apply, list, delete, explain")
@@ -25,8 +24,8 @@ def register(subparsers: Any) -> None:
     sub.required = True
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--socket", help=f"agent control socket (default {_DEFAULT_SOCKET})")
-        p.add_argument("--lab", help="target hosts of this lab instead of --socket")
+        add_agent_options(p)
+        p.add_argument("--lab", help="target hosts of this lab instead of --socket/--state-dir")
         p.add_argument("--host", action="append", default=[],
                        help="lab host (repeatable; default: every host of the lab)")
         p.add_argument("--network", default="", help="network (when an agent serves several)")
@@ -62,8 +61,8 @@ def register(subparsers: Any) -> None:
 def targets(args: argparse.Namespace) -> list[tuple[str, str]]:
     """(label, socket path) of every agent the command goes to."""
     if args.lab:
-        if args.socket:
-            raise ConfigError("--socket and --lab exclude each other")
+        if args.socket or args.state_dir != DEFAULT_STATE_DIR:
+            raise ConfigError("--socket/--state-dir and --lab exclude each other")
         from fabric.lab.lab import Lab
 
         lab = Lab.attach(args.lab)
@@ -77,7 +76,7 @@ def targets(args: argparse.Namespace) -> list[tuple[str, str]]:
         return out
     if args.host:
         raise ConfigError("--host needs --lab")
-    return [("agent", args.socket or _DEFAULT_SOCKET)]
+    return [("agent", str(agent_socket(args)))]
 
 
 def _call_all(args: argparse.Namespace, request: dict[str, Any]) -> list[tuple[str, Any]]:

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 from typing import Any
 
-from fabric.agent.config import DEFAULT_STATE_DIR
+from fabric.agent.config import add_agent_options, agent_socket
 from fabric.errors import ConfigError
 
 __all__ = ["register", "render_weave", "render_connections"]
@@ -22,8 +21,7 @@ __all__ = ["register", "render_weave", "render_connections"]
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--network", default="", help="weave network name (default: the only one)")
-    p.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
-    p.add_argument("--socket", type=Path, help="agent socket (default STATE_DIR/agent.sock)")
+    add_agent_options(p)
 
 
 def register(sub: Any) -> None:
@@ -69,7 +67,7 @@ def register(sub: Any) -> None:
 def _call(args: argparse.Namespace, request: dict[str, Any]) -> Any:
     from fabric.agent.client import call
 
-    sock = args.socket or args.state_dir / "agent.sock"
+    sock = agent_socket(args)
     return call(sock, request, timeout=30)
 
 

@@ -70,3 +70,17 @@ def test_bench_pin_modes() -> None:
         bench_run("vxlan", pin="both")
     res = run("bench", "--backend", "vxlan", "--pin", "three")
     assert res.returncode == 2 and "invalid choice" in res.stderr
+
+
+def test_agent_commands_take_the_same_target_options() -> None:
+    from pathlib import Path
+
+    from fabric.agent.config import agent_socket
+    from fabric.cli import build_parser
+
+    p = build_parser()
+    for argv in (["status"], ["down"], ["policy", "list"], ["weave", "status"], ["dns", "list"]):
+        a = p.parse_args([*argv, "--state-dir", "/x", "--socket", "/y/s.sock"])
+        assert agent_socket(a) == Path("/y/s.sock"), argv
+        a = p.parse_args([*argv, "--state-dir", "/x"])
+        assert agent_socket(a) == Path("/x/agent.sock"), argv
