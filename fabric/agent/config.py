@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import re
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,8 @@ __all__ = [
     "DEFAULT_STATE_DIR",
     "add_agent_options",
     "agent_socket",
+    "lab_targets",
+    "set_lab_targets",
     "load_config_file",
     "network_from_mapping",
     "parse_key_values",
@@ -59,6 +61,24 @@ def add_agent_options(parser: Any) -> None:
                         help=f"the agent's state directory (default {DEFAULT_STATE_DIR})")
     parser.add_argument("--socket", type=Path,
                         help="the agent's control socket (default STATE_DIR/agent.sock)")
+
+
+# `--lab NAME`: the agents of a lab, for commands that reach agents (fabric policy ...). The
+# lab registers the resolver when its CLI is loaded, so those commands never import the lab.
+LabTargets = Callable[[str, list[str]], list[tuple[str, str]]]
+_lab_targets: list[LabTargets] = []
+
+
+def set_lab_targets(resolver: LabTargets) -> None:
+    """Called by ``fabric.lab.cli``: ``resolver(lab, hosts)`` -> [(host, agent socket)]."""
+    _lab_targets[:] = [resolver]
+
+
+def lab_targets(lab: str, hosts: list[str]) -> list[tuple[str, str]]:
+    if not _lab_targets:
+        raise ConfigError("--lab needs netfabric's lab (fabric.lab), which is not loaded",
+                          fix="use --socket/--state-dir")
+    return _lab_targets[0](lab, hosts)
 
 
 def agent_socket(args: Any) -> Path:

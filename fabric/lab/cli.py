@@ -13,10 +13,28 @@ import os
 import sys
 from typing import Any
 
+from fabric.agent.config import set_lab_targets
+from fabric.errors import ConfigError
+
 __all__ = ["register"]
 
 
+def lab_agents(name: str, hosts: list[str]) -> list[tuple[str, str]]:
+    """(host, agent socket) of a lab's hosts (all of them when ``hosts`` is empty), for
+    commands that reach agents with ``--lab`` (fabric.agent.config.lab_targets)."""
+    from fabric.lab.lab import Lab
+
+    lab = Lab.attach(name)
+    names = hosts or sorted(lab.hosts, key=lambda h: lab.hosts[h].index)
+    for h in names:
+        if h not in lab.hosts:
+            raise ConfigError(f"--host {h!r} is not a host of lab {name}",
+                              fix=f"hosts: {', '.join(sorted(lab.hosts))}")
+    return [(h, lab.hosts[h].socket) for h in names]
+
+
 def register(subparsers: Any) -> None:
+    set_lab_targets(lab_agents)
     lab = subparsers.add_parser("lab", help="emulated multi-host lab in network namespaces")
     sub = lab.add_subparsers(dest="lab_command", metavar="LAB_COMMAND",
                              parser_class=type(lab))

@@ -12,7 +12,7 @@ import argparse
 import json
 from typing import Any
 
-from fabric.agent.config import DEFAULT_STATE_DIR, add_agent_options, agent_socket
+from fabric.agent.config import DEFAULT_STATE_DIR, add_agent_options, agent_socket, lab_targets
 from fabric.errors import ConfigError, FabricError, NotFound
 
 __all__ = ["register", "targets"]
@@ -63,17 +63,7 @@ def targets(args: argparse.Namespace) -> list[tuple[str, str]]:
     if args.lab:
         if args.socket or args.state_dir != DEFAULT_STATE_DIR:
             raise ConfigError("--socket/--state-dir and --lab exclude each other")
-        from fabric.lab.lab import Lab
-
-        lab = Lab.attach(args.lab)
-        names = args.host or sorted(lab.hosts, key=lambda h: lab.hosts[h].index)
-        out = []
-        for h in names:
-            if h not in lab.hosts:
-                raise ConfigError(f"--host {h!r} is not a host of lab {args.lab}",
-                                  fix=f"hosts: {', '.join(sorted(lab.hosts))}")
-            out.append((h, lab.hosts[h].socket))
-        return out
+        return lab_targets(args.lab, list(args.host))
     if args.host:
         raise ConfigError("--host needs --lab")
     return [("agent", str(agent_socket(args)))]
