@@ -280,6 +280,8 @@ class Backend(abc.ABC):
     capabilities: ClassVar[Capabilities] = Capabilities()
 
     def __init__(self, ctx: NetworkContext) -> None:
+        """Main thread, once per network. Validate the options in ``ctx.spec`` (ConfigError
+        naming the field: fatal) and touch nothing: no kernel, datastore or threads yet."""
         self.ctx = ctx
 
     @property
@@ -339,7 +341,8 @@ class Backend(abc.ABC):
     def check(self, workload: Workload, allocation: Allocation) -> None:
         """Raise :class:`~fabric.errors.BackendError` if the workload's plumbing is wrong.
 
-        A control-socket thread, under the network's lock; read-only, no side effects."""
+        A control-socket thread, under the network's lock; may block on the kernel;
+        read-only, so idempotent."""
 
     def status(self) -> dict[str, Any]:
         """JSON-able facts for `fabric status` (``backend_status``): peers with their state,
@@ -351,7 +354,10 @@ class Backend(abc.ABC):
     def operations(self) -> Mapping[str, Callable[[Mapping[str, Any]], Any]]:
         """Named operations the CLI reaches through the agent's ``backend.NAME`` op (weave's
         ``connect``/``forget``/``rmpeer``, ``dns.add``...). Each takes the request's ``args``
-        mapping, returns JSON-able data, raises :mod:`fabric.errors` types. Default: none."""
+        mapping, returns JSON-able data, raises :mod:`fabric.errors` types (the CLI shows them).
+        Called on a control-socket thread, without the network's lock, only once the network
+        is ready; may block briefly; should be idempotent where the operation allows (a
+        second ``connect`` of one host changes nothing). Default: none."""
         return {}
 
     def stop(self) -> None:
@@ -382,6 +388,8 @@ class IPAM(abc.ABC):
     name: ClassVar[str] = ""
 
     def __init__(self, ctx: NetworkContext) -> None:
+        """Main thread, once per network. Validate the options in ``ctx.spec`` (ConfigError
+        naming the field: fatal) and touch nothing: no kernel, datastore or threads yet."""
         self.ctx = ctx
 
     @abc.abstractmethod
@@ -405,6 +413,11 @@ class IPAM(abc.ABC):
     def allocate(self, handle: Handle, requested: IPv4Address | None = None) -> Allocation:
         """Return the handle's address, allocating one if it has none. Raises PoolExhausted.
 
+        A control-socket thread, under the network's lock (also the main thread, for a
+        backend's node-owned handles in ``start``). Idempotent per handle; persisted before it
+        returns, so a restarted agent never hands an address out twice; may block briefly on
+        the datastore or mesh (a ring peer asking another for space), never forever.
+
         ``requested`` is a static address the runtime asked for (CNI ``IP=`` argument,
         ``args.cni.ips``, ``runtimeConfig.ips``): the result holds exactly that address or
         the call raises, never hands out another one:
@@ -418,8 +431,8 @@ class IPAM(abc.ABC):
     def release(self, handle: Handle) -> Allocation | None:
         """Free the handle's address; None if it had none.
 
-        A control-socket thread, under the network's lock. Idempotent; persisted before it
-        returns."""
+        A control-socket thread, under the network's lock; may block briefly on the disk or
+        datastore. Idempotent; persisted before it returns; IPAMError when it cannot be."""
 
     @abc.abstractmethod
     def allocations(self) -> dict[Handle, Allocation]:
@@ -454,6 +467,8 @@ class PolicyEngine(abc.ABC):
     name: ClassVar[str] = ""
 
     def __init__(self, ctx: NetworkContext) -> None:
+        """Main thread, once per network. Validate the options in ``ctx.spec`` (ConfigError
+        naming the field: fatal) and touch nothing: no kernel, datastore or threads yet."""
         self.ctx = ctx
 
     def start(self) -> None:
@@ -483,15 +498,20 @@ class PolicyEngine(abc.ABC):
     def set_policies(self, policies: Sequence[Any]) -> None:
         """Replace all policies (``fabric.policy.model`` objects) in one transaction.
 
-        A control-socket thread (``policy.apply``/``policy.delete``). Atomic: on error
-        (PolicyError naming the policy) the previous rules stay in force."""
+        A control-socket thread (``policy.apply``/``policy.delete``/``policy.label``), one
+        change at a time; may block on the kernel (one nft transaction). Idempotent: the same
+        set twice leaves the same rules. Atomic: on error (PolicyError naming the policy) the
+        previous rules stay in force."""
 
     def status(self) -> dict[str, Any]:
-        """JSON-able facts (rules, counters). Any thread, at any moment."""
+        """JSON-able facts (rules, counters). Any thread, at any moment; never blocks for long;
+        raising shows ``{"error": ...}``."""
         return {}
 
     def stop(self) -> None:
-        """Leave rules in force (pods stay protected while the agent restarts). Idempotent."""
+        """Leave rules in force (pods stay protected while the agent restarts). Main thread,
+        on SIGTERM; idempotent; raising is logged."""
 
     def teardown(self) -> None:
-        """Remove every rule this engine created. Main thread (`fabric down`); idempotent."""
+        """Remove every rule this engine created. Main thread (`fabric down`); idempotent;
+        raising is logged and the backend still tears down."""

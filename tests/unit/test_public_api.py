@@ -136,3 +136,19 @@ def test_example_backend_imports_only_the_stable_contract() -> None:
             elif isinstance(node, ast.Import):
                 used.update(a.name for a in node.names)
     assert {m for m in used if m.split(".")[0] == "fabric"} <= {"fabric.api", "fabric.errors"}
+
+
+def test_every_plugin_method_states_its_contract() -> None:
+    """fabric/api.py: each method of the three seams says which thread calls it, whether it may
+    block, whether it is idempotent and what raising does (issue 17; Neutron's driver_api)."""
+    import inspect
+
+    from fabric.api import IPAM, Backend, PolicyEngine
+
+    for cls in (Backend, IPAM, PolicyEngine):
+        for name, fn in vars(cls).items():
+            if name.startswith("_") and name != "__init__" or not callable(getattr(fn, "fget",
+                                                                                  fn)):
+                continue
+            doc = (inspect.getdoc(getattr(fn, "fget", fn)) or "").lower()
+            assert "thread" in doc, f"{cls.__name__}.{name}: which thread calls it?"
