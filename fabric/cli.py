@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fabric.agent.config import DEFAULT_STATE_DIR, add_agent_options, agent_socket
 from fabric.errors import ConfigError, FabricError
+from fabric.targets import DEFAULT_STATE_DIR, add_agent_options, agent_socket
 
 __all__ = ["main", "build_parser"]
 
@@ -189,13 +189,13 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 def agent_request(args: argparse.Namespace, request: dict[str, Any],
                   timeout: float = 30) -> Any:
-    from fabric.agent.client import call
+    from fabric.control import call
 
     return call(agent_socket(args), request, timeout=timeout)
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    from fabric.agent.client import AgentUnreachable
+    from fabric.control import AgentUnreachable
 
     try:
         agent_request(args, {"op": "stop", "teardown": True})

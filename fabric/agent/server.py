@@ -8,7 +8,7 @@ Bursts (a runtime starting hundreds of pods, `fabric status` loops): the listen
 backlog is large (``BACKLOG``, capped by ``net.core.somaxconn``) and the accept loop
 only accepts and hands off. An accept error (EMFILE, ENOMEM, a thread that cannot
 start) is logged, waited out briefly and retried: the loop ends only on ``close()``.
-Clients wait in the kernel while the backlog is full (``fabric.agent.client``).
+Clients wait in the kernel while the backlog is full (``fabric.control``).
 """
 
 from __future__ import annotations
@@ -25,9 +25,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from fabric.control import close_listener
 from fabric.errors import ConfigError, FabricError
 
-__all__ = ["ControlServer", "MAX_REQUEST", "BACKLOG", "RawAnswer", "close_listener"]
+__all__ = ["ControlServer", "MAX_REQUEST", "BACKLOG", "RawAnswer"]
 
 log = logging.getLogger("fabric.agent")
 MAX_REQUEST = 4 * 1024 * 1024
@@ -127,16 +128,6 @@ class ControlServer:
         close_listener(self._sock, self.path)
         self._sock = None
 
-
-def close_listener(sock: socket.socket | None, path: str | os.PathLike[str]) -> None:
-    """Close a listening unix socket (waking a thread blocked in accept()) and remove its
-    path; either may be gone already."""
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
-        sock.close()
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
 
 
 def _read_request(conn: socket.socket, fds: list[int]) -> dict[str, Any]:

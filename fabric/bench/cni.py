@@ -164,7 +164,7 @@ class _Driver:
         return round(statistics.median(samples), 1)
 
     def phases(self) -> dict[str, float]:
-        from fabric.agent.client import call
+        from fabric.control import call
 
         env = {"CNI_COMMAND": "VERSION", "PATH": RUNTIME_PATH}
         out = {

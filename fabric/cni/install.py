@@ -54,7 +54,7 @@ DEFAULT_SOCKET = "/run/netfabric/agent.sock"
 DEFAULT_PYTHON = "/usr/bin/env python3"
 _MARK = b"netfabric fabric-cni"
 # what `fabric-cni` imports of ours (checked by a test against sys.modules)
-_MODULES = ("__init__.py", "errors.py", "agent/__init__.py", "agent/client.py",
+_MODULES = ("__init__.py", "errors.py", "control.py",
             "cni/__init__.py", "cni/errors.py", "cni/main.py", "cni/result.py", "cni/spec.py")
 _MAIN = "import sys\nfrom fabric.cni.main import main\nsys.exit(main())\n"
 

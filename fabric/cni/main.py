@@ -35,7 +35,6 @@ import os
 import sys
 import time
 
-from fabric.agent.client import AgentUnreachable, call, dumps, loads
 from fabric.cni import errors as codes
 from fabric.cni.errors import CNIError
 from fabric.cni.result import chain, find_interface, interface_ips, normalize, to_version
@@ -50,6 +49,7 @@ from fabric.cni.spec import (
     read_invocation,
     static_ips,
 )
+from fabric.control import AgentUnreachable, call, dumps, loads
 from fabric.errors import FabricError
 
 TYPE_CHECKING = False  # typing costs ~3 ms of import at every plugin start

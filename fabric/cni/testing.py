@@ -2,7 +2,7 @@
 
 :class:`FakeAgent` is a real unix-socket server speaking the control protocol (one JSON
 line in, one out); ``reply(request)`` decides each answer. It lets tests of `fabric-cni`
-and of ``fabric.agent.client`` reach paths a healthy agent never takes (hangs, resets,
+and of ``fabric.control`` reach paths a healthy agent never takes (hangs, resets,
 garbage). End-to-end behaviour is tested against the real agent.
 
     with FakeAgent(path, lambda req: ok({"ips": []})) as agent:
@@ -21,7 +21,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from fabric.agent.server import close_listener
+from fabric.control import close_listener
 
 __all__ = ["FakeAgent", "ok", "fail", "HANG", "CLOSE", "Raw", "invoke", "Runner"]
 

@@ -13,8 +13,8 @@ import os
 import sys
 from typing import Any
 
-from fabric.agent.config import set_lab_targets
 from fabric.errors import ConfigError
+from fabric.targets import set_lab_targets
 
 __all__ = ["register"]
 

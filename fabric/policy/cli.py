@@ -12,8 +12,8 @@ import argparse
 import json
 from typing import Any
 
-from fabric.agent.config import DEFAULT_STATE_DIR, add_agent_options, agent_socket, lab_targets
 from fabric.errors import ConfigError, FabricError, NotFound
+from fabric.targets import DEFAULT_STATE_DIR, add_agent_options, agent_socket, lab_targets
 
 __all__ = ["register", "targets"]
 
@@ -70,7 +70,7 @@ def targets(args: argparse.Namespace) -> list[tuple[str, str]]:
 
 
 def _call_all(args: argparse.Namespace, request: dict[str, Any]) -> list[tuple[str, Any]]:
-    from fabric.agent.client import call
+    from fabric.control import call
 
     if args.network:
         request["network"] = args.network
@@ -158,7 +158,7 @@ def render_explain(r: dict[str, Any]) -> str:
 
 def _pod_op(args: argparse.Namespace, req: dict[str, Any]) -> list[tuple[str, Any]]:
     """Send a request about one pod; in a lab, the hosts that do not have it are skipped."""
-    from fabric.agent.client import call
+    from fabric.control import call
 
     results = []
     errors = []

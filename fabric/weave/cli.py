@@ -12,8 +12,8 @@ import argparse
 import json
 from typing import Any
 
-from fabric.agent.config import add_agent_options, agent_socket
 from fabric.errors import ConfigError
+from fabric.targets import add_agent_options, agent_socket
 
 __all__ = ["register", "render_weave", "render_connections"]
 
@@ -65,7 +65,7 @@ def register(sub: Any) -> None:
 
 
 def _call(args: argparse.Namespace, request: dict[str, Any]) -> Any:
-    from fabric.agent.client import call
+    from fabric.control import call
 
     sock = agent_socket(args)
     return call(sock, request, timeout=30)

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Self
 
-from fabric.agent.client import call
+from fabric.control import call
 from fabric.errors import FabricError
 from tests.functional.netns_util import sh
 

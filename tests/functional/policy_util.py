@@ -8,7 +8,7 @@ import subprocess
 from ipaddress import IPv4Address, IPv4Interface
 from pathlib import Path
 
-from fabric.agent.client import call
+from fabric.control import call
 from fabric.policy.probe import Probe, probe_many
 from tests.functional.agent_util import FABRIC, AgentHost
 from tests.functional.netns_util import sh

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from fabric.agent.client import call
+from fabric.control import call
 from fabric.errors import FabricError
 from fabric.policy.engine import NO_STORE
 from tests.functional.agent_util import FABRIC

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from fabric.agent.client import call
+from fabric.control import call
 from tests.functional.netns_util import sh
 from tests.functional.policy_util import HEAD, Node, check, write
 

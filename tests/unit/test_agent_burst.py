@@ -12,8 +12,8 @@ import threading
 import time
 from pathlib import Path
 
-from fabric.agent.client import call
 from fabric.agent.server import ControlServer
+from fabric.control import call
 from fabric.errors import FabricError
 
 

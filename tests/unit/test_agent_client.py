@@ -1,4 +1,4 @@
-"""fabric.agent.client against scripted sockets and the real control server (no root)."""
+"""fabric.control against scripted sockets and the real control server (no root)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from fabric.agent.client import AgentError, AgentUnreachable, call, error_from_answer
 from fabric.agent.server import ControlServer
 from fabric.cni.testing import CLOSE, HANG, FakeAgent, Raw, fail, ok
+from fabric.control import AgentError, AgentUnreachable, call, error_from_answer
 from fabric.errors import (
     AgentUnavailable,
     ConfigError,
@@ -183,7 +183,7 @@ def test_real_control_server_round_trip(tmp_path: Path) -> None:
 
 def test_client_imports_only_the_standard_library() -> None:
     code = (
-        "import sys; before = set(sys.modules); import fabric.agent.client;"
+        "import sys; before = set(sys.modules); import fabric.control;"
         "new = {m.split('.')[0] for m in set(sys.modules) - before};"
         "print(sorted(new))"
     )

@@ -75,8 +75,8 @@ def test_bench_pin_modes() -> None:
 def test_agent_commands_take_the_same_target_options() -> None:
     from pathlib import Path
 
-    from fabric.agent.config import agent_socket
     from fabric.cli import build_parser
+    from fabric.targets import agent_socket
 
     p = build_parser()
     for argv in (["status"], ["down"], ["policy", "list"], ["weave", "status"], ["dns", "list"]):

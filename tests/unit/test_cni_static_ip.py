@@ -141,7 +141,7 @@ def test_readme_example_config_as_libcni_derives_it(tmp_path: Path) -> None:
 def test_agent_checks_a_path_sent_without_descriptor(tmp_path: Path) -> None:
     """A client that sends only the path (no descriptor): the agent checks what it sees
     there, as the runtime-in-another-mount-namespace case shows a plain file to it."""
-    from fabric.agent.client import call
+    from fabric.control import call
 
     plain = tmp_path / "bind-target"
     plain.write_text("")

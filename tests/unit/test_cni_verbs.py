@@ -231,7 +231,7 @@ def test_executable_version_and_stdlib_only() -> None:
     outside = {m.split(".")[0] for m in new} - set(sys.stdlib_module_names)
     assert outside == {"fabric"}
     ours = {m for m in new if m.startswith("fabric")}
-    assert ours <= {"fabric", "fabric.errors", "fabric.agent", "fabric.agent.client",
+    assert ours <= {"fabric", "fabric.errors", "fabric.control",
                     "fabric.cni", "fabric.cni.errors", "fabric.cni.spec", "fabric.cni.result",
                     "fabric.cni.main"}, ours
 

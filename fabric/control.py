@@ -99,6 +99,7 @@ __all__ = [
     "error_from_answer",
     "dumps",
     "loads",
+    "close_listener",
 ]
 
 DEFAULT_SOCKET = "/run/netfabric/agent.sock"
@@ -254,3 +255,19 @@ def _read_line(sock: socket.SocketType, deadline: float) -> bytes:
             return bytes(buf[:end])
         if len(buf) > MAX_ANSWER:
             raise _BadAnswer(f"answer larger than {MAX_ANSWER} bytes")
+
+
+def close_listener(sock: socket.socket | None, path: str | os.PathLike[str]) -> None:
+    """Close a listening unix socket (waking a thread blocked in accept()) and remove its
+    path; either may be gone already (the agent's control server, the tests' scripted one)."""
+    # try/except, not contextlib: fabric-cni imports this module and starts in milliseconds
+    if sock is not None:
+        try:  # noqa: SIM105
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        sock.close()
+    try:  # noqa: SIM105
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
